@@ -1,0 +1,39 @@
+# Two commands do all the set-up: `make demo` and `make test` (each creates .venv if it is missing).
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEMO   ?= outputs/demo
+export WANDB_MODE ?= disabled
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: venv demo test test-all bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-lock.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-lock.txt
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Train the tiny offline model through both stages, then evaluate it (with real and with blank images).
+demo: $(STAMP)
+	$(PY) train.py experiment=demo_pretrain hydra.run.dir=$(DEMO)/pretrain
+	$(PY) train.py experiment=demo_finetune hydra.run.dir=$(DEMO)/finetune \
+		stage.init_connector_from=$(DEMO)/pretrain/checkpoints/last.ckpt
+	$(PY) eval.py ckpt_path=$(DEMO)/finetune/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/eval
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile -q -m 'not gpu'
+
+bench: $(STAMP)
+	$(PY) -m dc.bench --mode quick
+
+clean:
+	rm -rf outputs multirun

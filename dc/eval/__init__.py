@@ -1,0 +1,1 @@
+"""Evaluation: generation runner, benchmark readers and scorers (see ``dc.eval.benchmarks``)."""

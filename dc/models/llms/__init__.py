@@ -1,0 +1,1 @@
+"""Language models: a Hugging Face causal LM, its tokenizer and its chat template."""

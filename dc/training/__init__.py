@@ -1,0 +1,1 @@
+"""Training concerns: stage freezing, optimiser groups and schedules, strategies, callbacks."""

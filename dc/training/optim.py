@@ -1,0 +1,62 @@
+"""AdamW parameter groups (per-part learning rates, no decay on biases and norms) and the warmup-cosine schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def is_no_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases, norm weights and other 1-D parameters get no weight decay."""
+    return param.ndim < 2 or name.endswith(".bias") or "norm" in name.lower()
+
+
+def param_groups(
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    lr_for: dict[str, float],
+    part_of: Any,
+    weight_decay: float,
+) -> list[dict[str, Any]]:
+    """Group trainable parameters by (part, decay) with each part's learning rate.
+
+    Args:
+        named_params: (name, parameter) pairs; frozen ones are skipped.
+        lr_for: learning rate per part name.
+        part_of: function mapping a parameter name to its part name (a key of `lr_for`).
+        weight_decay: decay for the decayed groups.
+    """
+    groups: dict[tuple[str, bool], dict[str, Any]] = {}
+    for name, p in named_params:
+        if not p.requires_grad:
+            continue
+        part = part_of(name)
+        no_decay = is_no_decay(name, p)
+        key = (part, no_decay)
+        if key not in groups:
+            groups[key] = {
+                "params": [],
+                "lr": lr_for[part],
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "name": f"{part}{'/no_decay' if no_decay else ''}",
+            }
+        groups[key]["params"].append(p)
+    if not groups:
+        raise ValueError("no trainable parameters: check stage.train")
+    return list(groups.values())
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over `ceil(warmup_ratio · total)` steps, then cosine decay to 0 (HF's schedule)."""
+    warmup = math.ceil(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
