@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml requirements-lock.txt
 
 # Train the tiny offline model through both stages, then evaluate it (with real and with blank images).
 demo: $(STAMP)
-	$(PY) train.py experiment=demo_pretrain hydra.run.dir=$(DEMO)/pretrain
-	$(PY) train.py experiment=demo_finetune hydra.run.dir=$(DEMO)/finetune \
+	rm -rf $(DEMO)
+	$(PY) train.py experiment=demo_pretrain hydra.run.dir=$(DEMO)/pretrain trainer.enable_progress_bar=false
+	$(PY) train.py experiment=demo_finetune hydra.run.dir=$(DEMO)/finetune trainer.enable_progress_bar=false \
 		stage.init_connector_from=$(DEMO)/pretrain/checkpoints/last.ckpt
 	$(PY) eval.py ckpt_path=$(DEMO)/finetune/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/eval
 

@@ -2,9 +2,14 @@
 
 Training concerns only; the model itself is `dc.models.vlm.VLM`.
 
-Checkpoints hold the weights that cannot be rebuilt from config: everything trainable, plus frozen parts that
-were built with random weights (the tiny models). Frozen parts loaded from `pretrained` are left out and come
-back from their source when the checkpoint is loaded (`load_vlm`).
+Checkpoints hold the weights that cannot be rebuilt from config: everything trainable (LoRA adapters included),
+plus frozen parts that were built with random weights (the tiny models). Frozen parts loaded from `pretrained`
+are left out and come back from their source when the checkpoint is loaded (`load_module`). Sharded FSDP
+checkpoints are the exception: they hold everything, because the distributed loader needs every key (consolidate
+with `python -m dc.training.checkpoint consolidate --weights-only` to get the small file).
+
+Under `trainer=fsdp` with `cpu_ram_efficient_loading`, ranks other than 0 build the pretrained LLM on the meta
+device (`dc.training.fsdp.build_vlm_low_ram`); FSDP materialises it and broadcasts rank 0's weights.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from dc.models.builder import build_vlm
 from dc.models.vlm import VLM
+from dc.training.fsdp import build_vlm_low_ram
+from dc.training.lora import LORA_KEY, apply_lora
 from dc.training.optim import param_groups, warmup_cosine
-from dc.training.stages import apply_freezing, part_of
+from dc.training.stages import PARTS, apply_freezing, part_of
+from dc.training.throughput import FlopsSpec, flops_spec
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,13 @@ def persisted_prefixes(cfg: DictConfig) -> list[str]:
     return keep
 
 
+def keeps_key(cfg: DictConfig, key: str) -> bool:
+    """Whether a checkpoint for `cfg` must hold the state-dict entry `key`."""
+    if key.startswith(tuple(persisted_prefixes(cfg))):
+        return True
+    return bool(cfg.stage.get("lora")) and LORA_KEY in key
+
+
 class DCModule(L.LightningModule):
     """Lightning wrapper around a `VLM` built from the `encoder`, `connector`, `llm` and `stage` configs."""
 
@@ -46,18 +61,35 @@ class DCModule(L.LightningModule):
         self.vlm: VLM | None = None
         self.strict_loading = False  # checkpoints omit frozen pretrained weights; checked in on_load_checkpoint
         self.param_counts: dict[str, dict[str, int]] = {}
+        self.flops_spec: FlopsSpec | None = None
+        self.state_keys: list[str] = []  # state-dict keys of the unwrapped module (FSDP renames them later)
+
+    def _low_ram_rank(self) -> bool:
+        """True on FSDP ranks other than 0 when only rank 0 reads the pretrained LLM."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        return bool(getattr(strategy, "cpu_ram_efficient_loading", False)) and strategy.world_size > 1 and strategy.global_rank != 0
 
     def configure_model(self) -> None:
         if self.vlm is not None:
             return
-        # Random-init parts must come out identical in every stage and on every rank.
+        build = build_vlm_low_ram if self._low_ram_rank() else build_vlm
+        # Random-init parts (and LoRA A matrices) must come out identical in every stage and on every rank.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.cfg.seed))
-            self.vlm = build_vlm(self.cfg)
-        self.param_counts = apply_freezing(self.vlm, list(self.cfg.stage.train))
-        init = self.cfg.stage.get("init_connector_from")
-        if init:
-            load_connector_weights(self, init)
+            self.vlm = build(self.cfg)
+            self.param_counts = apply_freezing(self.vlm, list(self.cfg.stage.train))
+            init = self.cfg.stage.get("init_connector_from")
+            if init:
+                load_connector_weights(self, init)
+            lora = self.cfg.stage.get("lora")
+            if lora:
+                apply_lora(self.vlm.llm, lora)
+                self.param_counts = _count_parts(self.vlm)
+        # `from_pretrained` returns HF models in eval mode and Lightning keeps submodule modes: without this a
+        # pretrained LLM would train with dropout (LoRA's 0.05 included) off. Frozen encoders stay in eval.
+        self.vlm.train()
+        self.flops_spec = flops_spec(self.vlm)
+        self.state_keys = list(self.state_dict().keys())
 
     # --- steps -------------------------------------------------------------------------------------
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -93,21 +125,51 @@ class DCModule(L.LightningModule):
         scheduler = warmup_cosine(optimizer, total, float(stage.warmup_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clip by global norm; under FSDP through the root module (`torch.nn.utils.clip_grad_norm_` would only
+        see this rank's shards, and Lightning's FSDP precision plugin refuses norm clipping)."""
+        if not gradient_clip_val:
+            return
+        model = self.trainer.model if self._trainer is not None else None
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if isinstance(model, FullyShardedDataParallel):
+            if gradient_clip_algorithm not in (None, "norm"):
+                raise ValueError(f"trainer.gradient_clip_algorithm={gradient_clip_algorithm!r}: FSDP supports only 'norm'")
+            model.clip_grad_norm_(float(gradient_clip_val))
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+
     # --- checkpoints -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keep = tuple(persisted_prefixes(self.cfg))
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if getattr(strategy, "state_dict_type", "full") == "sharded":
+            return  # the distributed loader needs every key back; consolidate --weights-only trims
         state = checkpoint["state_dict"]
-        for key in [k for k in state if not k.startswith(keep)]:
+        for key in [k for k in state if not keeps_key(self.cfg, k)]:
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.configure_model()
-        check_checkpoint_keys(self, checkpoint["state_dict"], persisted_prefixes(self.cfg))
+        if "state_dict" in checkpoint:  # absent for sharded FSDP checkpoints (loaded straight into the shards)
+            check_checkpoint_keys(self.state_keys, checkpoint["state_dict"], self.cfg)
 
 
-def check_checkpoint_keys(module: torch.nn.Module, state: dict[str, torch.Tensor], prefixes: list[str]) -> None:
+def _count_parts(vlm: VLM) -> dict[str, dict[str, int]]:
+    counts = {}
+    for part in PARTS:
+        params = list(getattr(vlm, part).parameters())
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        counts[part] = {"trainable": trainable, "frozen": sum(p.numel() for p in params) - trainable}
+        log.info("%-9s trainable %12s  frozen %12s", part, f"{trainable:,}", f"{counts[part]['frozen']:,}")
+    return counts
+
+
+def check_checkpoint_keys(expected_keys: Any, state: dict[str, torch.Tensor], cfg: DictConfig) -> None:
     """Raise when a checkpoint lacks weights that only it can provide."""
-    expected = {k for k in module.state_dict() if k.startswith(tuple(prefixes))}
+    expected = {k for k in expected_keys if keeps_key(cfg, k)}
     missing = sorted(expected - set(state))
     if missing:
         raise KeyError(f"checkpoint lacks {len(missing)} weights it should hold, e.g. {missing[:3]}")
@@ -129,7 +191,10 @@ def load_connector_weights(module: DCModule, path: str) -> None:
 
 
 def load_module(ckpt_path: str, map_location: str = "cpu", **cfg_overrides: Any) -> DCModule:
-    """Rebuild a `DCModule` from a checkpoint: config from the checkpoint, pretrained parts from their source."""
+    """Rebuild a `DCModule` from a checkpoint: config from the checkpoint, pretrained parts from their source.
+
+    Returned in eval mode (inference); call `.train()` to train it further.
+    """
     ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=False)
     cfg = OmegaConf.create(ckpt["hyper_parameters"]["cfg"])
     cfg.stage.init_connector_from = None
@@ -137,6 +202,6 @@ def load_module(ckpt_path: str, map_location: str = "cpu", **cfg_overrides: Any)
         OmegaConf.update(cfg, key, value)
     module = DCModule(cfg)
     module.configure_model()
-    check_checkpoint_keys(module, ckpt["state_dict"], persisted_prefixes(cfg))
+    check_checkpoint_keys(module.state_keys, ckpt["state_dict"], cfg)
     module.load_state_dict(ckpt["state_dict"], strict=False)
-    return module
+    return module.eval()

@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from dc.data.image import ImagePreprocessor
@@ -64,35 +65,55 @@ def _float_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Train one stage as configured; return final metrics and the trainer/module/datamodule."""
+    """Train one stage as configured; return final metrics and the trainer/module/datamodule.
+
+    The train loader is wrapped for exact mid-epoch resume (`dc.training.data`); `ckpt_path` may be a path,
+    `last` (this run folder's `checkpoints/last.ckpt`) or `auto` (that file if present). The wandb run, if any,
+    is finished even when training raises, so the next job of a multirun gets its own run.
+    """
+    from dc.training.checkpoint import resolve_ckpt_path
+    from dc.training.data import ResumableDataModule
+    from dc.training.loggers import build_loggers, finish_wandb
+
     L.seed_everything(int(cfg.seed), workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    datamodule = build_datamodule(cfg)
-    module = DCModule(cfg)
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
-    callbacks = [instantiate(cb) for cb in (cfg.get("callbacks") or {}).values() if cb is not None]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-    trainer.accumulate_grad_batches = accumulation(
-        int(cfg.stage.global_batch_size), int(cfg.data.batch_size), trainer.world_size
-    )
-    log.info("global batch %d = %d devices × %d per device × %d accumulation", cfg.stage.global_batch_size,
-             trainer.world_size, cfg.data.batch_size, trainer.accumulate_grad_batches)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = _float_metrics(trainer.callback_metrics)
-    ckpt_cb = trainer.checkpoint_callback
-    if ckpt_cb is not None and trainer.is_global_zero:
-        last = Path(ckpt_cb.dirpath) / "last.ckpt" if ckpt_cb.dirpath else None
-        metrics_file = output_dir / "metrics.json"
-        metrics_file.write_text(json.dumps({**metrics, "last_ckpt": str(last) if last else None}, indent=2))
+    checkpoint_node = (cfg.get("callbacks") or {}).get("checkpoint") or {}
+    checkpoint_dir = checkpoint_node.get("dirpath") or output_dir / "checkpoints"
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_dir)
+    failed = True
+    try:
+        datamodule = build_datamodule(cfg)
+        module = DCModule(cfg)
+        loggers = build_loggers(cfg, resuming=ckpt_path is not None)
+        callbacks = [instantiate(cb) for cb in (cfg.get("callbacks") or {}).values() if cb is not None]
+        if not loggers:  # Lightning refuses a LearningRateMonitor without a logger (logger=[])
+            callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        trainer.accumulate_grad_batches = accumulation(
+            int(cfg.stage.global_batch_size), int(cfg.data.batch_size), trainer.world_size
+        )
+        log.info("global batch %d = %d devices × %d per device × %d accumulation", cfg.stage.global_batch_size,
+                 trainer.world_size, cfg.data.batch_size, trainer.accumulate_grad_batches)
+        trainer.fit(module, datamodule=ResumableDataModule(datamodule, seed=int(cfg.seed)), ckpt_path=ckpt_path)
+        metrics = _float_metrics(trainer.callback_metrics)
+        ckpt_cb = trainer.checkpoint_callback
+        if ckpt_cb is not None and trainer.is_global_zero:
+            last = Path(ckpt_cb.dirpath) / "last.ckpt" if ckpt_cb.dirpath else None
+            metrics_file = output_dir / "metrics.json"
+            metrics_file.write_text(json.dumps({**metrics, "last_ckpt": str(last) if last else None}, indent=2))
+        failed = False
+    finally:
+        finish_wandb(failed)
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Evaluate a checkpoint on the configured benchmark; see `dc.eval.synthetic`."""
-    from dc.eval.synthetic import evaluate_synthetic
+    """Evaluate a checkpoint on the configured benchmark (`benchmark.runner` names the function)."""
+    import hydra.utils
 
-    return evaluate_synthetic(cfg)
+    runner = hydra.utils.get_method(cfg.benchmark.runner)
+    return runner(cfg)
 
 
 def resolved(cfg: DictConfig) -> DictConfig:

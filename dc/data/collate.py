@@ -1,19 +1,32 @@
-"""Batching: dynamic padding of token sequences and concatenation of images in sample order."""
+"""Batching: dynamic padding of token sequences, images concatenated in sample order, and batch statistics.
+
+Besides the model inputs a training batch carries what the LightningModule logs (see `dc.data.stats`):
+
+* `skipped`: `{reason: count}` of the bad records dropped since the previous batch of the same loader worker
+  (map-style: the `Skipped` markers among this batch's samples; shards: the records the worker skipped while
+  filling this batch). Summing over batches gives the run's totals.
+* `truncated`: how many samples of this batch were cut to `max_length`.
+* `num_tokens` / `num_padding`: real and padding positions of `input_ids` (padding fraction =
+  `num_padding / (num_tokens + num_padding)`).
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import torch
 
 from dc.constants import IGNORE_INDEX
+from dc.data.records import Skipped
 
 
 class Collator:
-    """Pad a list of samples into a batch.
+    """Pad a list of samples into a batch, dropping (and counting) `Skipped` markers.
 
     Each sample has `input_ids` and `labels` (1-D, visual tokens already expanded) and `pixel_values`
     [n_images, 3, H, W] (n_images may be 0). Right padding for training, left padding for generation.
+    `pixel_values` of the batch is every image in sample order, or None when no sample has one.
 
     Args:
         pad_token_id: id used for padding.
@@ -26,8 +39,10 @@ class Collator:
         self.pad_token_id = pad_token_id
         self.padding_side = padding_side
 
-    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        longest = max(len(s["input_ids"]) for s in samples)
+    def __call__(self, items: list[dict[str, Any] | Skipped]) -> dict[str, Any]:
+        skipped = Counter(s.reason for s in items if isinstance(s, Skipped))
+        samples = [s for s in items if not isinstance(s, Skipped)]
+        longest = max((len(s["input_ids"]) for s in samples), default=0)
         ids = torch.full((len(samples), longest), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(samples), longest), dtype=torch.long)
@@ -40,9 +55,19 @@ class Collator:
             mask[row, cols] = 1
         images = [s["pixel_values"] for s in samples if s["pixel_values"].shape[0] > 0]
         pixel_values = torch.cat(images) if images else None
-        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": pixel_values}
-        batch["ids"] = [s.get("id") for s in samples]
+        num_tokens = int(mask.sum())
+        batch = {
+            "input_ids": ids,
+            "labels": labels,
+            "attention_mask": mask,
+            "pixel_values": pixel_values,
+            "ids": [s.get("id") for s in samples],
+            "skipped": dict(skipped),
+            "truncated": sum(bool(s.get("truncated")) for s in samples),
+            "num_tokens": num_tokens,
+            "num_padding": int(mask.numel()) - num_tokens,
+        }
         for key in ("answer", "category"):
-            if key in samples[0]:
+            if samples and key in samples[0]:
                 batch[key] = [s[key] for s in samples]
         return batch

@@ -1,69 +1,152 @@
 """The LLaVA layout: a JSON list of records plus an image folder, as a map-style dataset.
 
 Record: `{"id", "image": relative path (optional), "conversations": [{"from": "human"|"gpt", "value"}, ...]}`.
-Each `<image>` becomes one `IMAGE_TOKEN_INDEX` from the template, which this dataset expands into the
-connector's number of visual tokens; truncation to `max_length` happens after that expansion and never cuts
-through visual tokens (such a sample is dropped and counted instead).
+Each `<image>` becomes one `IMAGE_TOKEN_INDEX` from the template, which is expanded into the connector's number
+of visual tokens; truncation to `max_length` happens after that expansion and never cuts through visual tokens
+(such a sample is skipped as `too_long` instead). A bad record gives a `Skipped` marker that the collate drops
+and counts (see `dc.data.records`).
+
+Records are held as their JSON bytes in one buffer (`RecordStore`) and parsed on access: a list of 665K dicts
+costs gigabytes, and forked DataLoader workers would copy it page by page as reference counts change.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
+import random
 from pathlib import Path
 from typing import Any
 
-import torch
-from PIL import Image
+import numpy as np
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from dc.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from dc.data.image import ImagePreprocessor
+from dc.data.records import BadRecord, SampleBuilder, SkipReporter, Skipped, expand_visual_tokens, truncate
 from dc.models.llms.templates import ChatTemplate
+
+__all__ = ["LlavaJsonDataset", "RecordStore", "read_records", "expand_visual_tokens", "truncate"]
 
 log = logging.getLogger(__name__)
 
 
-def expand_visual_tokens(input_ids: list[int], labels: list[int], num_visual_tokens: int) -> tuple[list[int], list[int]]:
-    """Replace each `IMAGE_TOKEN_INDEX` by `num_visual_tokens` of them (labels ignored there)."""
-    ids_out: list[int] = []
-    labels_out: list[int] = []
-    for i, lab in zip(input_ids, labels, strict=True):
-        if i == IMAGE_TOKEN_INDEX:
-            ids_out.extend([IMAGE_TOKEN_INDEX] * num_visual_tokens)
-            labels_out.extend([IGNORE_INDEX] * num_visual_tokens)
-        else:
-            ids_out.append(i)
-            labels_out.append(lab)
-    return ids_out, labels_out
+def read_records(path: str | Path) -> list[dict]:
+    """Read a LLaVA JSON list or a JSONL file (one record per line).
+
+    Raises:
+        ValueError: the file does not parse (the message names the file, and the line for JSONL) or is not a list.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        out = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{n}: not valid JSON ({exc})") from None
+        return out
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); expected a LLaVA JSON list of records") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return data
 
 
-def truncate(ids: list[int], labels: list[int], max_length: int) -> tuple[list[int], list[int]] | None:
-    """Cut to `max_length`; None when the cut would split a run of visual tokens or leave nothing to learn."""
-    if len(ids) <= max_length:
-        return ids, labels
-    if ids[max_length - 1] == IMAGE_TOKEN_INDEX and ids[max_length] == IMAGE_TOKEN_INDEX:
-        return None
-    ids, labels = ids[:max_length], labels[:max_length]
-    if all(lab == IGNORE_INDEX for lab in labels):
-        return None
-    return ids, labels
+def _text_chars(record: Any) -> int:
+    if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+        return 0
+    return sum(len(t["value"]) for t in record["conversations"] if isinstance(t, dict) and isinstance(t.get("value"), str))
+
+
+def _n_images(record: Any) -> int:
+    image = record.get("image") if isinstance(record, dict) else None
+    return len(image) if isinstance(image, list) else int(image is not None)
+
+
+class RecordStore:
+    """Records as JSON bytes in one buffer plus offsets, with cheap per-record length estimates.
+
+    Attributes:
+        source: file name (for messages).
+        text_chars: characters of all turn values per record (a length proxy; 0 for unparsable records).
+        n_images: images per record (0 = text-only).
+    """
+
+    def __init__(self, blob: np.ndarray, offsets: np.ndarray, text_chars: np.ndarray, n_images: np.ndarray, source: str) -> None:
+        self.blob, self.offsets, self.source = blob, offsets, source
+        self.text_chars, self.n_images = text_chars, n_images
+
+    @classmethod
+    def from_records(cls, records: list[Any], source: str = "<records>", raw: list[bytes] | None = None) -> RecordStore:
+        """Pack parsed records (and, for JSONL, their raw lines, so an unparsable line stays one bad record)."""
+        chunks = raw if raw is not None else [json.dumps(r, ensure_ascii=False).encode() for r in records]
+        offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
+        np.cumsum([len(c) for c in chunks], out=offsets[1:])
+        blob = np.frombuffer(b"".join(chunks), dtype=np.uint8) if chunks else np.zeros(0, np.uint8)
+        chars = np.array([_text_chars(r) for r in records], dtype=np.int64)
+        n_img = np.array([_n_images(r) for r in records], dtype=np.int64)
+        return cls(blob, offsets, chars, n_img, source)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RecordStore:
+        """Read a JSON list (an unparsable file raises, naming it) or a JSONL file (a bad line is a bad record)."""
+        path = Path(path)
+        if path.suffix != ".jsonl":
+            return cls.from_records(read_records(path), str(path))
+        raw = [line.encode() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        parsed: list[Any] = []
+        for line in raw:
+            try:
+                parsed.append(json.loads(line))
+            except json.JSONDecodeError:
+                parsed.append(None)
+        return cls.from_records(parsed, str(path), raw=raw)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def raw(self, i: int) -> bytes:
+        return self.blob[self.offsets[i] : self.offsets[i + 1]].tobytes()
+
+    def __getitem__(self, i: int) -> Any:
+        """The parsed record `i`; raises `BadRecord("bad_json")` for an unparsable JSONL line."""
+        try:
+            return json.loads(self.raw(i))
+        except json.JSONDecodeError as exc:
+            raise BadRecord("bad_json", f"{exc}", f"{Path(self.source).name}#{i}") from None
+
+    def subset(self, start: int, stop: int) -> RecordStore:
+        """Records [start, stop) (shares the buffer)."""
+        off = self.offsets[start : stop + 1]
+        return RecordStore(self.blob, off, self.text_chars[start:stop], self.n_images[start:stop], self.source)
+
+    def estimated_lengths(self, num_visual_tokens: int, chars_per_token: float = 4.0) -> np.ndarray:
+        """Token-count estimates without tokenising (for length grouping): chars / 4 + visual tokens."""
+        return (self.text_chars / chars_per_token).astype(np.int64) + self.n_images * num_visual_tokens
 
 
 class LlavaJsonDataset(Dataset):
-    """LLaVA JSON + image folder → tokenised samples with their images.
+    """LLaVA JSON + image folder → tokenised samples with their images (or `Skipped` markers).
+
+    Indexing with an int gives one sample; with a list of ints (a batch from `GroupedBatchSampler`), a list in
+    which at least one item is a real sample: if every record of the batch is bad, random other records are
+    tried (up to `refill_tries`; their failures are not counted here, they are counted where their own index
+    comes up), so a batch is never empty.
 
     Args:
-        json_path: the JSON list (or a `.jsonl` file, one record per line).
+        json_path: the JSON list (or a `.jsonl` file); ignored when `records` is given.
         image_folder: root that `record["image"]` is relative to.
-        tokenizer: the LLM's tokenizer.
-        template: the chat template (plain for stage 1).
-        image_processor: turns PIL images into tensors.
-        num_visual_tokens: tokens the connector emits per image.
+        tokenizer, template, image_processor, num_visual_tokens: as in `SampleBuilder`.
         max_length: maximum sequence length after visual-token expansion.
-        records: use these records instead of reading `json_path` (for splits).
+        records: a `RecordStore` or a list of records to use instead of reading `json_path`.
+        strict: raise `BadRecordError` on the first bad record instead of skipping it.
+        overlength: "truncate" or "skip" (see `SampleBuilder`).
+        refill_tries: how many random records to try when a whole batch is bad.
     """
 
     def __init__(
@@ -75,51 +158,67 @@ class LlavaJsonDataset(Dataset):
         image_processor: ImagePreprocessor,
         num_visual_tokens: int,
         max_length: int = 2048,
-        records: list[dict] | None = None,
+        records: RecordStore | list[dict] | None = None,
+        *,
+        strict: bool = False,
+        overlength: str = "truncate",
+        refill_tries: int = 64,
     ) -> None:
-        self.records = records if records is not None else read_records(json_path)
+        if isinstance(records, RecordStore):
+            self.records = records
+        elif records is not None:
+            self.records = RecordStore.from_records(records)
+        else:
+            self.records = RecordStore.from_file(json_path)
         self.image_folder = Path(image_folder)
-        self.tokenizer = tokenizer
-        self.template = template
-        self.image_processor = image_processor
-        self.num_visual_tokens = num_visual_tokens
-        self.max_length = max_length
-        self.dropped: Counter[str] = Counter()
+        self.builder = SampleBuilder(tokenizer, template, image_processor, num_visual_tokens, max_length, overlength)
+        self.report = SkipReporter(strict)
+        self.refill_tries = refill_tries
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def load_image(self, record: dict) -> torch.Tensor:
-        path = self.image_folder / record["image"]
-        with Image.open(path) as img:
-            return self.image_processor(img)
+    @property
+    def num_visual_tokens(self) -> int:
+        return self.builder.num_visual_tokens
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        record = self.records[index]
-        enc = self.template.encode(record["conversations"], self.tokenizer)
-        ids, labels = expand_visual_tokens(enc.input_ids, enc.labels, self.num_visual_tokens)
-        cut = truncate(ids, labels, self.max_length)
-        if cut is None:
-            raise ValueError(f"record {record.get('id')!r} is longer than max_length={self.max_length} after expansion")
-        ids, labels = cut
-        n_images = enc.input_ids.count(IMAGE_TOKEN_INDEX)
-        if "image" in record:
-            pixels = self.load_image(record).unsqueeze(0)
-        else:
-            size = self.image_processor.processor.crop_size if hasattr(self.image_processor.processor, "crop_size") else None
-            pixels = torch.zeros(0, 3, 1, 1) if size is None else torch.zeros(0, 3, size["height"], size["width"])
-        if pixels.shape[0] != n_images:
-            raise ValueError(f"record {record.get('id')!r} has {n_images} <image> tags but {pixels.shape[0]} images")
-        return {"id": record.get("id"), "input_ids": ids, "labels": labels, "pixel_values": pixels}
+    def _sources(self, rid: Any, paths: list[str]) -> list:
+        return [(self.image_folder / p).read_bytes for p in paths]
 
+    def load(self, index: int) -> dict[str, Any]:
+        """The sample at `index`; raises `BadRecord`."""
+        return self.builder(self.records[index], self._sources, fallback_id=f"#{index}")
 
-def read_records(path: str | Path) -> list[dict]:
-    """Read a LLaVA JSON list or a JSONL file."""
-    path = Path(path)
-    text = path.read_text()
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return data
+    def _get(self, index: int) -> dict[str, Any] | Skipped:
+        try:
+            return self.load(index)
+        except BadRecord as err:
+            return self.report(err, f"{Path(self.records.source).name}#{index}")
+
+    def __getitem__(self, index: int | list[int]) -> Any:
+        if isinstance(index, (list, tuple)):
+            return self.__getitems__(list(index))
+        return self._get(int(index))
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        out = [self._get(int(i)) for i in indices]
+        if indices and all(isinstance(s, Skipped) for s in out):
+            out.append(self._refill(indices))
+        return out
+
+    def _refill(self, indices: list[int]) -> dict[str, Any]:
+        rng = random.Random(f"refill:{indices[:8]}")
+        for _ in range(self.refill_tries):
+            j = rng.randrange(len(self.records))
+            try:
+                sample = self.load(j)
+            except BadRecord as err:
+                log.debug("refill candidate #%d is bad too: %s", j, err)
+                continue
+            log.info("every record of a batch was bad; filled it with record #%d", j)
+            return sample
+        raise RuntimeError(
+            f"{self.records.source}: {self.refill_tries} random records in a row are bad "
+            f"(last batch {indices[:8]}...); check data.image_folder and the file"
+        )
+

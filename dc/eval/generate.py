@@ -39,9 +39,17 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 @torch.no_grad()
 def generate_texts(
-    vlm: VLM, samples: Sequence[dict[str, Any]], *, batch_size: int = 16, max_new_tokens: int = 128
+    vlm: VLM,
+    samples: Sequence[dict[str, Any]],
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 128,
+    **generation: Any,
 ) -> list[str]:
-    """Greedy answers for `samples` (from `prompt_sample`), in order."""
+    """Answers for `samples` (from `prompt_sample`), in order; greedy with the KV cache by default.
+
+    `generation` overrides `generate` settings (`use_cache`, `do_sample`, `num_beams`, `temperature`).
+    """
     tok = vlm.llm.tokenizer
     collate = Collator(tok.pad_token_id, padding_side="left")
     stop = vlm.llm.template.stop_token_ids(tok)
@@ -54,7 +62,8 @@ def generate_texts(
             batch = collate(list(chunk))
             pixels = batch["pixel_values"].to(device) if batch["pixel_values"] is not None else None
             out = vlm.generate(
-                batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels, max_new_tokens, stop
+                batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels, max_new_tokens, stop,
+                **generation,
             )
             answers.extend(tok.decode(row, skip_special_tokens=True).strip() for row in out)
     finally:

@@ -45,7 +45,8 @@ def evaluate_synthetic(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
     module = load_module(cfg.ckpt_path)
     vlm = module.vlm
     train_cfg = module.cfg
-    question_file = Path(cfg.question_file) if cfg.get("question_file") else Path(train_cfg.data.image_folder).parent / "eval.jsonl"
+    bench = cfg.benchmark
+    question_file = Path(bench.question_file) if bench.get("question_file") else Path(train_cfg.data.image_folder).parent / "eval.jsonl"
     image_folder = question_file.parent / "images"
     records = read_records(question_file)
     if cfg.get("limit"):
@@ -65,10 +66,10 @@ def evaluate_synthetic(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any
             out.append(prompt_sample(vlm, "<image>\n" + rec["text"], pixels, template))
         return out
 
-    gen = {"batch_size": int(cfg.batch_size), "max_new_tokens": int(cfg.max_new_tokens)}
+    gen = {"batch_size": int(cfg.batch_size), "max_new_tokens": int(bench.max_new_tokens)}
     answers = generate_texts(vlm, samples(blank=False), **gen)
     metrics = score(records, answers)
-    if cfg.get("blank_control", True):
+    if bench.get("blank_control", True):
         blank_answers = generate_texts(vlm, samples(blank=True), **gen)
         metrics.update({f"blank_{k}": v for k, v in score(records, blank_answers).items()})
     out_dir = Path(cfg.paths.output_dir)

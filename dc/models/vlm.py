@@ -76,17 +76,19 @@ class VLM(nn.Module):
         pixel_values: torch.Tensor | None,
         max_new_tokens: int,
         stop_token_ids: list[int],
+        **generation: Any,
     ) -> torch.Tensor:
-        """Greedy decoding with the KV cache on a left-padded batch; returns only the new tokens."""
+        """Decode a left-padded batch (greedy with the KV cache unless `generation` says otherwise).
+
+        Returns only the new tokens.
+        """
         embeds = self.embed_inputs(input_ids, pixel_values)
-        tok = self.llm.tokenizer
+        settings = {"do_sample": False, "num_beams": 1, "use_cache": True, **generation}
         return self.llm.model.generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
             eos_token_id=stop_token_ids,
-            pad_token_id=tok.pad_token_id,
-            use_cache=True,
+            pad_token_id=self.llm.tokenizer.pad_token_id,
+            **settings,
         )

@@ -84,10 +84,21 @@ class Connector(nn.Module):
         """Visual tokens handed to the LLM per image for a patch grid (the encoder's by default)."""
         rows, cols = grid if grid is not None else self.layout.grid
         tokens = self.fused_tokens(rows * cols)
-        return self.downsample.num_tokens(tokens) if self.downsample is not None else tokens
+        return self.downsample.num_tokens(tokens, (rows, cols)) if self.downsample is not None else tokens
 
     def fuse_hidden_states(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The fusion applied to a full HF `hidden_states` tuple (prefix tokens still present)."""
+        """The parameter-free fusion applied to an HF `hidden_states` tuple (prefix tokens still present).
+
+        Works on the output of a stock `output_hidden_states=True` forward (L + 1 states) or of a tower truncated
+        after the deepest needed block (indices are already resolved to non-negative ones). Returns
+        [B, fused_tokens, fused_width], before any downsampling and the projector.
+        """
+        deepest = max(max(t) for t in self.taps)
+        if len(hidden_states) <= deepest:
+            raise ValueError(
+                f"got {len(hidden_states)} hidden states but the connector needs index {deepest} "
+                f"(encoder '{self.layout.name}' has {self.layout.num_states})"
+            )
         return self.fuse(collect_taps(hidden_states, self.taps, self.layout.num_prefix_tokens))
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:

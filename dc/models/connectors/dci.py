@@ -33,6 +33,8 @@ class DenseChannelIntegration(Connector):
         allow_overlap: bool = False,
         **kwargs: Any,
     ) -> None:
+        if not isinstance(allow_overlap, bool):
+            raise ValueError(f"connector.allow_overlap={allow_overlap!r} must be true or false")
         self.groups = resolve_groups(groups, "connector.groups", layout, allow_overlap)
         super().__init__(layout, llm_hidden_size, **kwargs)
 

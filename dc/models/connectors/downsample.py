@@ -43,35 +43,46 @@ class Downsample(nn.Module):
             raise ValueError(f"connector.downsample.mode={mode!r}: expected one of {MODES}")
         if position not in POSITIONS:
             raise ValueError(f"connector.downsample.position={position!r}: expected one of {POSITIONS}")
-        rows, cols = int(grid[0]), int(grid[1])
         if size is not None:
-            if len(size) != 2 or not all(isinstance(s, int) and 0 < s for s in size):
-                raise ValueError(f"connector.downsample.size={list(size)!r} must be two positive integers")
-            target = (int(size[0]), int(size[1]))
-        elif isinstance(factor, int) and not isinstance(factor, bool) and factor >= 1:
-            target = (math.ceil(rows / factor), math.ceil(cols / factor))
-        else:
+            ok = isinstance(size, Sequence) and len(size) == 2 and all(type(v) is int and v > 0 for v in size)
+            if not ok:
+                raise ValueError(f"connector.downsample.size={size!r} must be two positive integers (or null)")
+            size = (size[0], size[1])
+        elif not (type(factor) is int and factor >= 1):
             raise ValueError(f"connector.downsample.factor={factor!r} must be a positive integer (or set size)")
-        if target[0] > rows or target[1] > cols:
-            raise ValueError(f"connector.downsample target {target} is larger than the patch grid {(rows, cols)}")
-        self.grid = (rows, cols)
-        self.target = target
+        self.factor = factor
+        self.size = size
         self.mode = mode
         self.position = position
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.target = self.target_for(self.grid)
+        """Output grid for the encoder's native patch grid."""
 
-    def num_tokens(self, tokens: int) -> int:
-        """Tokens out for `tokens` in (the grid part shrinks, anything after it is kept)."""
-        return tokens - self.grid[0] * self.grid[1] + self.target[0] * self.target[1]
+    def target_for(self, grid: Sequence[int]) -> tuple[int, int]:
+        """Output grid for an input grid: `size`, else ceil(rows / factor) × ceil(cols / factor)."""
+        rows, cols = grid
+        target = self.size if self.size is not None else (math.ceil(rows / self.factor), math.ceil(cols / self.factor))
+        if target[0] > rows or target[1] > cols:
+            raise ValueError(f"connector.downsample target {target} is larger than the patch grid {(rows, cols)}")
+        return target
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows, cols = self.grid
+    def num_tokens(self, tokens: int, grid: Sequence[int] | None = None) -> int:
+        """Tokens out for `tokens` in whose first rows·cols form `grid` (native by default); the rest are kept."""
+        rows, cols = grid if grid is not None else self.grid
+        target = self.target_for((rows, cols))
+        return tokens - rows * cols + target[0] * target[1]
+
+    def forward(self, x: torch.Tensor, grid: Sequence[int] | None = None) -> torch.Tensor:
+        """[B, rows·cols + E, C] → [B, target rows·cols + E, C]; the E trailing tokens pass through unchanged."""
+        rows, cols = grid if grid is not None else self.grid
+        target = self.target_for((rows, cols))
         n = rows * cols
-        grid, rest = x[:, :n], x[:, n:]
-        b, _, c = grid.shape
-        maps = grid.transpose(1, 2).reshape(b, c, rows, cols)
+        grid_tokens, rest = x[:, :n], x[:, n:]
+        b, _, c = grid_tokens.shape
+        maps = grid_tokens.transpose(1, 2).reshape(b, c, rows, cols)
         if self.mode == "bilinear":
-            maps = F.interpolate(maps.float(), size=self.target, mode="bilinear", align_corners=False).to(x.dtype)
+            maps = F.interpolate(maps.float(), size=target, mode="bilinear", align_corners=False).to(x.dtype)
         else:
-            maps = F.adaptive_avg_pool2d(maps, self.target)
+            maps = F.adaptive_avg_pool2d(maps, target)
         small = maps.flatten(2).transpose(1, 2)
         return torch.cat([small, rest], dim=1) if rest.shape[1] else small

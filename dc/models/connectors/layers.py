@@ -16,15 +16,24 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def valid_range(layout: EncoderLayout) -> str:
+    """The valid hidden-state indices of `layout`, as error messages state them."""
+    n = layout.num_states
+    return f"0..{n - 1} (or {-n}..-1)"
+
+
 def resolve_index(value: Any, key: str, layout: EncoderLayout) -> int:
     """Return `value` as a non-negative hidden-state index of `layout`, or raise naming `key`."""
     n = layout.num_states
     if not _is_int(value):
-        raise ValueError(f"{key}={value!r} must be an integer hidden_states index for encoder '{layout.name}'")
+        raise ValueError(
+            f"{key}={value!r} must be an integer hidden_states index for encoder '{layout.name}' "
+            f"(valid: {valid_range(layout)})"
+        )
     if not -n <= value < n:
         raise ValueError(
             f"{key}={value} is out of range for encoder '{layout.name}': valid hidden_states indices are "
-            f"0..{n - 1} (or {-n}..-1); 0 is the embedding output, the paper's 'layer k' is index k-1"
+            f"{valid_range(layout)}; 0 is the embedding output, the paper's 'layer k' is index k-1"
         )
     return value % n
 
@@ -51,7 +60,10 @@ def resolve_groups(values: Any, key: str, layout: EncoderLayout, allow_overlap: 
         start = resolve_index(pair[0], f"{key}[{g}][0]", layout)
         end = resolve_index(pair[1], f"{key}[{g}][1]", layout)
         if start > end:
-            raise ValueError(f"{key}[{g}]={list(pair)} is an empty group (start {start} > end {end})")
+            raise ValueError(
+                f"{key}[{g}]={list(pair)} is an empty group (start {start} > end {end} after resolving negative "
+                f"indices; valid: {valid_range(layout)}, ranges are inclusive)"
+            )
         groups.append(tuple(range(start, end + 1)))
     if not allow_overlap:
         seen: dict[int, int] = {}

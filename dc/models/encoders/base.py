@@ -86,13 +86,27 @@ class VisionEncoder(nn.Module):
 
     Subclasses are built for a fixed list of taps (so they can drop the blocks no tap needs) and implement
     `embed` and `blocks`; this class runs them and keeps only running sums, never all states.
+
+    Args:
+        layout: the full model's layout.
+        taps: the features to return (non-negative index groups, see `Tap`).
+        freeze: frozen tower: no gradients, eval mode, run under `no_grad`.
+        micro_batch: run at most this many images through the blocks at a time (None: the whole batch). The
+            taps are identical; the peak drops because a block's scratch activations (the MLP's 4·D-wide
+            hidden layer dominates) scale with the images in flight. Useful for a frozen tower at large batch.
     """
 
-    def __init__(self, layout: EncoderLayout, taps: Sequence[Tap], freeze: bool = True) -> None:
+    def __init__(
+        self, layout: EncoderLayout, taps: Sequence[Tap], freeze: bool = True, micro_batch: int | None = None
+    ) -> None:
         super().__init__()
+        valid = micro_batch is None or (type(micro_batch) is int and micro_batch >= 1)
+        if not valid:
+            raise ValueError(f"encoder.model.micro_batch={micro_batch!r} must be a positive integer or null")
         self.layout = layout
         self.taps = [tuple(t) for t in taps]
         self.freeze = freeze
+        self.micro_batch = micro_batch
         self.depth = max(max(t) for t in self.taps)
         """Blocks actually run: the deepest requested index."""
 
@@ -108,6 +122,16 @@ class VisionEncoder(nn.Module):
         """Apply one block (override when a block needs extra arguments)."""
         return block(hidden)
 
+    def _apply_freeze(self) -> None:
+        """Call at the end of a subclass's `__init__`: a frozen tower gets no gradients and stays in eval mode."""
+        if self.freeze:
+            self.requires_grad_(False)
+            self.eval()
+
+    def train(self, mode: bool = True) -> VisionEncoder:
+        """Keep a frozen tower in eval mode whatever the trainer asks (no dropout, fixed features)."""
+        return super().train(mode and not self.freeze)
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
@@ -115,11 +139,29 @@ class VisionEncoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Encode images into one [B, N, D] tensor per tap (prefix tokens dropped).
 
-        Group means are accumulated in fp32 as the blocks run and cast back to the state dtype.
+        Only the first `depth` blocks run. A single-index tap keeps a reference to that state; a group tap keeps
+        one fp32 running sum, so at most (2 + number of taps) states are alive at once instead of all L + 1.
+        A frozen encoder runs under `no_grad`, so its outputs never require grad.
         """
         grad = torch.is_grad_enabled() and not self.freeze
         with torch.set_grad_enabled(grad):
-            return self._forward(pixel_values.to(self.dtype))
+            pixel_values = pixel_values.to(self.dtype)
+            batch, step = pixel_values.shape[0], self.micro_batch
+            if step is None or batch <= step:
+                return self._forward(pixel_values)
+            starts = range(0, batch, step)
+            if grad:
+                parts = [self._forward(pixel_values[i : i + step]) for i in starts]
+                return [torch.cat(chunks) for chunks in zip(*parts, strict=True)]
+            out: list[torch.Tensor] = []
+            for i in starts:  # no autograd: fill preallocated outputs, keep one chunk's taps at a time
+                part = self._forward(pixel_values[i : i + step])
+                if not out:
+                    out = [t.new_empty((batch, *t.shape[1:])) for t in part]
+                for k in range(len(out)):
+                    out[k][i : i + step] = part[k]
+                del part
+            return out
 
     def _forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         sums: list[torch.Tensor | None] = [None] * len(self.taps)
@@ -133,9 +175,11 @@ class VisionEncoder(nn.Module):
             hidden = self.run_block(block, hidden)
             self._accumulate(i, hidden, sums, users)
         out = []
-        for tap, total in zip(self.taps, sums, strict=True):
-            feature = total if len(tap) == 1 else (total / len(tap)).to(hidden.dtype)
-            out.append(feature[:, self.layout.num_prefix_tokens :])
+        for k, tap in enumerate(self.taps):
+            total, sums[k] = sums[k], None  # release each sum as soon as its mean exists
+            # Out of place under autograd (the graph keeps the sum); in place otherwise (one state less).
+            feature = total if len(tap) == 1 else (total / len(tap) if total.requires_grad else total.div_(len(tap)))
+            out.append(feature.to(hidden.dtype)[:, self.layout.num_prefix_tokens :])
         return out
 
     def _accumulate(self, index: int, hidden: torch.Tensor, sums: list, users: dict[int, list[int]]) -> None:

@@ -22,6 +22,8 @@ _FAMILIES = {
     "siglip": (SiglipVisionConfig, SiglipVisionModel),
 }
 
+_PREFIX_TOKENS = {"clip": 1, "siglip": 0}
+
 
 class HFVisionEncoder(VisionEncoder):
     """A CLIP or SigLIP vision tower from `transformers`.
@@ -35,6 +37,7 @@ class HFVisionEncoder(VisionEncoder):
         dtype: parameter dtype name ("float32", "bfloat16", ...).
         attn_implementation: "sdpa" (default), "eager" or "flash_attention_2".
         freeze: keep the tower frozen and run it under `no_grad`.
+        micro_batch: images run through the blocks at a time (None: all); see `VisionEncoder`.
     """
 
     def __init__(
@@ -48,11 +51,18 @@ class HFVisionEncoder(VisionEncoder):
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
         freeze: bool = True,
+        micro_batch: int | None = None,
     ) -> None:
-        super().__init__(layout, taps, freeze)
+        super().__init__(layout, taps, freeze, micro_batch)
         if family not in _FAMILIES:
             raise ValueError(f"encoder.family={family!r}: expected one of {sorted(_FAMILIES)}")
         config_cls, model_cls = _FAMILIES[family]
+        prefix = _PREFIX_TOKENS[family]
+        if layout.num_prefix_tokens != prefix:
+            raise ValueError(
+                f"encoder.layout.num_prefix_tokens={layout.num_prefix_tokens} but a {family} tower has {prefix} "
+                f"(CLIP: one CLS token; SigLIP: none)"
+            )
         overrides = dict(config or {})
         # Build only the blocks a tap needs; SigLIP's pooling head is never used by a connector.
         overrides["num_hidden_layers"] = self.depth
@@ -80,9 +90,7 @@ class HFVisionEncoder(VisionEncoder):
         model.post_layernorm = nn.Identity()
         self.model = model
         self.family = family
-        if freeze:
-            self.model.requires_grad_(False)
-            self.model.eval()
+        self._apply_freeze()
 
     def _check_layout(self, hf_config: Any) -> None:
         found = {
@@ -97,13 +105,6 @@ class HFVisionEncoder(VisionEncoder):
                     f"encoder.layout.{key}={getattr(self.layout, key)} does not match the checkpoint's "
                     f"config ({value}) for encoder '{self.layout.name}'"
                 )
-
-    def train(self, mode: bool = True) -> HFVisionEncoder:
-        """Keep a frozen tower in eval mode whatever the trainer asks (no dropout, fixed features)."""
-        super().train(mode)
-        if self.freeze:
-            self.model.eval()
-        return self
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self.model.embeddings(pixel_values)

@@ -63,12 +63,12 @@ class LanguageModel(nn.Module):
         self.template: ChatTemplate = get_template(template)
         torch_dtype = getattr(torch, dtype)
         overrides = dict(config or {})
+        model_type = overrides.pop("model_type", "llama")  # only meaningful for random init
         if pretrained:
             self.model = AutoModelForCausalLM.from_pretrained(
                 pretrained, dtype=torch_dtype, attn_implementation=attn_implementation, **overrides
             )
         else:
-            model_type = overrides.pop("model_type", "llama")
             overrides.setdefault("vocab_size", len(self.tokenizer))
             overrides["hidden_size"] = hidden_size
             hf_config = AutoConfig.for_model(model_type, **overrides)

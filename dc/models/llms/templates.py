@@ -269,9 +269,9 @@ def _encode_piece(text: str, tokenizer: PreTrainedTokenizerBase, prev: int | Non
         # gives such splits (none with prepend_scheme "first", a "▁" with legacy "always"): put the same token
         # in front to get exactly that treatment, then drop it.
         ids = _natural(tokenizer.convert_ids_to_tokens(prev) + text, tokenizer)
-        if ids[:1] != [prev]:
-            raise RuntimeError(f"{tokenizer.convert_ids_to_tokens(prev)!r} does not re-encode as id {prev}")
-        return ids[1:]
+        if ids[:1] == [prev]:
+            return ids[1:]
+        # A token that does not re-encode as itself (exotic added-token flags): treat the piece as mid-text.
     # Mid-text after ordinary characters no tokenizer inserts a prefix, so the text up to the first added token
     # comes from the prefix-free copy; from that token on the splits are independent of what precedes them.
     enc = facts.prefix_free.encode(text, add_special_tokens=False)
@@ -327,8 +327,9 @@ class ChatTemplate:
 
     Attributes:
         name: registry key (`llm.template`).
-        bos: "always" (prepend the tokenizer's BOS if it has one), "never" (none, or written literally in the
-            first segment) or "tokenizer" (prepend it iff the tokenizer would on its own).
+        bos: "always" (prepend the tokenizer's BOS if it has a dedicated one, i.e. not its EOS), "never" (none,
+            or written literally in the first segment) or "tokenizer" (prepend it iff the tokenizer would on
+            its own).
         special_tokens: literals the template writes that must be single tokens of the tokenizer.
     """
 
@@ -351,11 +352,16 @@ class ChatTemplate:
 
     def add_bos(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
         """The BOS ids to put before the first segment, following the template's `bos` policy."""
-        if tokenizer.bos_token_id is None or self.bos == "never":
+        bos = tokenizer.bos_token_id
+        if bos is None or self.bos == "never":
             return []
         if self.bos == "tokenizer" and not tokenizer_adds_bos(tokenizer):
             return []
-        return [tokenizer.bos_token_id]
+        # GPT-2-style tokenizers (Phi-2) name their EOS as BOS too; it is not a sequence start, and LLaVA-style
+        # code that calls `tokenizer(...)` never gets it there.
+        if self.bos == "always" and bos == tokenizer.eos_token_id:
+            return []
+        return [bos]
 
     def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """Raise if a literal the template writes is not a single token of `tokenizer`.
@@ -415,7 +421,7 @@ class ChatTemplate:
         return self._tokenize(pieces, tokenizer).input_ids
 
     def stop_token_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-        """Ids of `stop_strings` (duplicates and missing tokens dropped)."""
+        """Ids of `stop_strings`, without duplicates; raises if one is not a token of `tokenizer`."""
         ids: list[int] = []
         for token in self.stop_strings(tokenizer):
             if token is None:
@@ -433,13 +439,13 @@ class Plain(ChatTemplate):
 
     name = "plain"
 
-    def segments(self, conversations, tokenizer):
+    def segments(self, conversations: list[dict], tokenizer: PreTrainedTokenizerBase) -> list[tuple[str, bool]]:
         if len(conversations) < 2:
             return [(IMAGE_PLACEHOLDER, False)]  # the generation prompt: just the image
         caption = conversations[1]["value"]
         return [(IMAGE_PLACEHOLDER, False), (caption + "\n", True)]
 
-    def prompt_segments(self, user_text, tokenizer):
+    def prompt_segments(self, user_text: str, tokenizer: PreTrainedTokenizerBase) -> list[str]:
         return [IMAGE_PLACEHOLDER] if IMAGE_PLACEHOLDER in user_text else []
 
 
@@ -460,7 +466,7 @@ class VicunaV1(ChatTemplate):
             raise ValueError(f"template {self.name!r} needs a tokenizer with an EOS token")
         return tokenizer.eos_token
 
-    def segments(self, conversations, tokenizer):
+    def segments(self, conversations: list[dict], tokenizer: PreTrainedTokenizerBase) -> list[tuple[str, bool]]:
         end = self.end_token(tokenizer)
         out: list[tuple[str, bool]] = [(self.system, False)]
         for k, turn in enumerate(conversations):
@@ -480,10 +486,10 @@ class Phi2(VicunaV1):
     bos = "never"
     special_tokens = ("<|endoftext|>",)
 
-    def end_token(self, tokenizer):
+    def end_token(self, tokenizer: PreTrainedTokenizerBase) -> str:
         return "<|endoftext|>"
 
-    def stop_strings(self, tokenizer):
+    def stop_strings(self, tokenizer: PreTrainedTokenizerBase) -> list[str]:
         return ["<|endoftext|>", tokenizer.eos_token]
 
 
@@ -504,9 +510,10 @@ class Llama3(ChatTemplate):
 
     @staticmethod
     def header(role: str) -> str:
+        """The role header that opens a message."""
         return f"<|start_header_id|>{role}<|end_header_id|>\n\n"
 
-    def segments(self, conversations, tokenizer):
+    def segments(self, conversations: list[dict], tokenizer: PreTrainedTokenizerBase) -> list[tuple[str, bool]]:
         out: list[tuple[str, bool]] = [(f"<|begin_of_text|>{self.header('system')}{self.system}<|eot_id|>", False)]
         for turn in conversations:
             if turn["from"] == HUMAN:
@@ -516,7 +523,7 @@ class Llama3(ChatTemplate):
                 out.append((f"{turn['value']}<|eot_id|>", True))
         return out
 
-    def stop_strings(self, tokenizer):
+    def stop_strings(self, tokenizer: PreTrainedTokenizerBase) -> list[str]:
         return ["<|eot_id|>", tokenizer.eos_token]
 
 
@@ -546,7 +553,7 @@ class ChatML(ChatTemplate):
     bos = "tokenizer"
     special_tokens = ("<|im_start|>", "<|im_end|>")
 
-    def segments(self, conversations, tokenizer):
+    def segments(self, conversations: list[dict], tokenizer: PreTrainedTokenizerBase) -> list[tuple[str, bool]]:
         out: list[tuple[str, bool]] = [(f"<|im_start|>system\n{self.system}<|im_end|>\n", False)]
         for turn in conversations:
             if turn["from"] == HUMAN:
@@ -556,7 +563,7 @@ class ChatML(ChatTemplate):
                 out.append(("\n", False))
         return out
 
-    def stop_strings(self, tokenizer):
+    def stop_strings(self, tokenizer: PreTrainedTokenizerBase) -> list[str]:
         return ["<|im_end|>", tokenizer.eos_token]
 
 

@@ -1,0 +1,106 @@
+"""CLI: `python -m dc.bench --mode quick|full [--only P1,P3] [--out docs/benchmarks.md] [--tiny]`."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dc.bench import recorded
+from dc.bench.infer_figures import run_p3
+from dc.bench.report import describe, write
+from dc.bench.shapes import shape_for
+from dc.bench.train_figures import run_p1, run_p4
+
+MEASURED: dict[str, Callable[..., dict[str, Any]]] = {"P1": run_p1, "P3": run_p3, "P4": run_p4}
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6")
+REPEATS = {"quick": (1, 5), "full": (3, 10)}  # (warm-up, repeats)
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m dc.bench", description=__doc__)
+    p.add_argument("--mode", choices=("quick", "full"), default="quick")
+    p.add_argument("--only", default=",".join(ALL), help="comma-separated figures, e.g. P1,P3")
+    p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    p.add_argument("--tiny", action="store_true", help="smallest shapes (smoke test; numbers meaningless)")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="re-render --out from an earlier run's JSON (no measurement)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 in quick mode, so CPU time is one thread's work; all cores in full)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    if args.from_json is not None:
+        data = json.loads(args.from_json.read_text())
+        write(args.out, data["meta"], data["figures"])
+        print(f"re-rendered {args.out} from {args.from_json}")
+        return 0
+    only = [f.strip().upper() for f in args.only.split(",") if f.strip()]
+    unknown = sorted(set(only) - set(ALL))
+    if unknown:
+        raise SystemExit(f"--only: unknown figures {unknown}; expected some of {list(ALL)}")
+    cuda = args.mode == "full" and torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = "bfloat16" if cuda else "float32"
+    threads = args.threads or (1 if args.mode == "quick" else os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    warmup, repeats = REPEATS[args.mode]
+    warmup = args.warmup if args.warmup is not None else (1 if args.tiny else warmup)
+    repeats = args.repeats if args.repeats is not None else (1 if args.tiny else repeats)
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    figures: list[dict[str, Any]] = []
+    for key in only:
+        if key in MEASURED:
+            if args.mode == "full" and not cuda:
+                figures.append({"figure": key, "status": "not yet measured", "reason": "no cuda device"})
+                continue
+            shape = shape_for(args.mode, key, args.tiny)
+            t0 = time.perf_counter()
+            fig = MEASURED[key](shape, device, dtype, warmup, repeats)
+            fig.update(status="measured", device=str(device), dtype=dtype, shape=describe(shape),
+                       warmup=warmup, repeats=repeats, wall_s=time.perf_counter() - t0)
+            figures.append(fig)
+            print(f"{key}: " + ", ".join(f"{k} {v['median']:.3f}x" for k, v in fig["ratios"].items()), flush=True)
+        elif key == "P2":
+            figures.append(recorded.p2_encoder_memory(Path.cwd()))
+        elif key == "P6":
+            figures.append(recorded.p6_data_loader(Path.cwd()))
+        elif key == "P5":
+            figures.append(recorded.p5_mfu())
+    meta = {
+        "command": "python -m dc.bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+        "mode": args.mode + (" (tiny)" if args.tiny else ""),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "load_average": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "dtype": dtype,
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "python": platform.python_version(),
+        "total_wall_s": f"{time.perf_counter() - started:.1f}",
+    }
+    json_path = write(args.out, meta, figures)
+    print(f"wrote {args.out} and {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

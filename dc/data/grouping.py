@@ -1,0 +1,172 @@
+"""Modality- and length-grouped batching (LLaVA's `group_by_modality_length`), map-style and streaming.
+
+Why: a batch that mixes a 600-token image sample with a 60-token text-only one is mostly padding, and
+LLaVA reports ~25 % faster training from grouping. Both versions put only samples of one modality (with
+images / text-only) in a batch and sort by length inside a *megabatch* so that neighbours have similar length;
+the megabatch keeps the order random at a larger scale.
+
+* `GroupedBatchSampler` (map-style, whole epoch known): per modality, a random permutation is cut into
+  megabatches of `megabatch_factor` global steps (`world_size × batch_size` samples each), each sorted by
+  length and cut into steps; step order is shuffled; rank r takes the r-th slice of every step, so all ranks
+  get the same number of batches and, within one step, similar lengths (balanced work). The per-modality
+  remainders (< one step each) are pooled, sorted and emitted last: the only mixed-modality batches — at most
+  two steps per epoch (documented leftover). It subclasses `DistributedSampler` because it does the rank split
+  itself: Lightning then leaves it alone (no sampler injection) and calls its `set_epoch`.
+* `group_stream` (shards): per modality a buffer of `megabatch_factor × batch_size` samples; when full it is
+  sorted by length and emitted as batches in random order. At the end of a one-pass stream the buffers are
+  emitted as single-modality batches and the remainders (< one batch each) pooled into a mixed one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DistributedSampler
+
+
+class GroupedBatchSampler(DistributedSampler):
+    """Yields this rank's batches as lists of dataset indices (use with `DataLoader(batch_size=None)`).
+
+    Args:
+        lengths: per-record length estimate (tokens).
+        has_image: per-record modality.
+        batch_size: per-rank micro-batch size.
+        num_replicas, rank: the data-parallel world (1, 0 on one device).
+        group: group by modality and length; False gives plain random batches (stage 1 in the reference).
+        megabatch_factor: steps per megabatch (larger = less padding, less randomness).
+        shuffle: shuffle (training); False keeps file order (still grouped if `group`).
+        seed: base seed; the epoch (`set_epoch`) is mixed in, identically on every rank.
+        drop_last: drop the final partial step instead of padding it by repeating some of its samples.
+    """
+
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        has_image: np.ndarray,
+        batch_size: int,
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+        group: bool = True,
+        megabatch_factor: int = 8,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(range(len(lengths)), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        if batch_size < 1 or megabatch_factor < 1:
+            raise ValueError(f"batch_size={batch_size} and megabatch_factor={megabatch_factor} must be >= 1")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.has_image = np.asarray(has_image, dtype=bool)
+        if self.lengths.shape != self.has_image.shape:
+            raise ValueError("lengths and has_image must have the same length")
+        self.batch_size = batch_size
+        self.group = group
+        self.megabatch_factor = megabatch_factor
+
+    def _pools(self) -> list[np.ndarray]:
+        idx = np.arange(len(self.lengths))
+        if not self.group:
+            return [idx]
+        return [idx[self.has_image], idx[~self.has_image]]
+
+    def __len__(self) -> int:
+        step = self.num_replicas * self.batch_size
+        sizes = [len(p) for p in self._pools()]
+        rest = sum(n % step for n in sizes)
+        return sum(n // step for n in sizes) + rest // step + int(bool(rest % step) and not self.drop_last)
+
+    def steps(self) -> list[np.ndarray]:
+        """Every global step of this epoch: arrays of `world × batch_size` indices (the last may be shorter)."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        step = self.num_replicas * self.batch_size
+        mega = step * self.megabatch_factor
+        steps: list[np.ndarray] = []
+        rest: list[np.ndarray] = []
+        for pool in self._pools():
+            order = rng.permutation(pool) if self.shuffle else pool
+            for start in range(0, len(order), mega):
+                chunk = order[start : start + mega]
+                if self.group:
+                    chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+                full = len(chunk) // step * step
+                steps.extend(chunk[k : k + step] for k in range(0, full, step))
+                rest.append(chunk[full:])
+        if self.shuffle:
+            steps = [steps[k] for k in rng.permutation(len(steps))]
+        left = np.concatenate(rest) if rest else np.zeros(0, np.int64)
+        if self.group:
+            left = left[np.argsort(-self.lengths[left], kind="stable")]
+        full = len(left) // step * step
+        steps.extend(left[k : k + step] for k in range(0, full, step))
+        tail = left[full:]
+        if len(tail) and not self.drop_last:
+            # Pad by repeating the tail's own samples so every rank gets an equal, non-empty share.
+            per_rank = -(-len(tail) // self.num_replicas)
+            steps.append(np.resize(tail, per_rank * self.num_replicas))
+        return steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for s in self.steps():
+            per_rank = len(s) // self.num_replicas
+            yield s[self.rank * per_rank : (self.rank + 1) * per_rank].tolist()
+
+
+def _n_images(sample: dict[str, Any]) -> int:
+    return sample["n_images"] if "n_images" in sample else sample["pixel_values"].shape[0]
+
+
+def _sorted_batches(buffer: list[dict], batch_size: int, rng: np.random.Generator | None) -> tuple[list[list[dict]], list[dict]]:
+    """Sort `buffer` by length (longest first) and cut into full batches; return (batches, remainder)."""
+    buffer = sorted(buffer, key=lambda s: len(s["input_ids"]), reverse=True)
+    full = len(buffer) // batch_size * batch_size
+    batches = [buffer[k : k + batch_size] for k in range(0, full, batch_size)]
+    if rng is not None:
+        batches = [batches[k] for k in rng.permutation(len(batches))]
+    return batches, buffer[full:]
+
+
+def group_stream(
+    samples: Iterable[dict[str, Any]],
+    batch_size: int,
+    *,
+    group: bool = True,
+    megabatch_factor: int = 8,
+    rng: np.random.Generator | None = None,
+    drop_last: bool = False,
+) -> Iterator[list[dict[str, Any]]]:
+    """Group a stream of samples into batches (lists of samples), by modality and length when `group`.
+
+    Without `group` the samples are batched in arrival order. At the end of the stream every buffered sample
+    is emitted (the last, mixed-modality batch may be short unless `drop_last`).
+    """
+    if not group:
+        batch: list[dict] = []
+        for s in samples:
+            batch.append(s)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch and not drop_last:
+            yield batch
+        return
+    mega = batch_size * megabatch_factor
+    buffers: dict[bool, list[dict]] = {True: [], False: []}
+    for s in samples:
+        buf = buffers[_n_images(s) > 0]
+        buf.append(s)
+        if len(buf) >= mega:
+            batches, _ = _sorted_batches(buf, batch_size, rng)
+            buf.clear()
+            yield from batches
+    left: list[dict] = []
+    for buf in buffers.values():
+        batches, rest = _sorted_batches(buf, batch_size, rng)
+        yield from batches
+        left.extend(rest)
+    batches, rest = _sorted_batches(left, batch_size, None)
+    yield from batches
+    if rest and not drop_last:
+        yield rest

@@ -1,0 +1,119 @@
+"""SEED-Bench: option-letter accuracy per question type, image / video / all (LLaVA convert_seed_for_submission).
+
+Files under ``$DATA_ROOT/eval/seed_bench``::
+
+    llava-seed-bench.jsonl        {"question_id", "image", "text" (question + "A. ..." options + suffix), ...}
+    SEED-Bench.json               official {"questions": [{question_id, answer, question_type_id, data_type}],
+                                            "question_type": {name: id}}
+    SEED-Bench-image/...          images; SEED-Bench-video-image/... (LLaVA's middle frames of videos)
+
+Prompt: the question file text (options and ``Answer with the option's letter from the given choices
+directly.`` already in it), ``<image>\\n`` in front; ``max_new_tokens = 128`` (reference-spec §7).
+
+Scoring: LLaVA compares the output with the answer letter exactly; here the letter is read from the
+output with :func:`choices.extract_letter` (so ``"A."`` or ``"(A)"`` also count), which equals the
+exact comparison for bare-letter outputs. Accuracy per question type, and over image / video / all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dc.eval.benchmarks.base import (OPTION_LETTER_SUFFIX, Benchmark, EvalRecord, IdAllocator, Skip, build_result,
+                                     load_json, pct, read_jsonl, with_image_token, with_suffix)
+from dc.eval.benchmarks.choices import extract_letter
+from dc.eval.benchmarks.report import atomic_write_text
+
+_LETTERS = ["A", "B", "C", "D"]
+_DATA_TYPES = ("all", "image", "video")
+
+
+class SEEDBench(Benchmark):
+    """SEED-Bench (v1).
+
+    Args:
+        root: ``$DATA_ROOT/eval/seed_bench``.
+        question_file: LLaVA question file, relative to root.
+        annotation_file: Official annotations, relative to root.
+        image_folder: Image folder, relative to root.
+        data_type: Keep ``"all"`` questions, or only ``"image"`` / ``"video"`` ones.
+        **kw: ``limit``, ``check_images``.
+    """
+
+    name = "seed"
+    prompt_suffix = OPTION_LETTER_SUFFIX
+    max_new_tokens = 128
+
+    def __init__(self, root: str | Path, *, question_file: str = "llava-seed-bench.jsonl",
+                 annotation_file: str = "SEED-Bench.json", image_folder: str = ".", data_type: str = "all",
+                 **kw: Any) -> None:
+        super().__init__(root, **kw)
+        if data_type not in _DATA_TYPES:
+            raise ValueError(f"seed.data_type must be one of {_DATA_TYPES}, got {data_type!r}")
+        self.question_file = self.root / question_file
+        self.annotation_file = self.root / annotation_file
+        self.image_folder = self.root / image_folder
+        self.data_type = data_type
+
+    def _load(self) -> tuple[list[EvalRecord], list[Skip]]:
+        gt: dict[str, dict[str, Any]] = {}
+        type_names: dict[int, str] = {}
+        if self.annotation_file.is_file():
+            ann = load_json(self.annotation_file)
+            gt = {str(q["question_id"]): q for q in ann.get("questions", [])}
+            type_names = {int(v): k for k, v in ann.get("question_type", {}).items()}
+        records, skips = [], []
+        new_id = IdAllocator()
+        for line_no, obj, err in read_jsonl(self.question_file):
+            if obj is None:
+                skips.append(Skip(f"line:{line_no}", "malformed_line", err))
+                continue
+            if not all(k in obj for k in ("question_id", "image", "text")):
+                skips.append(Skip(str(obj.get("question_id", f"line:{line_no}")), "missing_field"))
+                continue
+            qid = str(obj["question_id"])
+            q = gt.get(qid, {})
+            if self.data_type != "all" and q.get("data_type") != self.data_type:
+                continue
+            image = self._image(self.image_folder, obj["image"], qid, skips)
+            if image is None:
+                continue
+            tid = q.get("question_type_id")
+            meta = {"question_id": obj["question_id"], "answer": q.get("answer"), "data_type": q.get("data_type"),
+                    "question_type": type_names.get(int(tid), str(tid)) if tid is not None else None}
+            records.append(EvalRecord(new_id(qid), with_image_token(with_suffix(obj["text"], self.prompt_suffix)),
+                                      image, self.max_new_tokens, meta))
+        return records, skips
+
+    def score(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
+              skips: Sequence[Skip] | None = None) -> dict[str, Any]:
+        skips = self._skips(skips)
+        skips += [Skip(r.id, "no_ground_truth") for r in records if not r.meta.get("answer")]
+        hits: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for r in records:
+            if not r.meta.get("answer"):
+                continue
+            ok = int(extract_letter(answers.get(r.id, ""), _LETTERS) == r.meta["answer"])
+            hits["data_type"]["all"].append(ok)
+            hits["data_type"][r.meta.get("data_type") or "unknown"].append(ok)
+            hits["question_type"][r.meta.get("question_type") or "unknown"].append(ok)
+        if not hits:
+            return build_result(self.name, records=records, answers=answers, skips=skips, metrics={},
+                                main_metric=None, status="no_ground_truth", notes=["SEED-Bench.json not found"])
+        dt = hits["data_type"]
+        metrics = {f"accuracy_{k}" if k != "all" else "accuracy": pct(sum(dt[k]), len(dt[k]))
+                   for k in ("all", "image", "video") if dt.get(k)}
+        breakdown = {"question_type": {k: pct(sum(v), len(v)) for k, v in sorted(hits["question_type"].items())}}
+        return build_result(self.name, records=records, answers=answers, skips=skips, metrics=metrics,
+                            main_metric="accuracy", breakdown=breakdown)
+
+    def write_submission(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
+                         out_dir: str | Path) -> list[Path]:
+        """LLaVA's upload JSONL: ``{"question_id", "prediction"}`` per answered question."""
+        lines = [json.dumps({"question_id": r.meta["question_id"], "prediction": answers[r.id]}, ensure_ascii=False)
+                 for r in records if r.id in answers]
+        return [atomic_write_text(Path(out_dir) / "seed_bench_upload.jsonl", "".join(x + "\n" for x in lines))]

@@ -1,0 +1,137 @@
+"""Training callbacks: the step checkpoint that always writes a final `last.ckpt`, RNG state in checkpoints, and
+a fault injector for preemption tests.
+
+Throughput/MFU lives in `dc.training.throughput`, sample predictions in `dc.training.predictions`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import signal
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+log = logging.getLogger(__name__)
+
+
+def _replace(src: str, dst: str) -> None:
+    """Move `src` over `dst` (files: one atomic rename; sharded checkpoint folders: rename the old one aside first)."""
+    if os.path.isdir(dst) and not os.path.islink(dst):
+        old = dst + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` whose `last.ckpt` is always complete and always the final state.
+
+    * Lightning's `ModelCheckpoint(every_n_train_steps=k)` writes `last.ckpt` only at multiples of k, so a run of
+      2,180 steps with k=500 would end with step 2,000 in `last.ckpt`; stage 2 initialises from that file.
+    * Lightning writes checkpoints in place: a preemption during the write leaves a truncated `last.ckpt` and no
+      previous one. Here every checkpoint is written to `<name>.partial` and renamed when complete.
+    """
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        partial = filepath + ".partial"
+        super()._save_checkpoint(trainer, partial)
+        trainer.strategy.barrier("StepCheckpoint.partial")
+        if trainer.is_global_zero:
+            _replace(partial, filepath)
+        trainer.strategy.barrier("StepCheckpoint.renamed")
+        self._last_checkpoint_saved = filepath
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        super().on_train_end(trainer, pl_module)
+
+
+def collect_rng_states() -> dict[str, Any]:
+    """torch / CUDA / numpy / python RNG states as types `torch.load(weights_only=True)` accepts."""
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_states(state: dict[str, Any]) -> None:
+    """Inverse of `collect_rng_states` (CUDA states only when CUDA is in use)."""
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class RNGStateCheckpoint(L.Callback):
+    """Stores every rank's torch / numpy / python (and CUDA) RNG state in checkpoints and restores it on resume.
+
+    The state is re-applied just before the first training batch after the restore, i.e. at the same point in
+    the RNG stream where the uninterrupted run continued after writing the checkpoint (dropout, LoRA dropout).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        state = collect_rng_states()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, state)
+        else:
+            states = [state]
+        return {"per_rank": states}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = state_dict.get("per_rank") or []
+        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        if len(states) > rank:
+            self._pending = states[rank]
+        else:
+            log.warning("checkpoint holds RNG states for %d ranks, this is rank %d: RNG not restored", len(states), rank)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._pending is not None:
+            state, self._pending = self._pending, None
+            set_rng_states(state)
+
+
+class CrashAtStep(L.Callback):
+    """Fault injection for resume tests: kill this process at the start of the first batch after `step`.
+
+    ModelCheckpoint runs after all other callbacks in `on_train_batch_end`, so a checkpoint due at `step` has
+    been written by the time this fires. `sig` is a signal name ("SIGKILL": no clean-up at all) or "raise".
+    """
+
+    def __init__(self, step: int, sig: str = "SIGKILL") -> None:
+        self.step = step
+        self.sig = sig
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step < self.step:
+            return
+        if self.sig == "raise":
+            raise RuntimeError(f"CrashAtStep: simulated failure at global step {trainer.global_step}")
+        log.warning("CrashAtStep: sending %s at global step %d", self.sig, trainer.global_step)
+        os.kill(os.getpid(), getattr(signal, self.sig))

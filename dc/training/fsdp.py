@@ -1,0 +1,180 @@
+"""FSDP for the VLM (`trainer=fsdp`): wrap units declared by the components, per-stage sharding, bf16 mixed
+precision, activation checkpointing on LLM decoder layers, LoRA per peft's FSDP guide, rank-0 weight loading.
+
+Wrap units (each its own FSDP unit; the rest — embeddings, final norms, `lm_head` — stays in the root unit):
+
+* LLM decoder layers: `LanguageModel.decoder_layer_classes()`;
+* vision-encoder blocks: `VisionEncoder.block_classes()`;
+* the connector (so the root unit never mixes the trainable connector with the frozen 0.5B-parameter
+  Llama-3 embedding/lm_head, which would get gradient buffers under `use_orig_params=True`);
+* with LoRA, additionally every trainable leaf module (the `lora_A`/`lora_B` Linears), exactly like
+  `peft.utils.other.fsdp_auto_wrap_policy`, so every flat parameter is uniformly trainable or frozen and
+  `use_orig_params=False` (peft's recommendation for the memory savings) works.
+
+The classes come from the built model, so they are resolved in `_setup_model`, after `configure_model` has
+built the VLM and right before wrapping; `configure_units(module)` does the same for inspection and tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import FSDPStrategy
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.distributed.fsdp import MixedPrecision
+from torch.distributed.fsdp.wrap import CustomPolicy, ModuleWrapPolicy
+
+from dc.models.builder import build_connector
+from dc.models.vlm import VLM
+from dc.utils.instantiate import instantiate
+
+log = logging.getLogger(__name__)
+
+SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "_HYBRID_SHARD_ZERO2", "NO_SHARD")
+
+
+def is_trainable_leaf(module: nn.Module) -> bool:
+    """A module without children whose weight trains (peft's FSDP lambda policy: the LoRA A/B Linears)."""
+    weight = getattr(module, "weight", None)
+    return next(module.children(), None) is None and isinstance(weight, torch.Tensor) and weight.requires_grad
+
+
+class LoraWrapPolicy(CustomPolicy):
+    """Wrap `module_classes` and every trainable leaf (peft's `fsdp_auto_wrap_policy`, plus our vision/connector units)."""
+
+    def __init__(self, module_classes: set[type[nn.Module]]) -> None:
+        self.module_classes = frozenset(module_classes)
+        classes = tuple(module_classes)
+        super().__init__(lambda m: isinstance(m, classes) or is_trainable_leaf(m))
+
+
+def wrap_units(vlm: VLM, *, wrap_vision_blocks: bool = True) -> tuple[set[type[nn.Module]], set[type[nn.Module]]]:
+    """(FSDP wrap classes, activation-checkpointing classes) declared by the VLM's components."""
+    decoder = set(vlm.llm.decoder_layer_classes())
+    if not decoder:
+        raise ValueError(f"LLM {type(vlm.llm.model).__name__} declares no decoder layer classes (_no_split_modules)")
+    wrap = decoder | {type(vlm.connector)}
+    if wrap_vision_blocks:
+        wrap |= set(vlm.encoder.block_classes())
+    return wrap, decoder
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"trainer.strategy: {name!r} is not a torch dtype name")
+    return dtype
+
+
+class VLMFSDPStrategy(FSDPStrategy):
+    """Lightning `FSDPStrategy` configured for a `DCModule`.
+
+    Args:
+        sharding_strategy: per stage (`stage.sharding`): SHARD_GRAD_OP for the connector-only stage 1,
+            FULL_SHARD for stage 2; HYBRID_SHARD shards within a node and replicates across nodes.
+        lora: the `stage.lora` node (or None); when set, `use_orig_params=False` and LoRA leaves are wrapped.
+        activation_checkpointing: checkpoint every LLM decoder layer (non-reentrant).
+        wrap_vision_blocks: make every vision block an FSDP unit.
+        param_dtype, reduce_dtype, buffer_dtype: FSDP `MixedPrecision` (fp32 sharded master weights stay fp32).
+        cpu_ram_efficient_loading: only global rank 0 reads pretrained LLM weights; the other ranks build the
+            LLM on the meta device and receive rank 0's weights through `sync_module_states`.
+        state_dict_type: "full" (one file on rank 0; holds only the weights a checkpoint must keep) or
+            "sharded" (a folder per checkpoint, written by all ranks in parallel; consolidate with
+            `python -m dc.training.checkpoint consolidate`).
+        **kwargs: further `FSDPStrategy` / `FullyShardedDataParallel` arguments (`limit_all_gathers`, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        sharding_strategy: str = "FULL_SHARD",
+        lora: Any = None,
+        activation_checkpointing: bool = True,
+        wrap_vision_blocks: bool = True,
+        param_dtype: str = "bfloat16",
+        reduce_dtype: str = "bfloat16",
+        buffer_dtype: str = "bfloat16",
+        cpu_ram_efficient_loading: bool = True,
+        state_dict_type: str = "full",
+        **kwargs: Any,
+    ) -> None:
+        if sharding_strategy not in SHARDING:
+            raise ValueError(f"stage.sharding={sharding_strategy!r}: expected one of {SHARDING}")
+        self.lora = bool(lora)
+        self.use_activation_checkpointing = bool(activation_checkpointing)
+        self.wrap_vision_blocks = bool(wrap_vision_blocks)
+        self.cpu_ram_efficient_loading = bool(cpu_ram_efficient_loading)
+        if self.lora:
+            kwargs["use_orig_params"] = False  # peft's FSDP guide: needed for LoRA's memory savings
+        if self.cpu_ram_efficient_loading:
+            kwargs["sync_module_states"] = True
+            kwargs["param_init_fn"] = self._materialize_meta
+        mixed = MixedPrecision(param_dtype=_dtype(param_dtype), reduce_dtype=_dtype(reduce_dtype), buffer_dtype=_dtype(buffer_dtype))
+        super().__init__(
+            sharding_strategy=sharding_strategy,
+            mixed_precision=mixed,
+            state_dict_type=state_dict_type,  # type: ignore[arg-type]
+            **kwargs,
+        )
+        self.wrap_classes: set[type[nn.Module]] = set()
+        self.ac_classes: set[type[nn.Module]] = set()
+
+    @property
+    def state_dict_type(self) -> str:
+        return self._state_dict_type
+
+    def _materialize_meta(self, module: nn.Module) -> None:
+        """FSDP `param_init_fn` on ranks that built on meta: allocate storage (values come from rank 0)."""
+        tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
+        if any(t.is_meta for t in tensors):
+            module.to_empty(device=self.root_device, recurse=False)
+
+    def configure_units(self, pl_module: nn.Module) -> None:
+        """Resolve wrap and activation-checkpointing policies from the module's built VLM."""
+        vlm = getattr(pl_module, "vlm", None)
+        if vlm is None:
+            raise RuntimeError("VLMFSDPStrategy: the LightningModule has no built `vlm` (configure_model not run?)")
+        self.wrap_classes, decoder = wrap_units(vlm, wrap_vision_blocks=self.wrap_vision_blocks)
+        policy: Any = LoraWrapPolicy(self.wrap_classes) if self.lora else ModuleWrapPolicy(self.wrap_classes)
+        self.kwargs["auto_wrap_policy"] = policy
+        self.ac_classes = decoder if self.use_activation_checkpointing else set()
+        self._activation_checkpointing_kwargs = (
+            {"auto_wrap_policy": ModuleWrapPolicy(self.ac_classes)} if self.ac_classes else {}
+        )
+        log.info("FSDP %s units %s, activation checkpointing on %s, use_orig_params=%s",
+                 self.sharding_strategy.name, sorted(c.__name__ for c in self.wrap_classes),
+                 sorted(c.__name__ for c in self.ac_classes), self.kwargs.get("use_orig_params"))
+
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        self.configure_units(model)
+        return super()._setup_model(model)
+
+
+def build_vlm_low_ram(cfg: DictConfig) -> VLM:
+    """The VLM with its LLM built on the meta device from the pretrained *config* only (no weights read).
+
+    For FSDP ranks other than 0 (`cpu_ram_efficient_loading`): FSDP materialises the meta tensors and
+    `sync_module_states` broadcasts rank 0's weights. Encoder and connector are built as usual (≤ 0.4B
+    parameters). Same order of construction as `dc.models.builder.build_vlm`.
+    """
+    from transformers import AutoConfig
+
+    llm_cfg = cfg.llm
+    if not llm_cfg.get("pretrained"):
+        from dc.models.builder import build_vlm
+
+        return build_vlm(cfg)  # random-init LLM: nothing to read from disk
+    hf_config = AutoConfig.from_pretrained(llm_cfg.pretrained).to_dict()
+    hf_config.update(OmegaConf.to_container(llm_cfg.get("config") or {}, resolve=True))
+    connector = build_connector(cfg)
+    encoder = instantiate(cfg.encoder.model, _convert_="all")(layout=connector.layout, taps=connector.taps)
+    node = OmegaConf.to_container(llm_cfg, resolve=True)
+    node.update(pretrained=None, tokenizer=llm_cfg.get("tokenizer") or llm_cfg.pretrained, config=hf_config)
+    with torch.device("meta"):
+        llm = instantiate(OmegaConf.create(node), _convert_="all")
+    if llm.hidden_size != connector.llm_hidden_size:
+        raise ValueError(f"llm hidden size {llm.hidden_size} != {connector.llm_hidden_size} read from config")
+    return VLM(encoder, connector, llm)

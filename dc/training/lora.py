@@ -1,0 +1,114 @@
+"""LoRA on the LLM (`stage.lora`): targets, injection, merge and export.
+
+Targets are found by walking the LLM's `nn.Linear` modules (LLaVA's `find_all_linear_names`): every Linear leaf
+name except the output head (`lm_head`, or whatever `get_output_embeddings()` is) and `stage.lora.exclude`. Peft's
+per-architecture default (q_proj, v_proj for Llama) is never used. The vision encoder and the connector are
+outside the wrapped model, so they never get adapters; the connector trains as a plain module at its own LR.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+LORA_KEY = ".lora_"  # every adapter tensor name contains this (lora_A, lora_B, lora_embedding_*, lora_magnitude_*)
+
+
+def lora_target_names(model: nn.Module, exclude: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Sorted leaf names of the `nn.Linear` modules of `model`, without the output head and `exclude`."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    names: set[str] = set()
+    skipped: set[str] = set(exclude)
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if module is head or leaf == "lm_head":
+            skipped.add(leaf)
+            continue
+        names.add(leaf)
+    targets = sorted(names - skipped)
+    if not targets:
+        raise ValueError(f"stage.lora: no nn.Linear targets left in {type(model).__name__} after excluding {sorted(skipped)}")
+    return targets
+
+
+def lora_config(cfg: Any, targets: list[str]) -> LoraConfig:
+    """Peft `LoraConfig` from the `stage.lora` node (r, alpha, dropout, bias)."""
+    return LoraConfig(
+        r=int(cfg.r),
+        lora_alpha=int(cfg.alpha),
+        lora_dropout=float(cfg.dropout),
+        bias=str(cfg.get("bias", "none")),
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+
+
+def apply_lora(llm: nn.Module, cfg: Any) -> dict[str, int]:
+    """Wrap `llm.model` (the HF causal LM of a `LanguageModel`) in a peft LoRA model; return parameter counts.
+
+    Peft freezes the base model and leaves only the adapters trainable.
+    """
+    targets = lora_target_names(llm.model, tuple(cfg.get("exclude") or ()))
+    llm.model = get_peft_model(llm.model, lora_config(cfg, targets))
+    adapters = sum(p.numel() for n, p in llm.named_parameters() if LORA_KEY in n)
+    base = sum(p.numel() for n, p in llm.named_parameters() if LORA_KEY not in n)
+    log.info("LoRA r=%s alpha=%s dropout=%s on %s: %s adapter parameters over a frozen base of %s",
+             cfg.r, cfg.alpha, cfg.dropout, targets, f"{adapters:,}", f"{base:,}")
+    return {"adapters": adapters, "base": base}
+
+
+def has_lora(llm: nn.Module) -> bool:
+    return isinstance(getattr(llm, "model", None), PeftModel)
+
+
+def merge_lora(llm: nn.Module) -> None:
+    """Fold the adapters into the base weights in place (`merge_and_unload`): `llm.model` is a plain HF model again."""
+    if not has_lora(llm):
+        raise ValueError("merge_lora: this LLM has no LoRA adapters")
+    llm.model = llm.model.merge_and_unload()
+
+
+def export_lora(module: Any, out_dir: str | Path, merge: bool = False) -> Path:
+    """Write a LoRA-trained `DCModule` as `adapter/` (peft `save_pretrained`), `connector.pt` and, with `merge`,
+    `llm/` (the merged HF model and tokenizer, loadable as `llm.pretrained`). Merge after consolidating an FSDP
+    checkpoint, on one process: peft does not support merging sharded models."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    llm = module.vlm.llm
+    if not has_lora(llm):
+        raise ValueError("export_lora: the module has no LoRA adapters (stage.lora is null)")
+    llm.model.save_pretrained(out / "adapter")
+    torch.save(module.vlm.connector.state_dict(), out / "connector.pt")
+    if merge:
+        merge_lora(llm)
+        llm.model.save_pretrained(out / "llm")
+        llm.tokenizer.save_pretrained(out / "llm")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m dc.training.lora CKPT OUT_DIR [--merge]`: export a LoRA checkpoint."""
+    import argparse
+
+    from dc.lit_module import load_module
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("ckpt")
+    parser.add_argument("out_dir")
+    parser.add_argument("--merge", action="store_true", help="also write the merged LLM")
+    args = parser.parse_args(argv)
+    out = export_lora(load_module(args.ckpt), args.out_dir, merge=args.merge)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The converter: size/count caps, dot-free keys, skipped records reported, atomic and deterministic re-runs."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from data_helpers import good_records, qa
+from PIL import Image
+
+from dc.data import to_shards
+from dc.data.shards import resolve_shards
+from dc.data.to_shards import convert, main
+
+
+def noisy_png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (24 + seed % 17, 30, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()  # 2-4 KB, incompressible
+
+
+@pytest.fixture
+def layout(tmp_path):
+    records = good_records(24, 6, prefix="ok")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k, rec in enumerate(records):
+        if "image" in rec:
+            rec["image"] = f"sub/{rec['id']}.v1.png"  # dots and folders in paths must not leak into keys
+            (folder / "sub").mkdir(exist_ok=True)
+            (folder / rec["image"]).write_bytes(noisy_png(k))
+    records.insert(5, {"id": "broken.jpg", "image": "sub/broken.jpg", "conversations": qa("What?", "x", True)})
+    (folder / "sub/broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    records.insert(11, {"id": "gone", "image": "sub/gone.jpg", "conversations": qa("What?", "x", True)})
+    path = tmp_path / "mix.json"
+    path.write_text(json.dumps(records))
+    return path, folder, records
+
+
+def digest(out) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
+
+
+CAP_MB = 16 / 1024  # 16 KiB: a handful of 2-4 KB images per shard
+
+
+def test_caps_keys_skips_and_roundtrip(layout, tmp_path, capsys):
+    path, folder, records = layout
+    out = tmp_path / "shards"
+    manifest = convert(path, folder, out, max_size_mb=CAP_MB, max_count=5, progress=False)
+    assert manifest["skipped"] == {"corrupt_image": 1, "missing_image": 1}
+    assert {s["id"] for s in manifest["skipped_records"]} == {"broken.jpg", "gone"}
+    err = capsys.readouterr().err
+    assert "corrupt_image: 1" in err and "missing_image: 1" in err and "'broken.jpg'" in err
+    shards = sorted(out.glob("*.tar"))
+    assert len(shards) == len(manifest["shards"]) > 3
+    keys, samples = [], {}
+    for shard in shards:
+        assert shard.stat().st_size <= CAP_MB * 2**20
+        with tarfile.open(shard) as tar:
+            names = tar.getnames()
+            for m in tar.getmembers():
+                samples.setdefault(m.name.split(".")[0], {})[m.name.split(".", 1)[1]] = tar.extractfile(m).read()
+        shard_keys = sorted({n.split(".")[0] for n in names})
+        assert len(shard_keys) <= 5
+        assert all(n.count(".") == 1 for n in names)  # `key.ext`: no dot in any key
+        keys += shard_keys
+    assert len(keys) == len(set(keys)) == manifest["num_samples"] == len(records) - 2
+    by_id = {r["id"]: r for r in records}
+    for members in samples.values():
+        rec = json.loads(members["json"])
+        assert rec == by_id[rec["id"]]
+        if "image" in rec:
+            assert members["png"] == (folder / rec["image"]).read_bytes()  # original bytes
+        else:
+            assert set(members) == {"json"}
+    urls, found = resolve_shards(str(out))
+    assert [u.rsplit("/", 1)[1] for u in urls] == [s.name for s in shards] and found["num_samples"] == len(keys)
+
+
+def test_rerun_is_identical_and_leaves_no_temp_files(layout, tmp_path):
+    path, folder, _ = layout
+    out = tmp_path / "shards"
+    convert(path, folder, out, max_size_mb=CAP_MB, max_count=5, progress=False)
+    first = digest(out)
+    convert(path, folder, out, max_size_mb=CAP_MB, max_count=5, progress=False)  # up to date: untouched
+    assert digest(out) == first
+    convert(path, folder, out, max_size_mb=CAP_MB, max_count=5, progress=False, overwrite=True, workers=2)
+    assert digest(out) == first  # rebuilt with a process pool: same bytes
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_interrupted_run_leaves_no_partial_shard_and_resumes(layout, tmp_path, monkeypatch):
+    path, folder, _ = layout
+    clean = tmp_path / "clean"
+    convert(path, folder, clean, max_size_mb=CAP_MB, max_count=5, progress=False)
+    out = tmp_path / "shards"
+    calls = {"n": 0}
+    real_add = to_shards.ShardWriter.add
+
+    def failing_add(self, index, members):
+        calls["n"] += 1
+        if calls["n"] == 13:
+            raise KeyboardInterrupt  # killed mid-shard
+        return real_add(self, index, members)
+
+    monkeypatch.setattr(to_shards.ShardWriter, "add", failing_add)
+    with pytest.raises(KeyboardInterrupt):
+        convert(path, folder, out, max_size_mb=CAP_MB, max_count=5, progress=False)
+    monkeypatch.setattr(to_shards.ShardWriter, "add", real_add)
+    names = sorted(p.name for p in out.iterdir())
+    assert ".progress.json" in names and "index.json" not in names
+    assert not [n for n in names if ".tmp" in n]  # no half-written shard
+    done = json.loads((out / ".progress.json").read_text())["shards"]
+    assert [n for n in names if n.endswith(".tar")] == [s["name"] for s in done]
+    convert(path, folder, out, max_size_mb=CAP_MB, max_count=5, progress=False)  # resumes after them
+    assert digest(out) == digest(clean)
+
+
+def test_cli(layout, tmp_path):
+    path, folder, _ = layout
+    out = tmp_path / "cli"
+    assert main(["--json", str(path), "--image-folder", str(folder), "--out", str(out), "--max-count", "100",
+                 "--workers", "0", "--no-progress"]) == 0
+    manifest = json.loads((out / "index.json").read_text())
+    assert [s["name"] for s in manifest["shards"]] == ["mix-000000.tar"]

@@ -1,0 +1,65 @@
+"""VQA answer normalisation and leave-one-out VQA accuracy, against hand-worked expectations."""
+
+from __future__ import annotations
+
+import pytest
+
+from dc.eval.benchmarks.vqa_eval import normalize_answer, process_punctuation, vqa_accuracy
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Two", "2"),  # number word -> digit
+        ("none", "0"),
+        ("ten dogs", "10 dogs"),
+        ("The cat", "cat"),  # articles dropped
+        ("a man an apple", "man apple"),
+        ("dont", "don't"),  # apostrophe-less contraction -> written form
+        ("isnt it", "isn't it"),
+        ("couldnt've", "couldn't've"),
+        ("well", "well"),  # an ordinary word is not a contraction
+        ("Yes.", "yes"),  # trailing period removed
+        ("3.5", "3.5"),  # decimal point kept
+        ("3.", "3"),  # period not followed by a digit is removed
+        ("1,000", "1000"),  # commas deleted
+        ("red-white", "red white"),  # '-' not touching a space -> space
+        ("red - white", "red white"),  # '-' touching a space -> deleted (then spaces collapse)
+        ("(left)", "left"),
+        ("what's", "what 's"),  # possessive split off
+        ("yes!", "yes"),
+        ("  Blue\n", "blue"),
+    ],
+)
+def test_normalize_answer(raw: str, expected: str) -> None:
+    assert normalize_answer(raw) == expected
+
+
+def test_punctuation_digit_comma_digit_deletes_all_punctuation() -> None:
+    # "2,5-7": a digit,comma,digit group means every listed punctuation mark is deleted, not spaced.
+    assert process_punctuation("2,5-7") == "257"
+    assert process_punctuation("a-b") == "a b"
+
+
+def test_vqa_accuracy_three_of_ten() -> None:
+    # 3 humans say "2", 7 say "3"; prediction "two" -> "2".
+    # Leaving out one of the 3 matching answers: 2 matches remain -> 2/3; leaving out a non-match: 3 -> 1.
+    gts = ["2"] * 3 + ["3"] * 7
+    expected = (3 * (2 / 3) + 7 * 1) / 10  # = 0.9
+    assert vqa_accuracy("two", gts) == pytest.approx(expected)
+    assert expected == pytest.approx(0.9)
+
+
+def test_vqa_accuracy_one_and_two_of_ten() -> None:
+    # One match: the 9 non-matching left out see 1 match (1/3); the match left out sees 0.
+    assert vqa_accuracy("red", ["red"] + ["blue"] * 9) == pytest.approx((9 * (1 / 3) + 1 * 0) / 10)  # 0.3
+    # Two matches: 8 * (2/3) + 2 * (1/3), over 10 = 0.6.
+    assert vqa_accuracy("red", ["red"] * 2 + ["blue"] * 8) == pytest.approx((8 * (2 / 3) + 2 * (1 / 3)) / 10)
+
+
+def test_vqa_accuracy_full_and_zero() -> None:
+    assert vqa_accuracy("Yes", ["yes"] * 10) == pytest.approx(1.0)
+    assert vqa_accuracy("yes", ["yes"] * 4 + ["no"] * 6) == pytest.approx(1.0)  # 4 matches: every leave-out sees >= 3
+    assert vqa_accuracy("maybe", ["yes"] * 10) == 0.0
+    # Normalisation applies to the ground truths too: "ten" == "10".
+    assert vqa_accuracy("10", ["ten"] * 2 + ["10"] * 2 + ["11"] * 6) == pytest.approx(1.0)
