@@ -38,13 +38,28 @@ def _times_table(title: str, unit: str, table: dict[str, dict], scale: float = 1
     return lines
 
 
+def verdict(goal: str, r: dict) -> str:
+    """'met' / 'missed' on the headline, and whether every round agrees (else: inconclusive at this repeat count)."""
+    parts = goal.split()
+    if len(parts) != 2 or parts[0] not in ("<=", ">="):  # e.g. a GPU-only goal with a qualifier: no verdict
+        return goal
+    bound = float(parts[1])
+    ok = (lambda x: x <= bound) if parts[0] == "<=" else (lambda x: x >= bound)
+    head = "met" if ok(r["median"]) else "**missed**"
+    rounds = [ok(x) for x in r.get("paired", [])]
+    if rounds and (all(rounds) or not any(rounds)):
+        return f"{goal}: {head} (every round agrees)"
+    return f"{goal}: {head} on the median, but the rounds straddle the goal: inconclusive at {len(rounds)} repeats"
+
+
 def _ratio_table(fig: dict) -> list[str]:
     lines = ["| ratio | **median of paired ratios** | ratio of medians | ratio of minima | wall: ratio of medians "
              "| per-round ratios | goal |", "|---|---|---|---|---|---|---|"]
     for name, r in fig.get("ratios", {}).items():
         paired = ", ".join(_f(x, 2) for x in r.get("paired", []))
+        goal = verdict(str(fig.get("goal", {}).get(name, "")), r)
         lines.append(f"| {name} | **{_f(r['median'])}×** | {_f(r.get('of_medians'))}× | {_f(r['min'])}× | "
-                     f"{_f(r.get('wall_of_medians'))} | {paired} | {fig.get('goal', {}).get(name, '')} |")
+                     f"{_f(r.get('wall_of_medians'))} | {paired} | {goal} |")
     return lines
 
 
@@ -76,7 +91,12 @@ def _measured(fig: dict) -> list[str]:
         lines += [f"|loss(ours) − loss(HF)| on the same batch before any step: "
                   f"{fig['loss_abs_diff_before_training']:.2e} (same weights, same maths).", ""]
     met = fig.get("goal_met")
-    lines += [f"Goal met: {'n/a on this device' if met is None else ('yes' if met else '**no**')}"]
+    verdicts = [verdict(str(fig.get("goal", {}).get(k, "")), r) for k, r in fig.get("ratios", {}).items()]
+    shaky = any("inconclusive" in v for v in verdicts)
+    text = "n/a on this device" if met is None else ("yes" if met else "**no**")
+    if shaky and met is not None:
+        text += " on the median, but inconclusive: some per-round ratios fall on the other side of the goal"
+    lines += [f"Goal met: {text}"]
     return lines + _profiles(fig) + [""]
 
 
@@ -97,7 +117,8 @@ def _recorded(fig: dict) -> list[str]:
         lines += ["", "| padding fraction | value |", "|---|---|"]
         lines += [f"| {k} | {_f(v * 100, 1)} % |" for k, v in fig["padding"].items()]
         lines += ["", f"Machine: {fig.get('machine')}, torch {fig.get('torch')}; command `{fig.get('command')}`."]
-    lines += ["", f"Goal ({fig['goal']}) met: {'yes' if fig.get('goal_met') else '**no**'}", ""]
+    goals = ", ".join(f"{k} {v}" for k, v in fig["goal"].items())
+    lines += ["", f"Goal ({goals}) met: {'yes' if fig.get('goal_met') else '**no**'}", ""]
     return lines
 
 

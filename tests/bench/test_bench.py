@@ -63,3 +63,12 @@ def test_full_mode_without_cuda_marks_figures_not_measured(tmp_path: Path, monke
     data = json.loads(out.with_suffix(".json").read_text())
     assert [f["status"] for f in data["figures"]] == ["not yet measured"] * 3
     assert "measured above" not in out.read_text()
+
+
+def test_verdict_flags_rounds_that_straddle_the_goal() -> None:
+    from dc.bench.report import verdict
+
+    assert "every round agrees" in verdict("<= 1.03", {"median": 1.0, "paired": [0.99, 1.01]})
+    assert "inconclusive" in verdict("<= 1.03", {"median": 1.0, "paired": [0.9, 1.1, 1.0]})
+    assert "missed" in verdict(">= 3.0", {"median": 2.0, "paired": [2.0]})
+    assert verdict(">= 3.0 at 7B on GPU", {"median": 1.5}) == ">= 3.0 at 7B on GPU"

@@ -85,11 +85,11 @@ def test_train_then_eval_gqa_format_with_resume_and_bad_image(train_cfg, tmp_pat
     # accuracy recomputed here from the answers file and the gold answers
     gold = {r["question_id"]: r["answer"] for r in records}
     hits = sum(a["text"].strip().rstrip(".").lower() == gold[a["id"]] for a in answers)
-    assert metrics["gqa/metrics/accuracy"] == pytest.approx(100.0 * hits / n_good)
+    assert metrics["gqa/accuracy"] == pytest.approx(100.0 * hits / n_good)
     assert objs["result"]["counts"]["skipped"] == {"unreadable_input": len(bad_ids)}
     assert (out / "gqa_results.md").read_text().count("gqa") >= 1
     # resume: a second run answers nothing new and gives the same score
     before = (out / "gqa_answers.jsonl").read_text()
     metrics2, _ = evaluate(compose_config("eval", overrides))
     assert (out / "gqa_answers.jsonl").read_text() == before
-    assert metrics2["gqa/metrics/accuracy"] == metrics["gqa/metrics/accuracy"]
+    assert metrics2["gqa/accuracy"] == metrics["gqa/accuracy"]
