@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +110,42 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Evaluate a checkpoint on the configured benchmark (`benchmark.runner` names the function)."""
+    """Evaluate a checkpoint on the configured benchmark (`benchmark.runner` names the function).
+
+    With `wandb.enabled=true` the metrics also go to a Weights & Biases run (job type "eval"; offline when no
+    API key is configured), which is finished even when the evaluation fails.
+    """
     import hydra.utils
 
     runner = hydra.utils.get_method(cfg.benchmark.runner)
-    return runner(cfg)
+    wandb_cfg = cfg.get("wandb") or {}
+    if not wandb_cfg.get("enabled", False):
+        return runner(cfg)
+    import wandb
+
+    from dc.training.loggers import wandb_has_credentials
+
+    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_credentials() else "offline")
+    run = wandb.init(
+        project=wandb_cfg.get("project", "dense-connector"),
+        group=wandb_cfg.get("group"),
+        name=str(cfg.run_name),
+        job_type="eval",
+        dir=str(cfg.paths.output_dir),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        mode=mode,
+    )
+    failed = True
+    try:
+        metrics, objects = runner(cfg)
+        run.log(metrics)
+        run.summary.update(metrics)
+        objects["wandb_summary"] = dict(run.summary)  # as the run holds it (cleared once finished)
+        objects["wandb_dir"] = run.dir
+        failed = False
+        return metrics, objects
+    finally:
+        run.finish(exit_code=1 if failed else 0)
 
 
 def resolved(cfg: DictConfig) -> DictConfig:

@@ -25,7 +25,7 @@ def compose_cfg(data_root: Path, out: Path, *overrides: str):
             "data=llava_instruct", f"paths.data_dir={data_root}", f"paths.output_dir={out}", "run_name=t",
             "data.batch_size=4", "data.num_workers=0", "data.max_length=256", "stage.global_batch_size=4",
             "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=csv",
-            "+callbacks.data_stats._target_=dc.data.stats.DataStatsCallback", *overrides,
+            *overrides,
         ])
 
 

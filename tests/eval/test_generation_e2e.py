@@ -93,3 +93,20 @@ def test_train_then_eval_gqa_format_with_resume_and_bad_image(train_cfg, tmp_pat
     metrics2, _ = evaluate(compose_config("eval", overrides))
     assert (out / "gqa_answers.jsonl").read_text() == before
     assert metrics2["gqa/accuracy"] == metrics["gqa/accuracy"]
+
+
+def test_eval_metrics_go_to_wandb_offline(train_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`wandb.enabled=true`: the metrics land in an offline wandb run's summary, and the run is finished."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = train_cfg("trainer.max_steps=1")
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    out = tmp_path / "eval"
+    overrides = [f"ckpt_path={ckpt}", f"paths.output_dir={out}", "limit=4", "wandb.enabled=true", "benchmark.blank_control=false"]
+    metrics, objs = evaluate(compose_config("eval", overrides))
+    assert wandb.run is None  # finished
+    assert objs["wandb_summary"]["acc/all"] == metrics["acc/all"]
+    assert len(list(out.glob("wandb/offline-run-*/run-*.wandb"))) == 1  # an offline run, ready for `wandb sync`

@@ -147,6 +147,19 @@ class Benchmark(ABC):
     def _skips(self, skips: Sequence[Skip] | None) -> list[Skip]:
         return list(self.last_skips if skips is None else skips)
 
+    def question_lines(
+        self, path: Path, skips: list[Skip], required: tuple[str, ...] = ("question_id", "image", "text")
+    ) -> Iterator[dict[str, Any]]:
+        """The usable lines of a JSONL question file; malformed or incomplete lines become skips."""
+        for line_no, obj, err in read_jsonl(path):
+            if obj is None:
+                skips.append(Skip(f"line:{line_no}", "malformed_line", err))
+                continue
+            if not all(k in obj for k in required):
+                skips.append(Skip(str(obj.get("question_id", f"line:{line_no}")), "missing_field"))
+                continue
+            yield obj
+
     def _image(self, folder: Path, rel: str, item_id: str, skips: list[Skip]) -> Path | None:
         """Resolve an image path; record a Skip and return None when it is missing."""
         path = folder / rel

@@ -91,13 +91,7 @@ class MME(Benchmark):
         cache: dict[tuple[str, str], dict[str, str]] = {}
         records, skips = [], []
         new_id = IdAllocator()
-        for line_no, obj, err in read_jsonl(self.question_file):
-            if obj is None:
-                skips.append(Skip(f"line:{line_no}", "malformed_line", err))
-                continue
-            if not all(k in obj for k in ("question_id", "image", "text")):
-                skips.append(Skip(str(obj.get("question_id", f"line:{line_no}")), "missing_field"))
-                continue
+        for obj in self.question_lines(self.question_file, skips, ("question_id", "image", "text")):
             qid = str(obj["question_id"])
             subtask = obj.get("category") or qid.split("/")[0]
             rid = new_id(qid)

@@ -108,13 +108,7 @@ class MMVet(Benchmark):
         gt: dict[str, Any] = load_json(self.gt_file) if self.gt_file.is_file() else {}
         records, skips = [], []
         new_id = IdAllocator()
-        for line_no, obj, err in read_jsonl(self.question_file):
-            if obj is None:
-                skips.append(Skip(f"line:{line_no}", "malformed_line", err))
-                continue
-            if not all(k in obj for k in ("question_id", "image", "text")):
-                skips.append(Skip(str(obj.get("question_id", f"line:{line_no}")), "missing_field"))
-                continue
+        for obj in self.question_lines(self.question_file, skips, ("question_id", "image", "text")):
             key = f"v1_{obj['question_id']}"
             image = self._image(self.image_folder, obj["image"], key, skips)
             if image is None:

@@ -93,13 +93,7 @@ class POPE(Benchmark):
         position = dict.fromkeys(self.splits, 0)
         records, skips = [], []
         new_id = IdAllocator()
-        for line_no, obj, err in read_jsonl(self.question_file):
-            if obj is None:
-                skips.append(Skip(f"line:{line_no}", "malformed_line", err))
-                continue
-            if not all(k in obj for k in ("question_id", "image", "text", "category")):
-                skips.append(Skip(str(obj.get("question_id", f"line:{line_no}")), "missing_field"))
-                continue
+        for obj in self.question_lines(self.question_file, skips, ("question_id", "image", "text", "category")):
             split = obj["category"]
             if split not in self.splits:
                 continue

@@ -68,13 +68,7 @@ class SEEDBench(Benchmark):
             type_names = {int(v): k for k, v in ann.get("question_type", {}).items()}
         records, skips = [], []
         new_id = IdAllocator()
-        for line_no, obj, err in read_jsonl(self.question_file):
-            if obj is None:
-                skips.append(Skip(f"line:{line_no}", "malformed_line", err))
-                continue
-            if not all(k in obj for k in ("question_id", "image", "text")):
-                skips.append(Skip(str(obj.get("question_id", f"line:{line_no}")), "missing_field"))
-                continue
+        for obj in self.question_lines(self.question_file, skips, ("question_id", "image", "text")):
             qid = str(obj["question_id"])
             q = gt.get(qid, {})
             if self.data_type != "all" and q.get("data_type") != self.data_type:

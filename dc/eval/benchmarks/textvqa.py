@@ -70,13 +70,7 @@ class TextVQA(Benchmark):
                 gt[(str(a["image_id"]), a["question"].lower())] = a
         records, skips = [], []
         new_id = IdAllocator()
-        for line_no, obj, err in read_jsonl(self.question_file):
-            if obj is None:
-                skips.append(Skip(f"line:{line_no}", "malformed_line", err))
-                continue
-            if not all(k in obj for k in ("question_id", "image", "text")):
-                skips.append(Skip(str(obj.get("question_id", f"line:{line_no}")), "missing_field"))
-                continue
+        for obj in self.question_lines(self.question_file, skips, ("question_id", "image", "text")):
             image_id = str(obj["question_id"])
             rid = new_id(image_id)
             image = self._image(self.image_folder, obj["image"], rid, skips)
