@@ -18,6 +18,7 @@ import torch
 
 from dc.bench import recorded
 from dc.bench.infer_figures import run_p3
+from dc.bench.mfu_figure import run_p5
 from dc.bench.report import describe, write
 from dc.bench.shapes import shape_for
 from dc.bench.train_figures import run_p1, run_p4
@@ -33,6 +34,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(ALL), help="comma-separated figures, e.g. P1,P3")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     p.add_argument("--tiny", action="store_true", help="smallest shapes (smoke test; numbers meaningless)")
+    p.add_argument("--peak-device", choices=("a100", "h100_sxm", "h200"), default=None,
+                   help="bf16 peak used for P5's MFU (explicit table, no device-name guessing)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--from-json", type=Path, default=None,
@@ -80,7 +83,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif key == "P6":
             figures.append(recorded.p6_data_loader(Path.cwd()))
         elif key == "P5":
-            figures.append(recorded.p5_mfu())
+            if args.mode == "full" and not cuda:
+                figures.append(recorded.p5_mfu())
+                continue
+            shape = shape_for(args.mode, key, args.tiny)
+            fig = run_p5(shape, device, dtype, warmup, repeats, args.peak_device)
+            fig.update(status="measured", device=str(device), dtype=dtype, shape=describe(shape),
+                       warmup=warmup, repeats=repeats)
+            figures.append(fig)
+            rates = fig["rates"]
+            mfu = "n/a" if rates["mfu"] is None else f"{100 * rates['mfu']:.1f} %"
+            print(f"P5: {rates['tokens_per_s']:.0f} tokens/s, {rates['model_tflops_per_s']:.3f} TFLOP/s, MFU {mfu}")
     meta = {
         "command": "python -m dc.bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
         "mode": args.mode + (" (tiny)" if args.tiny else ""),

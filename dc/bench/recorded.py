@@ -64,6 +64,6 @@ def p6_data_loader(root: Path) -> dict[str, Any]:
 
 
 def p5_mfu() -> dict[str, Any]:
-    """P5: model FLOPs utilisation; needs a GPU and its peak FLOPS, so never measured on CPU."""
+    """P5 placeholder for full mode without a GPU (quick mode measures tokens/s on CPU, without MFU)."""
     return {"figure": "P5", "title": "MFU of a training step (GPU only)", "status": "not yet measured",
             "goal": {"mfu": "see ecosystem-notes §B1/§B4 (LLaVA-1.5 7B ≈ 22–31 %)"}}

@@ -122,6 +122,19 @@ def _recorded(fig: dict) -> list[str]:
     return lines
 
 
+def _rates(fig: dict) -> list[str]:
+    r = fig["rates"]
+    mfu = "n/a (CPU, or no --peak-device)" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
+    t = fig["times_s"]["dci"]
+    return [
+        f"### {fig['figure']}: {fig['title']}", "", f"Shape: {fig.get('shape')}", "",
+        "| tokens/s | samples/s | model TFLOP/s | MFU | step time median (min–max) | goal |", "|---|---|---|---|---|---|",
+        f"| {r['tokens_per_s']:.1f} | {r['samples_per_s']:.2f} | {r['model_tflops_per_s']:.4f} | {mfu} | "
+        f"{_f(t['median'])} s ({_f(t['min'])}–{_f(t['max'])}) | {fig['goal']['mfu']} |",
+        "", "An absolute rate, not a ratio: on a shared CPU it is indicative only; the MFU goal concerns GPUs.", "",
+    ]
+
+
 def render(meta: dict[str, Any], figures: list[dict[str, Any]]) -> str:
     """The markdown report."""
     lines = [
@@ -148,7 +161,7 @@ def render(meta: dict[str, Any], figures: list[dict[str, Any]]) -> str:
             continue
         if fig.get("status") == "not yet measured":
             continue
-        lines += _measured(fig)
+        lines += _rates(fig) if "rates" in fig else _measured(fig)
     lines += ["## Recorded elsewhere (included, not re-measured)", ""]
     for fig in figures:
         if fig.get("status") in ("recorded", "missing"):
@@ -158,7 +171,7 @@ def render(meta: dict[str, Any], figures: list[dict[str, Any]]) -> str:
     for key, what in GPU_FIGURES.items():
         lines.append(f"| {what} | {'measured above' if key in gpu_done else 'not yet measured'} |")
     lines += ["", "`python -m dc.bench --mode full` implements them (cuda, bf16); it has not been run on a GPU yet, "
-              "and no number here is an estimate. P5 (MFU) has no runner yet. Full-mode shapes "
+              "and no number here is an estimate. P5's MFU needs `--peak-device`. Full-mode shapes "
               "(`dc/bench/shapes.py`):", ""]
     lines += [f"- {key}: {describe(shape)}" for key, shape in SHAPES["full"].items()]
     lines.append("")

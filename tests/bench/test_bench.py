@@ -46,13 +46,18 @@ def test_quick_tiny_p1_writes_markdown_and_json(tmp_path: Path) -> None:
     for side in ("mlp", "sci", "dci", "sti"):
         s = p1["times_s"][side]
         assert s["min"] <= s["median"] <= s["max"] and len(s["samples"]) == 1
-    assert figures["P5"]["status"] == "not yet measured"
+    p5 = figures["P5"]  # measured on CPU (tokens/s, TFLOP/s); MFU only with a GPU and an explicit peak
+    assert p5["status"] == "measured" and p5["rates"]["mfu"] is None
+    rates = p5["rates"]
+    tokens = 48  # the tiny P5 shape: batch 1, seq 48, no padding
+    assert rates["tokens_per_s"] == pytest.approx(tokens / p5["times_s"]["dci"]["median"])
+    assert rates["model_tflops_per_s"] == pytest.approx(rates["flops_per_step"] / p5["times_s"]["dci"]["median"] / 1e12)
     assert figures["P2"]["status"] in ("recorded", "missing")
     assert figures["P6"]["status"] in ("recorded", "missing")
 
     md = out.read_text()
     assert md.startswith("# Benchmarks")
-    for needle in ("### P1:", "| sci |", "| dci |", "| sti |", "platform", "cpu_count", "not yet measured"):
+    for needle in ("### P1:", "| sci |", "| dci |", "| sti |", "### P5:", "platform", "cpu_count", "not yet measured"):
         assert needle in md
 
 
