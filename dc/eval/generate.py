@@ -11,6 +11,7 @@ import torch
 from dc.constants import IMAGE_PLACEHOLDER
 from dc.data.collate import Collator
 from dc.data.llava_json import expand_visual_tokens
+from dc.models.llms.templates import get_template
 from dc.models.vlm import VLM
 
 
@@ -19,8 +20,6 @@ def prompt_sample(vlm: VLM, text: str, images: torch.Tensor | None, template_nam
 
     `text` carries `<image>` where the image goes (LLaVA puts it first: "<image>\\nQuestion").
     """
-    from dc.models.llms.templates import get_template
-
     template = get_template(template_name) if template_name else vlm.llm.template
     ids = template.prompt(text, vlm.llm.tokenizer)
     ids, _ = expand_visual_tokens(ids, [0] * len(ids), vlm.num_visual_tokens)
