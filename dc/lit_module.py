@@ -1,15 +1,10 @@
 """The LightningModule: builds the VLM in `configure_model`, applies the stage, trains, checkpoints.
 
-Training concerns only; the model itself is `dc.models.vlm.VLM`.
-
-Checkpoints hold the weights that cannot be rebuilt from config: everything trainable (LoRA adapters included),
-plus frozen parts that were built with random weights (the tiny models). Frozen parts loaded from `pretrained`
-are left out and come back from their source when the checkpoint is loaded (`load_module`). Sharded FSDP
-checkpoints are the exception: they hold everything, because the distributed loader needs every key (consolidate
-with `python -m dc.training.checkpoint consolidate --weights-only` to get the small file).
+Training concerns only; the model is `dc.models.vlm.VLM`, built by `dc.models.builder.build_vlm` from the model
+config (`encoder`, `connector`, `llm`, `image`), and what a checkpoint holds is `dc.training.checkpoint`'s.
 
 Under `trainer=fsdp` with `cpu_ram_efficient_loading`, ranks other than 0 build the pretrained LLM on the meta
-device (`dc.training.fsdp.build_vlm_low_ram`); FSDP materialises it and broadcasts rank 0's weights.
+device (`build_vlm(..., llm_on_meta=True)`); FSDP materialises it and broadcasts rank 0's weights.
 """
 
 from __future__ import annotations
@@ -20,44 +15,56 @@ from typing import Any
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedTokenizerBase
 
 from dc.models.builder import build_vlm
+from dc.models.llms.templates import ChatTemplate
 from dc.models.vlm import VLM
-from dc.training.fsdp import build_vlm_low_ram
-from dc.training.lora import LORA_KEY, apply_lora
+from dc.training.checkpoint import MODEL_KEYS, check_checkpoint_keys, keeps_key, read_checkpoint
+from dc.training.lora import apply_lora
 from dc.training.optim import param_groups, warmup_cosine
 from dc.training.stages import PARTS, apply_freezing, part_of
 from dc.training.throughput import FlopsSpec, flops_spec
+from dc.utils.instantiate import instantiate
 
 log = logging.getLogger(__name__)
 
 
-def persisted_prefixes(cfg: DictConfig) -> list[str]:
-    """State-dict prefixes a checkpoint must hold for `cfg` (the others reload from `pretrained`)."""
-    train = set(cfg.stage.train)
-    keep = ["vlm.connector."]
-    if "encoder" in train or not cfg.encoder.model.get("pretrained"):
-        keep.append("vlm.encoder.")
-    if "llm" in train or not cfg.llm.get("pretrained"):
-        keep.append("vlm.llm.")
-    return keep
-
-
-def keeps_key(cfg: DictConfig, key: str) -> bool:
-    """Whether a checkpoint for `cfg` must hold the state-dict entry `key`."""
-    if key.startswith(tuple(persisted_prefixes(cfg))):
-        return True
-    return bool(cfg.stage.get("lora")) and LORA_KEY in key
+def model_config(cfg: DictConfig) -> dict[str, Any]:
+    """The model part of a root config (`encoder`, `connector`, `llm`, `image`), resolved to plain values."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) for k in MODEL_KEYS if cfg.get(k) is not None}
 
 
 class DCModule(L.LightningModule):
-    """Lightning wrapper around a `VLM` built from the `encoder`, `connector`, `llm` and `stage` configs."""
+    """Lightning wrapper around a `VLM`.
 
-    def __init__(self, cfg: DictConfig) -> None:
+    Args:
+        model: the model config (`model_config(cfg)`): encoder, connector, llm, image.
+        stage: the `stage` config (what trains, learning rates, schedule, LoRA, init).
+        seed: seeds the random-init parts (identical in every stage and on every rank).
+        tokenizer: the LLM's tokenizer, already loaded by the pipeline (so it is read once); None: load it.
+        total_steps: optimizer steps of the whole run, for the LR schedule (None: the trainer's estimate).
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any] | DictConfig,
+        stage: dict[str, Any] | DictConfig,
+        seed: int = 0,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        total_steps: int | None = None,
+    ) -> None:
         super().__init__()
-        container = OmegaConf.to_container(cfg, resolve=True)
-        self.save_hyperparameters({"cfg": container})
-        self.cfg = OmegaConf.create(container)
+        model = OmegaConf.to_container(model, resolve=True) if isinstance(model, DictConfig) else dict(model)
+        stage = OmegaConf.to_container(stage, resolve=True) if isinstance(stage, DictConfig) else dict(stage)
+        self.save_hyperparameters({"model": model, "stage": stage, "seed": int(seed)})
+        self.model_cfg = OmegaConf.create(model)
+        self.stage = OmegaConf.create(stage)
+        self.seed = int(seed)
+        self.tokenizer = tokenizer
+        self.total_steps = total_steps
+        template = self.stage.get("template")
+        self.stage_template: ChatTemplate | None = instantiate(template) if template else None
         self.vlm: VLM | None = None
         self.strict_loading = False  # checkpoints omit frozen pretrained weights; checked in on_load_checkpoint
         self.param_counts: dict[str, dict[str, int]] = {}
@@ -72,16 +79,15 @@ class DCModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.vlm is not None:
             return
-        build = build_vlm_low_ram if self._low_ram_rank() else build_vlm
         # Random-init parts (and LoRA A matrices) must come out identical in every stage and on every rank.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.cfg.seed))
-            self.vlm = build(self.cfg)
-            self.param_counts = apply_freezing(self.vlm, list(self.cfg.stage.train))
-            init = self.cfg.stage.get("init_connector_from")
+            torch.manual_seed(self.seed)
+            self.vlm = build_vlm(self.model_cfg, tokenizer=self.tokenizer, llm_on_meta=self._low_ram_rank())
+            self.param_counts = apply_freezing(self.vlm, list(self.stage.train))
+            init = self.stage.get("init_connector_from")
             if init:
                 load_connector_weights(self, init)
-            lora = self.cfg.stage.get("lora")
+            lora = self.stage.get("lora")
             if lora:
                 apply_lora(self.vlm.llm, lora)
                 self.param_counts = _count_parts(self.vlm)
@@ -98,6 +104,7 @@ class DCModule(L.LightningModule):
             attention_mask=batch["attention_mask"],
             pixel_values=batch["pixel_values"],
             labels=batch["labels"],
+            visual=batch.get("visual"),
         )
         return out.loss
 
@@ -112,7 +119,7 @@ class DCModule(L.LightningModule):
 
     # --- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        stage = self.cfg.stage
+        stage = self.stage
         lr_for = {
             "connector": float(stage.connector_lr if stage.get("connector_lr") is not None else stage.lr),
             "llm": float(stage.lr),
@@ -121,7 +128,7 @@ class DCModule(L.LightningModule):
         model = self.trainer.model if self.trainer is not None else self
         groups = param_groups(model.named_parameters(), lr_for, part_of, float(stage.weight_decay))
         optimizer = torch.optim.AdamW(groups, betas=tuple(stage.betas), eps=float(stage.eps))
-        total = int(self.trainer.estimated_stepping_batches)
+        total = self.total_steps if self.total_steps is not None else int(self.trainer.estimated_stepping_batches)
         scheduler = warmup_cosine(optimizer, total, float(stage.warmup_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -148,13 +155,13 @@ class DCModule(L.LightningModule):
         if getattr(strategy, "state_dict_type", "full") == "sharded":
             return  # the distributed loader needs every key back; consolidate --weights-only trims
         state = checkpoint["state_dict"]
-        for key in [k for k in state if not keeps_key(self.cfg, k)]:
+        for key in [k for k in state if not keeps_key(self.model_cfg, self.stage, k)]:
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.configure_model()
         if "state_dict" in checkpoint:  # absent for sharded FSDP checkpoints (loaded straight into the shards)
-            check_checkpoint_keys(self.state_keys, checkpoint["state_dict"], self.cfg)
+            check_checkpoint_keys(self.state_keys, checkpoint["state_dict"], self.model_cfg, self.stage)
 
 
 def _count_parts(vlm: VLM) -> dict[str, dict[str, int]]:
@@ -167,18 +174,12 @@ def _count_parts(vlm: VLM) -> dict[str, dict[str, int]]:
     return counts
 
 
-def check_checkpoint_keys(expected_keys: Any, state: dict[str, torch.Tensor], cfg: DictConfig) -> None:
-    """Raise when a checkpoint lacks weights that only it can provide."""
-    expected = {k for k in expected_keys if keeps_key(cfg, k)}
-    missing = sorted(expected - set(state))
-    if missing:
-        raise KeyError(f"checkpoint lacks {len(missing)} weights it should hold, e.g. {missing[:3]}")
-
-
 def load_connector_weights(module: DCModule, path: str) -> None:
-    """Initialise from a stage-1 checkpoint: the connector, plus any random-init frozen weights it holds."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    state = ckpt["state_dict"]
+    """Initialise from a stage-1 checkpoint: the connector, plus any random-init frozen weights it holds.
+
+    The file is read safely (tensors only); its stored config is not used.
+    """
+    state = read_checkpoint(path).get("state_dict") or {}
     if not any(k.startswith("vlm.connector.") for k in state):
         raise KeyError(f"stage.init_connector_from={path}: no connector weights in this checkpoint")
     own = module.state_dict()
@@ -188,20 +189,3 @@ def load_connector_weights(module: DCModule, path: str) -> None:
             raise ValueError(f"stage.init_connector_from={path}: {k} has shape {tuple(v.shape)}, model has {tuple(own[k].shape)}")
     module.load_state_dict(usable, strict=False)
     log.info("initialised %d tensors from %s", len(usable), path)
-
-
-def load_module(ckpt_path: str, map_location: str = "cpu", **cfg_overrides: Any) -> DCModule:
-    """Rebuild a `DCModule` from a checkpoint: config from the checkpoint, pretrained parts from their source.
-
-    Returned in eval mode (inference); call `.train()` to train it further.
-    """
-    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=False)
-    cfg = OmegaConf.create(ckpt["hyper_parameters"]["cfg"])
-    cfg.stage.init_connector_from = None
-    for key, value in cfg_overrides.items():
-        OmegaConf.update(cfg, key, value)
-    module = DCModule(cfg)
-    module.configure_model()
-    check_checkpoint_keys(module.state_keys, ckpt["state_dict"], cfg)
-    module.load_state_dict(ckpt["state_dict"], strict=False)
-    return module.eval()

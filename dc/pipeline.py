@@ -16,33 +16,41 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedTokenizerBase
 
-from dc.data.image import ImagePreprocessor
-from dc.lit_module import DCModule
-from dc.models.builder import build_connector
-from dc.models.llms.hf_causal import load_tokenizer
-from dc.models.llms.templates import get_template
-from dc.utils.instantiate import instantiate
+from dc.data.visual import build_visual_processor
+from dc.lit_module import DCModule, model_config
+from dc.models.llms.tokenizers import load_tokenizer
+from dc.training.checkpoint import resolve_ckpt_path
+from dc.training.data import ResumableDataModule
+from dc.training.loggers import build_loggers, finish_wandb
+from dc.utils.instantiate import instantiate, trusted_prefixes
 
 log = logging.getLogger(__name__)
 
 
-def template_name(cfg: DictConfig) -> str:
-    """The stage's template (stage 1: plain) or else the LLM's own."""
-    return cfg.stage.get("template") or cfg.llm.template
+def build_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
+    """The LLM's tokenizer, loaded once for the model and the data."""
+    llm = cfg.llm
+    source = llm.get("tokenizer")
+    if source is None:
+        source, key = llm.get("pretrained"), "llm.pretrained"
+        if source is None:
+            raise ValueError("llm.tokenizer must be set when llm.pretrained is null")
+    else:
+        key = "llm.tokenizer"
+        if hasattr(source, "get") and source.get("_target_"):
+            source = instantiate(source, allowed=trusted_prefixes(cfg.get("extra_target_prefixes")))
+    return load_tokenizer(source, llm.get("pad_token"), key=key)
 
 
-def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    """The `data` config bound to the model's tokenizer, template, image processor and visual-token count."""
-    tokenizer = load_tokenizer(cfg.llm.tokenizer or cfg.llm.pretrained, cfg.llm.get("pad_token"))
-    images = ImagePreprocessor(instantiate(cfg.encoder.image), aspect=cfg.stage.image_aspect)
-    num_visual_tokens = build_connector(cfg).num_visual_tokens()
-    return instantiate(cfg.data, _convert_="all")(
-        tokenizer=tokenizer,
-        template=get_template(template_name(cfg)),
-        image_processor=images,
-        num_visual_tokens=num_visual_tokens,
-    )
+def build_datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase | None = None) -> L.LightningDataModule:
+    """The `data` config bound to the model's tokenizer, the stage's template and the visual processor."""
+    allowed = trusted_prefixes(cfg.get("extra_target_prefixes"))
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
+    template = instantiate(cfg.stage.template if cfg.stage.get("template") else cfg.llm.template, allowed=allowed)
+    visual = build_visual_processor(cfg, allowed=allowed)
+    return instantiate(cfg.data, allowed=allowed)(tokenizer=tokenizer, template=template, visual=visual)
 
 
 def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
@@ -72,25 +80,23 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     `last` (this run folder's `checkpoints/last.ckpt`) or `auto` (that file if present). The wandb run, if any,
     is finished even when training raises, so the next job of a multirun gets its own run.
     """
-    from dc.training.checkpoint import resolve_ckpt_path
-    from dc.training.data import ResumableDataModule
-    from dc.training.loggers import build_loggers, finish_wandb
-
     L.seed_everything(int(cfg.seed), workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_node = (cfg.get("callbacks") or {}).get("checkpoint") or {}
     checkpoint_dir = checkpoint_node.get("dirpath") or output_dir / "checkpoints"
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_dir)
+    allowed = trusted_prefixes(cfg.get("extra_target_prefixes"))
     failed = True
     try:
-        datamodule = build_datamodule(cfg)
-        module = DCModule(cfg)
+        tokenizer = build_tokenizer(cfg)
+        datamodule = build_datamodule(cfg, tokenizer)
+        module = DCModule(model_config(cfg), cfg.stage, int(cfg.seed), tokenizer=tokenizer)
         loggers = build_loggers(cfg, resuming=ckpt_path is not None)
-        callbacks = [instantiate(cb) for cb in (cfg.get("callbacks") or {}).values() if cb is not None]
+        callbacks = [instantiate(cb, allowed=allowed) for cb in (cfg.get("callbacks") or {}).values() if cb is not None]
         if not loggers:  # Lightning refuses a LearningRateMonitor without a logger (logger=[])
             callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-        trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        trainer: L.Trainer = instantiate(cfg.trainer, allowed=allowed, logger=loggers or False, callbacks=callbacks)
         trainer.accumulate_grad_batches = accumulation(
             int(cfg.stage.global_batch_size), int(cfg.data.batch_size), trainer.world_size
         )
@@ -110,17 +116,16 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Evaluate a checkpoint on the configured benchmark (`benchmark.runner` names the function).
+    """Evaluate a checkpoint on the configured benchmark (`benchmark` config node).
 
     With `wandb.enabled=true` the metrics also go to a Weights & Biases run (job type "eval"; offline when no
     API key is configured), which is finished even when the evaluation fails.
     """
-    import hydra.utils
+    from dc.eval.runner import run_benchmark
 
-    runner = hydra.utils.get_method(cfg.benchmark.runner)
     wandb_cfg = cfg.get("wandb") or {}
     if not wandb_cfg.get("enabled", False):
-        return runner(cfg)
+        return run_benchmark(cfg)
     import wandb
 
     from dc.training.loggers import wandb_has_credentials
@@ -137,7 +142,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     )
     failed = True
     try:
-        metrics, objects = runner(cfg)
+        metrics, objects = run_benchmark(cfg)
         run.log(metrics)
         run.summary.update(metrics)
         objects["wandb_summary"] = dict(run.summary)  # as the run holds it (cleared once finished)
@@ -146,8 +151,3 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         return metrics, objects
     finally:
         run.finish(exit_code=1 if failed else 0)
-
-
-def resolved(cfg: DictConfig) -> DictConfig:
-    """A fully resolved copy of `cfg` (interpolations replaced by values)."""
-    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))

@@ -1,4 +1,8 @@
-"""Batching: dynamic padding of token sequences, images concatenated in sample order, and batch statistics.
+"""Batching: dynamic padding of token sequences, views concatenated in sample order, and batch statistics.
+
+Model inputs: `input_ids`, `labels`, `attention_mask`, `pixel_values` ([V, 3, H, W]: every view of every visual
+input of the batch, samples in order; None when there is none) and `visual` (one `VisualMeta` per input, same
+order), from which the VLM merges and splices (`dc.models.vlm`).
 
 Besides the model inputs a training batch carries what the LightningModule logs (see `dc.data.stats`):
 
@@ -17,16 +21,15 @@ from typing import Any
 
 import torch
 
-from dc.constants import IGNORE_INDEX
+from dc.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from dc.data.records import Skipped
 
 
 class Collator:
     """Pad a list of samples into a batch, dropping (and counting) `Skipped` markers.
 
-    Each sample has `input_ids` and `labels` (1-D, visual tokens already expanded) and `pixel_values`
-    [n_images, 3, H, W] (n_images may be 0). Right padding for training, left padding for generation.
-    `pixel_values` of the batch is every image in sample order, or None when no sample has one.
+    Each sample has `input_ids` and `labels` (1-D, visual tokens already expanded), `pixel_values` [V, 3, H, W]
+    (V may be 0) and `visual` (its inputs' metas). Right padding for training, left padding for generation.
 
     Args:
         pad_token_id: id used for padding.
@@ -55,12 +58,17 @@ class Collator:
             mask[row, cols] = 1
         images = [s["pixel_values"] for s in samples if s["pixel_values"].shape[0] > 0]
         pixel_values = torch.cat(images) if images else None
+        visual = [m for s in samples for m in s.get("visual", ())]
+        slots = int((ids == IMAGE_TOKEN_INDEX).sum())
+        if slots != sum(m.tokens for m in visual):
+            raise ValueError(f"batch has {slots} visual-token slots but its inputs declare {sum(m.tokens for m in visual)}")
         num_tokens = int(mask.sum())
         batch = {
             "input_ids": ids,
             "labels": labels,
             "attention_mask": mask,
             "pixel_values": pixel_values,
+            "visual": visual,
             "ids": [s.get("id") for s in samples],
             "skipped": dict(skipped),
             "truncated": sum(bool(s.get("truncated")) for s in samples),

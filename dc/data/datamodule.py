@@ -8,22 +8,27 @@ by default (`strict: false`) and count the skips in `batch["skipped"]`. See docs
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from dc.data.collate import Collator
 from dc.data.grouping import GroupedBatchSampler
-from dc.data.image import ImagePreprocessor
 from dc.data.llava_json import LlavaJsonDataset, RecordStore
 from dc.data.records import SampleBuilder
 from dc.data.shards import ShardLoader, ShardStream, one_pass_length, resolve_shards
+from dc.data.visual import VisualProcessor, image_size_from_bytes
 from dc.models.llms.templates import ChatTemplate
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("json", "shards")
 
@@ -44,13 +49,14 @@ def dist_info(trainer: L.Trainer | None = None) -> tuple[int, int]:
 class LlavaDataModule(L.LightningDataModule):
     """Train (and, for JSON, optional validation) loaders over LLaVA data.
 
-    The model-dependent pieces (tokenizer, template, image processor, visual-token count) are given by the
-    pipeline; everything else comes from the `data` config.
+    The model-dependent pieces (tokenizer, template, visual processor) are given by the pipeline; everything else
+    comes from the `data` config.
 
     Args:
         train_file: LLaVA JSON list (or JSONL) of training records (`format: json`).
         image_folder: folder the records' `image` paths are relative to (`format: json`).
-        tokenizer, template, image_processor, num_visual_tokens: from the model config.
+        tokenizer, template: from the model config (`stage.template` or the LLM's).
+        visual: images → views and per-image token counts (`dc.data.visual.VisualProcessor`).
         format: "json" or "shards".
         shards: folder with `index.json`, or a brace pattern / glob of tar files (`format: shards`).
         batch_size: per-device micro-batch size.
@@ -75,8 +81,7 @@ class LlavaDataModule(L.LightningDataModule):
         *,
         tokenizer: PreTrainedTokenizerBase,
         template: ChatTemplate,
-        image_processor: ImagePreprocessor,
-        num_visual_tokens: int,
+        visual: VisualProcessor,
         train_file: str | None = None,
         image_folder: str | None = None,
         format: str = "json",  # noqa: A002 - the config key's name
@@ -111,8 +116,7 @@ class LlavaDataModule(L.LightningDataModule):
         self.shards = shards
         self.tokenizer = tokenizer
         self.template = template
-        self.image_processor = image_processor
-        self.num_visual_tokens = num_visual_tokens
+        self.visual = visual
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.max_length = max_length
@@ -129,7 +133,7 @@ class LlavaDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.collate = Collator(tokenizer.pad_token_id)
         # Built here so that a wrong tokenizer/template or option fails before any data is read.
-        self.builder = SampleBuilder(tokenizer, template, image_processor, num_visual_tokens, max_length, overlength)
+        self.builder = SampleBuilder(tokenizer, template, visual, max_length, overlength)
         self.train_set: LlavaJsonDataset | None = None
         self.val_set: LlavaJsonDataset | None = None
         self.shard_urls: list[str] = []
@@ -155,8 +159,8 @@ class LlavaDataModule(L.LightningDataModule):
 
     def _dataset(self, store: RecordStore) -> LlavaJsonDataset:
         return LlavaJsonDataset(
-            None, self.image_folder, self.tokenizer, self.template, self.image_processor, self.num_visual_tokens,
-            self.max_length, records=store, strict=self.strict, overlength=self.overlength,
+            None, self.image_folder, self.tokenizer, self.template, self.visual, self.max_length, records=store,
+            strict=self.strict, overlength=self.overlength,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -172,13 +176,41 @@ class LlavaDataModule(L.LightningDataModule):
                                persistent_workers=persistent, pin_memory=self.pin_memory)
         store = self.train_set.records
         sampler = GroupedBatchSampler(
-            store.estimated_lengths(self.num_visual_tokens), store.n_images > 0, self.batch_size,
+            store.estimated_lengths(self.visual_tokens(store)), store.n_images > 0, self.batch_size,
             num_replicas=world, rank=rank, group=self.group, megabatch_factor=self.megabatch_factor,
             shuffle=True, seed=self.seed,
         )
         sampler.set_epoch(epoch)
         return DataLoader(self.train_set, sampler=sampler, batch_size=None, num_workers=self.num_workers,
                           collate_fn=self.collate, persistent_workers=persistent, pin_memory=self.pin_memory)
+
+    def visual_tokens(self, store: RecordStore) -> np.ndarray:
+        """Each record's visual tokens (for length grouping): arithmetic, or image headers for size-dependent modes.
+
+        An image whose header cannot be read counts as one plain view; the record is skipped (and counted) when
+        its sample is built.
+        """
+        if not self.visual.size_dependent:
+            return store.n_images * self.visual.plain_meta.tokens
+        paths = [(i, self.image_folder / p) for i in range(len(store)) for p in store.image_paths(i)]
+        fallback = self.visual.plain_meta.tokens
+
+        def tokens(path: Path) -> int:
+            try:
+                with open(path, "rb") as f:
+                    return self.visual.meta_for_size(image_size_from_bytes(f.read(1 << 16))).tokens
+            except Exception:  # noqa: BLE001 - a header that needs more bytes, or a bad file: read it whole
+                try:
+                    return self.visual.meta_from_bytes(path.read_bytes()).tokens
+                except Exception:  # noqa: BLE001 - bad images are the sample builder's to report
+                    return fallback
+
+        log.info("reading %d image headers for length grouping (the token count depends on the image size)", len(paths))
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            counts = list(pool.map(tokens, [p for _, p in paths]))
+        out = np.zeros(len(store), dtype=np.int64)
+        np.add.at(out, np.array([i for i, _ in paths], dtype=np.int64), np.array(counts, dtype=np.int64))
+        return out
 
     def _stream(self, rank: int, world: int, epoch: int) -> ShardStream:
         total = sum(s["count"] for s in self.manifest["shards"]) if self.manifest else None

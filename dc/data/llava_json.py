@@ -1,8 +1,8 @@
 """The LLaVA layout: a JSON list of records plus an image folder, as a map-style dataset.
 
-Record: `{"id", "image": relative path (optional), "conversations": [{"from": "human"|"gpt", "value"}, ...]}`.
-Each `<image>` becomes one `IMAGE_TOKEN_INDEX` from the template, which is expanded into the connector's number
-of visual tokens; truncation to `max_length` happens after that expansion and never cuts through visual tokens
+Record: `{"id", "image": relative path or list of paths (optional), "conversations": [{"from": "human"|"gpt",
+"value"}, ...]}`. Each `<image>` becomes one `IMAGE_TOKEN_INDEX` from the template, which is expanded into that
+image's number of visual tokens (`VisualMeta.tokens`); truncation to `max_length` happens after that expansion and never cuts through visual tokens
 (such a sample is skipped as `too_long` instead). A bad record gives a `Skipped` marker that the collate drops
 and counts (see `dc.data.records`).
 
@@ -22,11 +22,11 @@ import numpy as np
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from dc.data.image import ImagePreprocessor
-from dc.data.records import BadRecord, SampleBuilder, SkipReporter, Skipped, expand_visual_tokens, truncate
+from dc.data.records import BadRecord, SampleBuilder, SkipReporter, Skipped
+from dc.data.visual import VisualProcessor
 from dc.models.llms.templates import ChatTemplate
 
-__all__ = ["LlavaJsonDataset", "RecordStore", "read_records", "expand_visual_tokens", "truncate"]
+__all__ = ["LlavaJsonDataset", "RecordStore", "read_records"]
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,19 @@ class RecordStore:
         off = self.offsets[start : stop + 1]
         return RecordStore(self.blob, off, self.text_chars[start:stop], self.n_images[start:stop], self.source)
 
-    def estimated_lengths(self, num_visual_tokens: int, chars_per_token: float = 4.0) -> np.ndarray:
-        """Token-count estimates without tokenising (for length grouping): chars / 4 + visual tokens."""
-        return (self.text_chars / chars_per_token).astype(np.int64) + self.n_images * num_visual_tokens
+    def image_paths(self, i: int) -> list[str]:
+        """The image paths record `i` lists (none for text-only or unparsable records)."""
+        try:
+            image = json.loads(self.raw(i)).get("image")
+        except (json.JSONDecodeError, AttributeError):
+            return []
+        if isinstance(image, str):
+            return [image]
+        return [p for p in image if isinstance(p, str)] if isinstance(image, list) else []
+
+    def estimated_lengths(self, visual_tokens: np.ndarray, chars_per_token: float = 4.0) -> np.ndarray:
+        """Token-count estimates without tokenising (for length grouping): chars / 4 + each record's visual tokens."""
+        return (self.text_chars / chars_per_token).astype(np.int64) + np.asarray(visual_tokens, dtype=np.int64)
 
 
 class LlavaJsonDataset(Dataset):
@@ -141,7 +151,7 @@ class LlavaJsonDataset(Dataset):
     Args:
         json_path: the JSON list (or a `.jsonl` file); ignored when `records` is given.
         image_folder: root that `record["image"]` is relative to.
-        tokenizer, template, image_processor, num_visual_tokens: as in `SampleBuilder`.
+        tokenizer, template, visual: as in `SampleBuilder`.
         max_length: maximum sequence length after visual-token expansion.
         records: a `RecordStore` or a list of records to use instead of reading `json_path`.
         strict: raise `BadRecordError` on the first bad record instead of skipping it.
@@ -155,8 +165,7 @@ class LlavaJsonDataset(Dataset):
         image_folder: str | Path,
         tokenizer: PreTrainedTokenizerBase,
         template: ChatTemplate,
-        image_processor: ImagePreprocessor,
-        num_visual_tokens: int,
+        visual: VisualProcessor,
         max_length: int = 2048,
         records: RecordStore | list[dict] | None = None,
         *,
@@ -171,16 +180,12 @@ class LlavaJsonDataset(Dataset):
         else:
             self.records = RecordStore.from_file(json_path)
         self.image_folder = Path(image_folder)
-        self.builder = SampleBuilder(tokenizer, template, image_processor, num_visual_tokens, max_length, overlength)
+        self.builder = SampleBuilder(tokenizer, template, visual, max_length, overlength)
         self.report = SkipReporter(strict)
         self.refill_tries = refill_tries
 
     def __len__(self) -> int:
         return len(self.records)
-
-    @property
-    def num_visual_tokens(self) -> int:
-        return self.builder.num_visual_tokens
 
     def _sources(self, rid: Any, paths: list[str]) -> list:
         return [(self.image_folder / p).read_bytes for p in paths]

@@ -2,8 +2,10 @@
 
 A record is `{"id", "image": relative path | [paths] (optional), "conversations": [{"from", "value"}, ...]}`.
 `SampleBuilder` checks it in a fixed order (cheap text checks first, images decoded last) and either returns a
-sample (`input_ids`/`labels` with each image's visual tokens expanded, `pixel_values` [n_images, 3, H, W]) or
-raises `BadRecord` with one of `SKIP_REASONS`. The datasets turn a `BadRecord` into a `Skipped` marker that the
+sample (`input_ids`/`labels` with each image's visual tokens expanded to its own count, `pixel_values` [V, 3, H, W]
+holding every view of every image in order, `visual` one `VisualMeta` per image) or raises `BadRecord` with one of
+`SKIP_REASONS`. A single-image record has its `<image>` moved to the front of its turn (the reference's rule); a
+record with a list of images keeps each tag where the text places it, and each image is spliced at its own tag. The datasets turn a `BadRecord` into a `Skipped` marker that the
 collate counts (`batch["skipped"]`), or, with `data.strict=true`, into a `BadRecordError` naming the record.
 """
 
@@ -20,8 +22,9 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from dc.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
-from dc.data.image import ImagePreprocessor
+from dc.data.visual import VisualProcessor
 from dc.models.llms.templates import ChatTemplate, validate_conversation
+from dc.models.visual.base import VisualMeta
 
 log = logging.getLogger(__name__)
 
@@ -157,33 +160,29 @@ def check_image_tags(conversations: list[dict], n_images: int, rid: Any = None) 
 # Token-level steps
 
 
-def expand_visual_tokens(input_ids: list[int], labels: list[int], num_visual_tokens: int) -> tuple[list[int], list[int]]:
-    """Replace each `IMAGE_TOKEN_INDEX` by `num_visual_tokens` of them (labels ignored there).
+def expand_visual_tokens(input_ids: list[int], labels: list[int], counts: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Replace the k-th `IMAGE_TOKEN_INDEX` by `counts[k]` of them (labels ignored there).
 
     List version for prompts (`dc.eval.generate`); `SampleBuilder.text` does the same on tensors.
+
+    Raises:
+        ValueError: the number of placeholders differs from `len(counts)`.
     """
+    slots = sum(1 for i in input_ids if i == IMAGE_TOKEN_INDEX)
+    if slots != len(counts):
+        raise ValueError(f"prompt has {slots} image placeholder(s) but {len(counts)} visual input(s) were given")
     ids_out: list[int] = []
     labels_out: list[int] = []
+    k = 0
     for i, lab in zip(input_ids, labels, strict=True):
         if i == IMAGE_TOKEN_INDEX:
-            ids_out.extend([IMAGE_TOKEN_INDEX] * num_visual_tokens)
-            labels_out.extend([IGNORE_INDEX] * num_visual_tokens)
+            ids_out.extend([IMAGE_TOKEN_INDEX] * counts[k])
+            labels_out.extend([IGNORE_INDEX] * counts[k])
+            k += 1
         else:
             ids_out.append(i)
             labels_out.append(lab)
     return ids_out, labels_out
-
-
-def truncate(ids: list[int], labels: list[int], max_length: int) -> tuple[list[int], list[int]] | None:
-    """Cut to `max_length`; None when the cut would split a run of visual tokens or leave nothing to learn."""
-    if len(ids) <= max_length:
-        return ids, labels
-    if ids[max_length - 1] == IMAGE_TOKEN_INDEX and ids[max_length] == IMAGE_TOKEN_INDEX:
-        return None
-    ids, labels = ids[:max_length], labels[:max_length]
-    if all(lab == IGNORE_INDEX for lab in labels):
-        return None
-    return ids, labels
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -198,9 +197,8 @@ class SampleBuilder:
 
     Args:
         tokenizer: the LLM's tokenizer.
-        template: the chat template (moves `<image>` to the front of its turn, masks labels).
-        image_processor: encoded image → [3, H, W] (`ImagePreprocessor.from_bytes`).
-        num_visual_tokens: visual tokens per image (the connector's count).
+        template: the chat template (places `<image>`, masks labels).
+        visual: images → views and metas (`dc.data.visual.VisualProcessor`); its counts size each image's slots.
         max_length: maximum sequence length after visual-token expansion.
         overlength: "truncate" (cut, counted in `batch["truncated"]`, when the cut keeps every visual token and
             at least one supervised token; otherwise skipped as `too_long`) or "skip" (skip every longer sample).
@@ -210,24 +208,30 @@ class SampleBuilder:
         self,
         tokenizer: PreTrainedTokenizerBase,
         template: ChatTemplate,
-        image_processor: ImagePreprocessor,
-        num_visual_tokens: int,
+        visual: VisualProcessor,
         max_length: int = 2048,
         overlength: str = "truncate",
     ) -> None:
         if overlength not in OVERLENGTH:
             raise ValueError(f"data.overlength={overlength!r}: expected one of {OVERLENGTH}")
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+            raise ValueError(f"data.max_length={max_length!r} must be a positive integer")
         template.check_tokenizer(tokenizer)  # a wrong tokenizer is a config error, not a bad record
         self.tokenizer = tokenizer
         self.template = template
-        self.image_processor = image_processor
-        self.num_visual_tokens = num_visual_tokens
+        self.visual = visual
         self.max_length = max_length
         self.overlength = overlength
 
-    def text(self, rid: Any, conversations: list[dict], n_images: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """(input_ids, labels, truncated) of a checked conversation with `n_images` images (int64 tensors)."""
-        check_image_tags(conversations, n_images, rid)
+    def text(
+        self, rid: Any, conversations: list[dict], metas: Sequence[VisualMeta]
+    ) -> tuple[torch.Tensor, torch.Tensor, bool, int]:
+        """(input_ids, labels, truncated, images kept) of a checked conversation whose k-th image is `metas[k]`.
+
+        A cut to `max_length` may drop whole images after the cut (never part of one): the fourth value says how
+        many of the images, from the first, still have their slots.
+        """
+        check_image_tags(conversations, len(metas), rid)
         try:
             enc = self.template.encode(conversations, self.tokenizer)
         except ValueError as exc:
@@ -236,10 +240,11 @@ class SampleBuilder:
         labels = torch.tensor(enc.labels, dtype=torch.long)
         is_image = ids == IMAGE_TOKEN_INDEX
         slots = int(is_image.sum())
-        if slots != n_images:
-            raise BadRecord("image_tag_mismatch", f"template {self.template.name!r} gives {slots} image slot(s) for {n_images} image(s)", rid)
-        if slots:  # each placeholder -> num_visual_tokens of them, labels ignored there (already IGNORE_INDEX)
-            repeats = torch.where(is_image, self.num_visual_tokens, 1)
+        if slots != len(metas):
+            raise BadRecord("image_tag_mismatch", f"template {self.template.name!r} gives {slots} image slot(s) for {len(metas)} image(s)", rid)
+        if slots:  # the k-th placeholder -> metas[k].tokens of them, labels ignored there (already IGNORE_INDEX)
+            repeats = torch.ones_like(ids)
+            repeats[is_image] = torch.tensor([m.tokens for m in metas], dtype=torch.long)
             ids, labels = ids.repeat_interleave(repeats), labels.repeat_interleave(repeats)
         n = len(ids)
         if n > self.max_length:
@@ -249,25 +254,50 @@ class SampleBuilder:
             if not safe or not bool((labels[:m] != IGNORE_INDEX).any()):
                 raise BadRecord("too_long", f"{n} tokens after visual-token expansion > max_length={m}", rid)
             ids, labels = ids[:m], labels[:m]
-        return ids, labels, n > self.max_length
+        slots_kept = int((ids == IMAGE_TOKEN_INDEX).sum()) if len(metas) else 0
+        kept, total = 0, 0
+        while kept < len(metas) and total + metas[kept].tokens <= slots_kept:
+            total += metas[kept].tokens
+            kept += 1
+        return ids, labels, n > self.max_length, kept
 
-    def pixels(self, rid: Any, sources: Sequence[ImageSource]) -> torch.Tensor:
-        """[n_images, 3, H, W] from the image sources (n_images may be 0)."""
+    @staticmethod
+    def _read(rid: Any, k: int, read: ImageSource) -> bytes:
+        try:
+            return read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise BadRecord("missing_image", f"image {k}: {exc}", rid) from None
+
+    def metas(self, rid: Any, sources: Sequence[ImageSource]) -> list[VisualMeta]:
+        """Each image's `VisualMeta`; reads only headers, and only when the mode's count depends on the size."""
+        if not self.visual.size_dependent:
+            return [self.visual.plain_meta] * len(sources)
         out = []
         for k, read in enumerate(sources):
+            data = self._read(rid, k, read)
             try:
-                data = read()
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-                raise BadRecord("missing_image", f"image {k}: {exc}", rid) from None
-            try:
-                out.append(self.image_processor.from_bytes(data))
+                out.append(self.visual.meta_from_bytes(data))
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
                 raise BadRecord("corrupt_image", f"image {k}: {type(exc).__name__}: {exc}", rid) from None
+        return out
+
+    def pixels(self, rid: Any, sources: Sequence[ImageSource], metas: Sequence[VisualMeta]) -> torch.Tensor:
+        """[V, 3, H, W]: every view of every image, in order (V may be 0)."""
+        out = []
+        for k, (read, meta) in enumerate(zip(sources, metas, strict=True)):
+            data = self._read(rid, k, read)
+            try:
+                views, got = self.visual.from_bytes(data)
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                raise BadRecord("corrupt_image", f"image {k}: {type(exc).__name__}: {exc}", rid) from None
+            if got != meta:  # the file changed between tokenising and decoding
+                raise BadRecord("corrupt_image", f"image {k}: its size changed after it was tokenised ({meta} -> {got})", rid)
+            out.append(views)
         if len(out) == 1:
-            return out[0].unsqueeze(0)  # a view: the collate's cat is the only copy
+            return out[0]  # the collate's cat is the only copy
         if out:
-            return torch.stack(out)
-        return torch.zeros(0, 3, *self.image_processor.output_size())
+            return torch.cat(out)
+        return self.visual.empty()
 
     def prepare(
         self,
@@ -277,9 +307,9 @@ class SampleBuilder:
     ) -> dict[str, Any]:
         """Every check and the tokenisation, but no image decoding: a sample without `pixel_values`.
 
-        It holds `n_images` and the image `sources`; `finish` decodes them. The shard stream groups prepared
-        samples and decodes only the batch it is about to emit, so its sorting buffer holds encoded bytes
-        (~100 KB per image) instead of float pixels (1.35 MB at 336 px).
+        It holds `visual` (one meta per image, from headers at most) and the image `sources`; `finish` decodes
+        them. The shard stream groups prepared samples and decodes only the batch it is about to emit, so its
+        sorting buffer holds encoded bytes (~100 KB per image) instead of float pixels (1.35 MB at 336 px).
 
         Args:
             record: the parsed record.
@@ -290,14 +320,16 @@ class SampleBuilder:
         """
         rid, conv, paths = check_record(record, fallback_id)
         sources = list(resolve(rid, paths))
-        ids, labels, truncated = self.text(rid, conv, len(sources))
-        return {"id": rid, "input_ids": ids, "labels": labels, "truncated": truncated, "n_images": len(sources),
-                "sources": sources}
+        check_image_tags(conv, len(sources), rid)
+        metas = self.metas(rid, sources)
+        ids, labels, truncated, kept = self.text(rid, conv, metas)
+        return {"id": rid, "input_ids": ids, "labels": labels, "truncated": truncated, "n_images": kept,
+                "visual": metas[:kept], "sources": sources[:kept]}
 
     def finish(self, sample: dict[str, Any]) -> dict[str, Any]:
         """The prepared `sample` with `pixel_values` (its sources dropped); raises `BadRecord` for bad images."""
         out = {k: v for k, v in sample.items() if k != "sources"}
-        out["pixel_values"] = self.pixels(sample["id"], sample["sources"])
+        out["pixel_values"] = self.pixels(sample["id"], sample["sources"], sample["visual"])
         return out
 
     def __call__(

@@ -1,5 +1,5 @@
-"""Batched greedy generation for evaluation: prompts built with the model's chat template, left padding,
-the KV cache, and stopping on the template's end tokens."""
+"""Batched generation for evaluation: prompts built with the model's chat template, each visual input expanded to
+its own token count, left padding, the KV cache, and stopping on the template's end tokens."""
 
 from __future__ import annotations
 
@@ -8,27 +8,32 @@ from typing import Any
 
 import torch
 
-from dc.constants import IMAGE_PLACEHOLDER
 from dc.data.collate import Collator
-from dc.data.llava_json import expand_visual_tokens
-from dc.models.llms.templates import get_template
+from dc.data.records import expand_visual_tokens
+from dc.models.llms.templates import ChatTemplate
+from dc.models.visual.base import VisualMeta
 from dc.models.vlm import VLM
 
+VisualInput = tuple[torch.Tensor, VisualMeta]
+"""One visual input: its views [V, 3, H, W] and its meta (from `dc.data.visual.VisualProcessor`)."""
 
-def prompt_sample(vlm: VLM, text: str, images: torch.Tensor | None, template_name: str | None = None) -> dict[str, Any]:
-    """One generation input: template prompt for `text`, visual tokens expanded, images [n, 3, H, W].
 
-    `text` carries `<image>` where the image goes (LLaVA puts it first: "<image>\\nQuestion").
+def prompt_sample(
+    vlm: VLM, text: str, inputs: Sequence[VisualInput] = (), template: ChatTemplate | None = None
+) -> dict[str, Any]:
+    """One generation input: the template's prompt for `text` with the k-th `<image>` expanded for `inputs[k]`.
+
+    `text` carries `<image>` where each input goes (LLaVA puts a single image first: "<image>\\nQuestion").
+
+    Raises:
+        ValueError: the number of `<image>` tags differs from the number of inputs.
     """
-    template = get_template(template_name) if template_name else vlm.llm.template
+    template = template or vlm.llm.template
     ids = template.prompt(text, vlm.llm.tokenizer)
-    ids, _ = expand_visual_tokens(ids, [0] * len(ids), vlm.num_visual_tokens)
-    n_tags = text.count(IMAGE_PLACEHOLDER)
-    n_images = 0 if images is None else images.shape[0]
-    if n_tags != n_images:
-        raise ValueError(f"prompt has {n_tags} <image> tags but {n_images} images were given")
+    ids, _ = expand_visual_tokens(ids, [0] * len(ids), [meta.tokens for _, meta in inputs])
     size = vlm.encoder.layout.image_size
-    return {"input_ids": ids, "pixel_values": images if images is not None else torch.zeros(0, 3, size, size)}
+    pixels = torch.cat([views for views, _ in inputs]) if inputs else torch.zeros(0, 3, size, size)
+    return {"input_ids": ids, "pixel_values": pixels, "visual": [meta for _, meta in inputs]}
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -53,16 +58,17 @@ def generate_texts(
     collate = Collator(tok.pad_token_id, padding_side="left")
     stop = vlm.llm.template.stop_token_ids(tok)
     device = next(vlm.llm.parameters()).device
+    dtype = next(vlm.connector.parameters()).dtype
     answers: list[str] = []
     was_training = vlm.training
     vlm.eval()
     try:
         for chunk in _batches(samples, batch_size):
             batch = collate(list(chunk))
-            pixels = batch["pixel_values"].to(device) if batch["pixel_values"] is not None else None
+            pixels = batch["pixel_values"].to(device, dtype) if batch["pixel_values"] is not None else None
             out = vlm.generate(
                 batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels, max_new_tokens, stop,
-                **generation,
+                visual=batch["visual"], **generation,
             )
             answers.extend(tok.decode(row, skip_special_tokens=True).strip() for row in out)
     finally:

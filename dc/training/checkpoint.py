@@ -1,21 +1,170 @@
-"""Checkpoint paths and formats: `ckpt_path=last|auto`, and consolidating sharded FSDP checkpoints.
+"""Checkpoints: what they hold, reading them safely, rebuilding a model from one, and `ckpt_path=last|auto`.
 
-`python -m dc.training.checkpoint consolidate RUN/checkpoints/last.ckpt OUT.ckpt [--weights-only]` turns the
-folder written by `trainer.strategy.state_dict_type=sharded` into one Lightning checkpoint; `--weights-only`
-also drops the optimizer state and every weight `load_module` rebuilds from `pretrained` (what a full FSDP
-checkpoint holds), giving a small file for evaluation, `stage.init_connector_from` or `python -m dc.training.lora`.
+A dc checkpoint is a Lightning checkpoint whose `hyper_parameters` are `{"model": {encoder, connector, llm, image},
+"stage": {...}, "seed": int}` and whose `state_dict` holds the weights that cannot be rebuilt from config:
+everything trainable (LoRA adapters included), plus frozen parts that were built with random weights (the tiny
+models). Frozen parts loaded from `pretrained` are left out and come back from their source (`load_vlm`).
+Sharded FSDP checkpoints are the exception: they hold everything, because the distributed loader needs every key
+(consolidate with `python -m dc.export.consolidate --weights-only` to get the small file).
+
+Reading a checkpoint never runs code from it: tensors and plain containers only (`torch.load(weights_only=True)`),
+and the stored model config may name only model classes (`dc.utils.instantiate.is_model_target`, checked on every
+nested `_target_` before anything is imported) and holds no `${...}` interpolations.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
+import pickle
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dc.models.builder import build_vlm
+from dc.models.vlm import VLM
+from dc.training.lora import LORA_KEY, apply_lora
+from dc.utils.instantiate import check_targets, is_model_target
 
 log = logging.getLogger(__name__)
+
+MODEL_KEYS = ("encoder", "connector", "llm", "image")
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that holds something other than tensors and plain data, or a config that names other code."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What a checkpoint holds
+
+
+def persisted_prefixes(model: Mapping | DictConfig, stage: Mapping | DictConfig) -> list[str]:
+    """State-dict prefixes a checkpoint must hold (the others reload from `pretrained`)."""
+    train = set(stage.get("train") or ())
+    keep = ["vlm.connector."]
+    if "encoder" in train or not model["encoder"]["model"].get("pretrained"):
+        keep.append("vlm.encoder.")
+    if "llm" in train or not model["llm"].get("pretrained"):
+        keep.append("vlm.llm.")
+    return keep
+
+
+def keeps_key(model: Mapping | DictConfig, stage: Mapping | DictConfig, key: str) -> bool:
+    """Whether a checkpoint for (`model`, `stage`) must hold the state-dict entry `key`."""
+    if key.startswith(tuple(persisted_prefixes(model, stage))):
+        return True
+    return bool(stage.get("lora")) and LORA_KEY in key
+
+
+def check_checkpoint_keys(
+    expected_keys: Iterable[str], state: Mapping[str, Any], model: Mapping | DictConfig, stage: Mapping | DictConfig
+) -> None:
+    """Raise when a checkpoint lacks weights that only it can provide."""
+    expected = {k for k in expected_keys if keeps_key(model, stage, k)}
+    missing = sorted(expected - set(state))
+    if missing:
+        raise KeyError(f"checkpoint lacks {len(missing)} weights it should hold, e.g. {missing[:3]}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading safely
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """`torch.load(path, weights_only=True)`: tensors and plain containers only, nothing from the file executed.
+
+    Raises:
+        FileNotFoundError: no such file (the message names it).
+        UnsafeCheckpointError: the file holds other objects (a pickle that would run code on load).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"{path}: refusing to load it: it holds objects other than tensors and plain data, which could run code "
+            f"when unpickled ({str(exc).splitlines()[0][:300]})"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise UnsafeCheckpointError(f"{path}: not a checkpoint (a {type(ckpt).__name__}, expected a dict)")
+    return ckpt
+
+
+def _no_interpolation(node: Any, where: str) -> None:
+    if isinstance(node, str) and "${" in node:
+        raise UnsafeCheckpointError(f"{where}: holds an interpolation {node!r}; stored configs must be resolved values")
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            _no_interpolation(v, f"{where}.{k}")
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            _no_interpolation(v, f"{where}[{i}]")
+
+
+def checkpoint_config(ckpt: Mapping[str, Any], source: str = "checkpoint") -> tuple[DictConfig, DictConfig]:
+    """(model config, stage config) stored in a checkpoint, checked: only model targets, no interpolations.
+
+    Raises:
+        UnsafeCheckpointError: a nested `_target_` outside the model allow-list, or an interpolation.
+        KeyError: not a dc checkpoint (no stored model config).
+    """
+    hparams = ckpt.get("hyper_parameters") or {}
+    if "model" not in hparams:
+        raise KeyError(f"{source}: no model config in its hyper_parameters (not a dc checkpoint?)")
+    model, stage = hparams["model"], hparams.get("stage") or {}
+    _no_interpolation(model, f"{source}: model")
+    _no_interpolation(stage, f"{source}: stage")
+    try:
+        check_targets(model, is_model_target, f"{source}: stored model config")
+    except ValueError as exc:
+        raise UnsafeCheckpointError(str(exc)) from None
+    if any(k in stage for k in ("_target_",)):
+        raise UnsafeCheckpointError(f"{source}: the stored stage config names a _target_")
+    return OmegaConf.create(dict(model)), OmegaConf.create(dict(stage))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rebuilding a model
+
+
+def load_vlm(
+    path: str | Path,
+    *,
+    map_location: str | torch.device = "cpu",
+    model_overrides: Mapping[str, Any] | None = None,
+) -> tuple[VLM, DictConfig, DictConfig]:
+    """Rebuild the VLM of a checkpoint for inference: config from the file, pretrained parts from their source.
+
+    Args:
+        path: a dc checkpoint (a consolidated one for FSDP-sharded runs).
+        map_location: where the stored tensors are loaded.
+        model_overrides: dotted keys of the model config to change before building (e.g.
+            `{"llm.pretrained": "/local/vicuna"}` when the original hub id is not reachable).
+
+    Returns:
+        (vlm in eval mode, model config, stage config).
+    """
+    ckpt = read_checkpoint(path, map_location)
+    model, stage = checkpoint_config(ckpt, str(path))
+    for key, value in (model_overrides or {}).items():
+        OmegaConf.update(model, key, value, merge=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int((ckpt.get("hyper_parameters") or {}).get("seed", 0)))
+        vlm = build_vlm(model, allowed=is_model_target)
+    if stage.get("lora"):
+        apply_lora(vlm.llm, stage.lora)
+    state = {k[len("vlm."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("vlm.")}
+    expected = ["vlm." + k for k in vlm.state_dict()]
+    check_checkpoint_keys(expected, ckpt["state_dict"], model, stage)
+    missing, unexpected = vlm.load_state_dict(state, strict=False)
+    if unexpected:
+        raise KeyError(f"{path}: weights the model does not have, e.g. {unexpected[:3]}")
+    return vlm.eval(), model, stage
 
 
 def resolve_ckpt_path(value: str | None, checkpoint_dir: str | Path) -> str | None:
@@ -35,40 +184,3 @@ def resolve_ckpt_path(value: str | None, checkpoint_dir: str | Path) -> str | No
         hint = " (pass the old run's folder: hydra.run.dir=<run dir> or paths.output_dir=<run dir>)" if value == "last" else ""
         raise FileNotFoundError(f"ckpt_path={value}: {path} does not exist{hint}")
     return str(path)
-
-
-def consolidate(folder: str | Path, weights_only: bool = False) -> dict[str, Any]:
-    """A sharded (DCP) Lightning/FSDP checkpoint folder as one regular checkpoint dict."""
-    from lightning.fabric.utilities.load import _load_distributed_checkpoint
-    from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
-    from omegaconf import OmegaConf
-
-    from dc.lit_module import keeps_key
-
-    checkpoint = _format_checkpoint(_load_distributed_checkpoint(Path(folder)))
-    if weights_only:
-        cfg = OmegaConf.create(checkpoint["hyper_parameters"]["cfg"])
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if keeps_key(cfg, k)}
-        for key in ("optimizer_states", "lr_schedulers", "loops", "callbacks"):
-            checkpoint.pop(key, None)
-    return checkpoint
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m dc.training.checkpoint")
-    sub = parser.add_subparsers(dest="command", required=True)
-    cons = sub.add_parser("consolidate", help="sharded FSDP checkpoint folder -> one .ckpt file")
-    cons.add_argument("folder")
-    cons.add_argument("output")
-    cons.add_argument("--weights-only", action="store_true", help="keep only the weights a checkpoint must hold")
-    args = parser.parse_args(argv)
-    checkpoint = consolidate(args.folder, weights_only=args.weights_only)
-    out = Path(args.output)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    tmp.replace(out)  # never leave a half-written file under the final name
-    print(out)
-
-
-if __name__ == "__main__":
-    main()

@@ -22,14 +22,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.distributed.fsdp import MixedPrecision
 from torch.distributed.fsdp.wrap import CustomPolicy, ModuleWrapPolicy
 
-from dc.models.builder import build_connector
 from dc.models.vlm import VLM
-from dc.utils.instantiate import instantiate
 
 log = logging.getLogger(__name__)
 
@@ -151,30 +148,3 @@ class VLMFSDPStrategy(FSDPStrategy):
     def _setup_model(self, model: nn.Module) -> nn.Module:
         self.configure_units(model)
         return super()._setup_model(model)
-
-
-def build_vlm_low_ram(cfg: DictConfig) -> VLM:
-    """The VLM with its LLM built on the meta device from the pretrained *config* only (no weights read).
-
-    For FSDP ranks other than 0 (`cpu_ram_efficient_loading`): FSDP materialises the meta tensors and
-    `sync_module_states` broadcasts rank 0's weights. Encoder and connector are built as usual (≤ 0.4B
-    parameters). Same order of construction as `dc.models.builder.build_vlm`.
-    """
-    from transformers import AutoConfig
-
-    llm_cfg = cfg.llm
-    if not llm_cfg.get("pretrained"):
-        from dc.models.builder import build_vlm
-
-        return build_vlm(cfg)  # random-init LLM: nothing to read from disk
-    hf_config = AutoConfig.from_pretrained(llm_cfg.pretrained).to_dict()
-    hf_config.update(OmegaConf.to_container(llm_cfg.get("config") or {}, resolve=True))
-    connector = build_connector(cfg)
-    encoder = instantiate(cfg.encoder.model, _convert_="all")(layout=connector.layout, taps=connector.taps)
-    node = OmegaConf.to_container(llm_cfg, resolve=True)
-    node.update(pretrained=None, tokenizer=llm_cfg.get("tokenizer") or llm_cfg.pretrained, config=hf_config)
-    with torch.device("meta"):
-        llm = instantiate(OmegaConf.create(node), _convert_="all")
-    if llm.hidden_size != connector.llm_hidden_size:
-        raise ValueError(f"llm hidden size {llm.hidden_size} != {connector.llm_hidden_size} read from config")
-    return VLM(encoder, connector, llm)

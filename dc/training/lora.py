@@ -77,38 +77,19 @@ def merge_lora(llm: nn.Module) -> None:
     llm.model = llm.model.merge_and_unload()
 
 
-def export_lora(module: Any, out_dir: str | Path, merge: bool = False) -> Path:
-    """Write a LoRA-trained `DCModule` as `adapter/` (peft `save_pretrained`), `connector.pt` and, with `merge`,
-    `llm/` (the merged HF model and tokenizer, loadable as `llm.pretrained`). Merge after consolidating an FSDP
-    checkpoint, on one process: peft does not support merging sharded models."""
+def export_lora(vlm: Any, out_dir: str | Path, merge: bool = False) -> Path:
+    """Write a LoRA-trained VLM as `adapter/` (peft `save_pretrained`), `connector.pt` and, with `merge`, `llm/`
+    (the merged HF model and tokenizer, loadable as `llm.pretrained`). Merge after consolidating an FSDP
+    checkpoint, on one process: peft does not support merging sharded models. `merge` modifies `vlm` in place."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    llm = module.vlm.llm
+    llm = vlm.llm
     if not has_lora(llm):
-        raise ValueError("export_lora: the module has no LoRA adapters (stage.lora is null)")
+        raise ValueError("export_lora: the model has no LoRA adapters (stage.lora is null)")
     llm.model.save_pretrained(out / "adapter")
-    torch.save(module.vlm.connector.state_dict(), out / "connector.pt")
+    torch.save(vlm.connector.state_dict(), out / "connector.pt")
     if merge:
         merge_lora(llm)
         llm.model.save_pretrained(out / "llm")
         llm.tokenizer.save_pretrained(out / "llm")
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m dc.training.lora CKPT OUT_DIR [--merge]`: export a LoRA checkpoint."""
-    import argparse
-
-    from dc.lit_module import load_module
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("ckpt")
-    parser.add_argument("out_dir")
-    parser.add_argument("--merge", action="store_true", help="also write the merged LLM")
-    args = parser.parse_args(argv)
-    out = export_lora(load_module(args.ckpt), args.out_dir, merge=args.merge)
-    print(out)
-
-
-if __name__ == "__main__":
-    main()

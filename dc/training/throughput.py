@@ -7,8 +7,9 @@ Model FLOPs per training batch, per part (N = parameter count of the part, count
   of stage 1 still back-propagates to the connector: 2 + 2 = 4·N);
 * backward to weights: another 2·N per token for the trained parameters (a fully trained part: 6·N).
 
-Tokens per part: the vision encoder sees `encoder_tokens_per_image` per image (patches + CLS), the connector
-emits `visual_tokens_per_image` per image, the LLM processes the batch's non-pad tokens (text + visual). The
+Tokens per part, from each batch's real counts: the vision encoder sees `encoder_tokens_per_image` per *view*
+(patches + CLS; an AnyRes image has 1 + crops views, a video one per frame), the connector emits
+`visual_tokens_per_image` per view, the LLM processes the batch's non-pad tokens (text + merged visual tokens). The
 LLM's input embedding is a lookup and is not counted; `lm_head` is. Attention-score FLOPs and activation
 recomputation (activation checkpointing) are not counted, so this is MFU in the 6·N·D sense, not HFU.
 

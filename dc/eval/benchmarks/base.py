@@ -80,6 +80,8 @@ class Benchmark(ABC):
     max_new_tokens: ClassVar[int] = 128
     # Generation settings the runner should use; greedy everywhere except MMMU (reference-spec §7).
     generation_kwargs: ClassVar[dict[str, Any]] = {"do_sample": False, "num_beams": 1}
+    # Extra passes over the same questions with altered inputs (e.g. "blank" images), scored as `<control>_<metric>`.
+    controls: tuple[str, ...] = ()
 
     def __init__(self, root: str | Path, *, limit: int | None = None, check_images: bool = True) -> None:
         self.root = Path(root)
@@ -131,6 +133,14 @@ class Benchmark(ABC):
         Returns:
             A result dict (see module docstring); metrics are percentages in ``[0, 100]``.
         """
+
+    def control_records(self, control: str, records: Sequence[EvalRecord], out_dir: Path) -> list[EvalRecord]:
+        """The records of control pass `control` (one of `controls`); files it needs go into `out_dir`."""
+        raise ValueError(f"benchmark {self.name!r} has no control {control!r} (controls: {list(self.controls)})")
+
+    def summary(self, result: Mapping[str, Any]) -> str:
+        """One line for the terminal at the end of a run (default: every headline metric)."""
+        return ", ".join(f"{k} {v:.2f}" for k, v in result.get("metrics", {}).items())
 
     def write_submission(
         self, records: Sequence[EvalRecord], answers: Mapping[str, str], out_dir: str | Path

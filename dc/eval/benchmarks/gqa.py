@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dc.eval.benchmarks.base import (SHORT_ANSWER_SUFFIX, Benchmark, EvalRecord, IdAllocator, Skip, build_result,
-                                     first_existing, load_json, pct, read_jsonl, with_image_token, with_suffix)
+                                     first_existing, load_json, pct, with_image_token, with_suffix)
 from dc.eval.benchmarks.report import atomic_write_json
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from dc.eval.benchmarks.base import (SHORT_ANSWER_SUFFIX, Benchmark, EvalRecord, IdAllocator, Skip, build_result,
-                                     first_existing, read_jsonl, with_image_token, with_suffix)
+                                     first_existing, with_image_token, with_suffix)
 from dc.eval.benchmarks.report import atomic_write_text
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")

@@ -25,8 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dc.eval.benchmarks.base import (Benchmark, EvalRecord, IdAllocator, Skip, build_result, load_json, read_jsonl,
-                                     with_image_token)
+from dc.eval.benchmarks.base import (Benchmark, EvalRecord, IdAllocator, Skip, build_result, load_json, with_image_token)
 from dc.eval.benchmarks.judge import batch_line, collect_replies, make_judge, write_requests
 from dc.eval.benchmarks.report import atomic_write_json
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dc.eval.benchmarks.base import (SHORT_ANSWER_SUFFIX, Benchmark, EvalRecord, IdAllocator, Skip, build_result,
-                                     load_json, pct, read_jsonl, with_image_token, with_suffix)
+                                     load_json, pct, with_image_token, with_suffix)
 from dc.eval.benchmarks.vqa_eval import vqa_accuracy
 
 OCR_PREFIX = "Reference OCR token:"

@@ -2,15 +2,21 @@
 
 A connector owns the whole path from encoder features to LLM-width visual tokens:
 
-    taps (encoder features) → fuse (parameter-free) → [downsample] → projector → [downsample] → [B, T, d_llm]
+    taps (encoder features) → fuse (parameter-free) → [downsample] → projector → [downsample] → [V, T, d_llm]
+
+per view, then, per visual input, the image mode's merge (AnyRes: unpad + `image_newline`; plain images: none):
+
+    view tokens of one input [V_i, T, d_llm] → merge → [tokens_i, d_llm]
 
 Subclasses declare which taps they need (`taps`), how to fuse them (`fuse`), the fused width, and how many
-tokens the fusion emits; this class adds the optional downsampling and the `mlp2x_gelu` projector
-(Linear → exact GELU → Linear, PyTorch default init, as in LLaVA-1.5).
+tokens the fusion emits; this class adds the optional downsampling, the `mlp2x_gelu` projector (Linear → exact
+GELU → Linear, PyTorch default init, as in LLaVA-1.5) and the image mode's merge module. Token counts are
+arithmetic (`view_tokens`), so a connector built on the meta device answers them without allocating anything.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +26,7 @@ from torch import nn
 from dc.models.connectors.downsample import Downsample
 from dc.models.connectors.layers import resolve_index
 from dc.models.encoders.base import EncoderLayout, Tap, collect_taps
+from dc.models.visual.base import ImageMode, ViewTokens, VisualMeta
 
 PROJECTORS = ("mlp2x_gelu", "linear")
 
@@ -33,8 +40,11 @@ def build_projector(kind: str, in_features: int, out_features: int) -> nn.Module
     raise ValueError(f"connector.projector={kind!r}: expected one of {PROJECTORS}")
 
 
-class Connector(nn.Module):
-    """Base class of all connectors.
+class Connector(nn.Module, ABC):
+    """The connector contract and its shared behaviour.
+
+    What other layers use: `layout`, `taps` (for the encoder), `llm_hidden_size`, `forward` (views),
+    `merge` (one input's views), `view_tokens` / `num_visual_tokens` (arithmetic), `image_mode`.
 
     Args:
         layout: the encoder's layout (indices are validated against it at construction).
@@ -42,6 +52,8 @@ class Connector(nn.Module):
         final_layer: hidden-state index of the "final" feature (LLaVA's select layer; -2 by default).
         projector: "mlp2x_gelu" or "linear".
         downsample: keyword arguments of `Downsample` (mode, factor, size, position), or None.
+        image_mode: the `image` config's mode (plain single view by default); its merge module, if any (AnyRes:
+            `image_newline`), becomes `self.image_merge` and trains with the connector.
     """
 
     def __init__(
@@ -52,6 +64,7 @@ class Connector(nn.Module):
         final_layer: int = -2,
         projector: str = "mlp2x_gelu",
         downsample: dict[str, Any] | None = None,
+        image_mode: ImageMode | None = None,
     ) -> None:
         super().__init__()
         self.layout = layout
@@ -59,32 +72,46 @@ class Connector(nn.Module):
         self.downsample = Downsample(layout.grid, **dict(downsample)) if downsample else None
         self.projector = build_projector(projector, self.fused_width, llm_hidden_size)
         self.llm_hidden_size = llm_hidden_size
+        self.image_mode = image_mode
+        self.image_merge = image_mode.build_merge(llm_hidden_size) if image_mode is not None else None
 
     # --- what subclasses define -------------------------------------------------------------------
     @property
+    @abstractmethod
     def taps(self) -> list[Tap]:
         """Features requested from the encoder, final feature first."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def fused_width(self) -> int:
         """Channel width of the fused features (the projector's input width)."""
-        raise NotImplementedError
 
     def fused_tokens(self, num_patches: int) -> int:
         """Tokens the fusion emits for `num_patches` patch tokens (before any downsampling)."""
         return num_patches
 
+    @abstractmethod
     def fuse(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Parameter-free fusion of one [B, N, D] tensor per tap into [B, T, fused_width]."""
-        raise NotImplementedError
 
     # --- shared behaviour ---------------------------------------------------------------------------
-    def num_visual_tokens(self, grid: Sequence[int] | None = None) -> int:
-        """Visual tokens handed to the LLM per image for a patch grid (the encoder's by default)."""
+    def view_tokens(self, grid: Sequence[int] | None = None) -> ViewTokens:
+        """The token grid and extra tokens emitted per view for a patch grid (the encoder's by default)."""
         rows, cols = grid if grid is not None else self.layout.grid
-        tokens = self.fused_tokens(rows * cols)
-        return self.downsample.num_tokens(tokens, (rows, cols)) if self.downsample is not None else tokens
+        extra = self.fused_tokens(rows * cols) - rows * cols
+        if self.downsample is not None:
+            rows, cols = self.downsample.target_for((rows, cols))
+        return ViewTokens(int(rows), int(cols), int(extra))
+
+    def num_visual_tokens(self, grid: Sequence[int] | None = None) -> int:
+        """Visual tokens per view for a patch grid (the encoder's by default): a plain image's token count."""
+        return self.view_tokens(grid).total
+
+    def merge(self, views: torch.Tensor, meta: VisualMeta) -> torch.Tensor:
+        """One image input's view tokens [V, T, d_llm] → its [meta.tokens, d_llm] tokens (the image mode's merge)."""
+        if self.image_merge is None:
+            return views.reshape(-1, views.shape[-1])
+        return self.image_merge(views, meta, self.view_tokens())
 
     def fuse_hidden_states(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
         """The parameter-free fusion applied to an HF `hidden_states` tuple (prefix tokens still present).

@@ -8,6 +8,7 @@ the end. The paper's "layer k" is index k - 1.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -81,11 +82,12 @@ def collect_taps(hidden_states: Sequence[torch.Tensor], taps: Sequence[Tap], num
     return out
 
 
-class VisionEncoder(nn.Module):
-    """Base class: pixels in, the requested taps out.
+class VisionEncoder(nn.Module, ABC):
+    """The encoder contract: pixels in, the requested taps out.
 
     Subclasses are built for a fixed list of taps (so they can drop the blocks no tap needs) and implement
-    `embed` and `blocks`; this class runs them and keeps only running sums, never all states.
+    `embed`, `blocks` and `block_classes`; this class runs them and keeps only running sums, never all states.
+    What other layers use: `layout`, `taps`, `freeze`, `forward`, `block_classes` (FSDP wrap units) and `dtype`.
 
     Args:
         layout: the full model's layout.
@@ -110,13 +112,17 @@ class VisionEncoder(nn.Module):
         self.depth = max(max(t) for t in self.taps)
         """Blocks actually run: the deepest requested index."""
 
+    @abstractmethod
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Return hidden state 0: [B, P + N, D]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def blocks(self) -> Sequence[nn.Module]:
         """The first `self.depth` transformer blocks, each mapping [B, P + N, D] to the same shape."""
-        raise NotImplementedError
+
+    @abstractmethod
+    def block_classes(self) -> set[type[nn.Module]]:
+        """Transformer block classes: the FSDP wrap units of the tower."""
 
     def run_block(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """Apply one block (override when a block needs extra arguments)."""
@@ -134,6 +140,7 @@ class VisionEncoder(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
+        """Parameter dtype (inputs are cast to it)."""
         return next(self.parameters()).dtype
 
     def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""A Hugging Face causal LM with its tokenizer and chat template.
+"""A Hugging Face causal LM with its tokenizer and chat template (`llm._target_`).
 
 `pretrained` (a hub id or a local directory) loads with `from_pretrained`; without it the model is built with
 random weights from `config` (the offline tiny default). Both paths give the same wrapper.
@@ -10,33 +10,24 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from dc.models.llms.templates import ChatTemplate, get_template
-from dc.models.llms.tiny_tokenizer import build_tiny_tokenizer
-
-BUILTIN_TOKENIZERS = {"builtin:tiny": build_tiny_tokenizer}
-
-
-def load_tokenizer(name: str, pad_token: str | None = None) -> PreTrainedTokenizerBase:
-    """A built-in offline tokenizer (`builtin:tiny`) or `AutoTokenizer.from_pretrained(name)`."""
-    tokenizer = BUILTIN_TOKENIZERS[name]() if name in BUILTIN_TOKENIZERS else AutoTokenizer.from_pretrained(name)
-    if pad_token is not None:
-        tokenizer.pad_token = pad_token
-    if tokenizer.pad_token is None:
-        raise ValueError(f"tokenizer {name!r} has no pad token: set llm.pad_token")
-    return tokenizer
+from dc.models.llms.base import LanguageModel
+from dc.models.llms.hub import from_pretrained
+from dc.models.llms.templates import ChatTemplate
+from dc.models.llms.tokenizers import load_tokenizer
 
 
-class LanguageModel(nn.Module):
-    """The LLM part of a VLM.
+class HFCausalLM(LanguageModel):
+    """An `AutoModelForCausalLM` (Llama/Vicuna, Llama-3, Phi-2, Yi, ...).
 
     Args:
-        template: chat-template name (`llm.template`).
+        template: the chat template (`llm.template`, built from `configs/llm/template/<name>.yaml`).
         hidden_size: d_llm, declared in config so connectors are sized before any weights load (checked
             against the loaded model).
         pretrained: hub id or local directory; None builds random weights from `config`.
-        tokenizer: tokenizer name or path; defaults to `pretrained`.
+        tokenizer: a tokenizer object (built-in ones come from their `_target_`), a name or path, or None for
+            `pretrained`'s.
         config: model config values (random init) or overrides of the pretrained config.
         pad_token: pad token to set on the tokenizer (Vicuna: `<unk>`).
         dtype: parameter dtype name.
@@ -46,27 +37,31 @@ class LanguageModel(nn.Module):
     def __init__(
         self,
         *,
-        template: str,
+        template: ChatTemplate,
         hidden_size: int,
         pretrained: str | None = None,
-        tokenizer: str | None = None,
+        tokenizer: PreTrainedTokenizerBase | str | None = None,
         config: dict[str, Any] | None = None,
         pad_token: str | None = None,
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
     ) -> None:
         super().__init__()
-        tok_name = tokenizer or pretrained
-        if tok_name is None:
+        if not isinstance(template, ChatTemplate):
+            raise ValueError(f"llm.template must be a chat template config (configs/llm/template/), got {template!r}")
+        source = tokenizer if tokenizer is not None else pretrained
+        if source is None:
             raise ValueError("llm.tokenizer must be set when llm.pretrained is null")
-        self.tokenizer = load_tokenizer(tok_name, pad_token)
-        self.template: ChatTemplate = get_template(template)
+        key = "llm.tokenizer" if tokenizer is not None else "llm.pretrained"
+        self.tokenizer = load_tokenizer(source, pad_token, key=key)
+        self.template = template
         torch_dtype = getattr(torch, dtype)
         overrides = dict(config or {})
         model_type = overrides.pop("model_type", "llama")  # only meaningful for random init
         if pretrained:
-            self.model = AutoModelForCausalLM.from_pretrained(
-                pretrained, dtype=torch_dtype, attn_implementation=attn_implementation, **overrides
+            self.model = from_pretrained(
+                AutoModelForCausalLM.from_pretrained, pretrained, "llm.pretrained",
+                dtype=torch_dtype, attn_implementation=attn_implementation, **overrides,
             )
         else:
             overrides.setdefault("vocab_size", len(self.tokenizer))
@@ -92,21 +87,47 @@ class LanguageModel(nn.Module):
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 
+    @property
+    def max_positions(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings [B, S, d_llm]."""
         return self.model.get_input_embeddings()(input_ids)
 
     def decoder_layer_classes(self) -> set[type[nn.Module]]:
-        """Decoder block classes (FSDP wrap and activation-checkpointing units)."""
         names = set(getattr(self.model, "_no_split_modules", None) or [])
         return {type(m) for m in self.model.modules() if type(m).__name__ in names}
 
-    def forward(self, **kwargs: Any) -> Any:
-        return self.model(**kwargs)
+    def forward(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any
+    ) -> Any:
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    def generate(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        max_new_tokens: int,
+        stop_token_ids: list[int],
+        **settings: Any,
+    ) -> torch.Tensor:
+        settings = {"do_sample": False, "num_beams": 1, "use_cache": True, **settings}
+        return self.model.generate(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stop_token_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **settings,
+        )
 
 
 def llm_hidden_size(cfg: Any) -> int:
     """d_llm as declared by an `llm` config node."""
     if cfg.get("hidden_size") is None:
         raise ValueError("llm.hidden_size must be set")
-    return int(cfg.hidden_size)
+    value = cfg.get("hidden_size")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"llm.hidden_size={value!r} must be a positive integer")
+    return int(value)

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from dc.eval.generate import generate_texts, prompt_sample
+from dc.models.llms.templates import ChatTemplate
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def pick_samples(dataset: Any, n: int) -> list[dict[str, Any]]:
             continue
         picked.append({
             "pixel_values": item["pixel_values"],
+            "visual": item["visual"],
             "index": index,
             "id": record.get("id"),
             "prompt": turns[0]["value"],
@@ -56,12 +58,9 @@ def pick_samples(dataset: Any, n: int) -> list[dict[str, Any]]:
 
 
 @torch.no_grad()
-def predict(vlm: Any, samples: list[dict[str, Any]], template: str | None, max_new_tokens: int) -> list[str]:
-    """Greedy answers for `samples` (from `pick_samples`)."""
-    device = next(vlm.connector.parameters()).device
-    inputs = []
-    for s in samples:
-        inputs.append(prompt_sample(vlm, s["prompt"], s["pixel_values"].to(device), template))
+def predict(vlm: Any, samples: list[dict[str, Any]], template: ChatTemplate | None, max_new_tokens: int) -> list[str]:
+    """Greedy answers for `samples` (from `pick_samples`), prompted with `template` (None: the LLM's own)."""
+    inputs = [prompt_sample(vlm, s["prompt"], [(s["pixel_values"], s["visual"][0])], template) for s in samples]
     return generate_texts(vlm, inputs, batch_size=len(inputs), max_new_tokens=max_new_tokens)
 
 
@@ -88,7 +87,7 @@ class WandbPredictionTable(L.Callback):
         samples = pick_samples(dataset, self.num_samples)
         if not samples:
             return
-        template = pl_module.cfg.stage.get("template")
+        template = getattr(pl_module, "stage_template", None)
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
         if isinstance(trainer.model, FSDP):

@@ -1,7 +1,9 @@
 """An offline tokenizer for the tiny default model, built deterministically (no download, no file).
 
 A byte-level BPE trained on a fixed corpus: the synthetic task's vocabulary and the chat templates' fixed
-strings. Byte-level means any text encodes (no unknown token) and decodes back exactly.
+strings. Byte-level means any text encodes (no unknown token) and decodes back exactly. It lives beside the
+synthetic task whose words it is trained on; the tiny LLM's config names it as its tokenizer
+(`llm.tokenizer._target_`), so the model layer never imports the data layer.
 """
 
 from __future__ import annotations
@@ -11,15 +13,14 @@ import functools
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from dc.data.synthetic import vocabulary_sentences
+from dc.models.llms.templates.vicuna import VICUNA_SYSTEM
+
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 VOCAB_SIZE = 512
 
 
 def _corpus() -> list[str]:
-    # Imported here: the synthetic module imports nothing from models, so there is no cycle.
-    from dc.data.synthetic import vocabulary_sentences
-    from dc.models.llms.templates import VICUNA_SYSTEM
-
     return [VICUNA_SYSTEM, " USER: ", " ASSISTANT: ", "\n"] + vocabulary_sentences()
 
 

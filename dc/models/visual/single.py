@@ -1,0 +1,29 @@
+"""One view per image at the encoder's resolution: `pad` (to a square with the mean colour; stage 2 and eval in the
+reference) or `square` (the encoder's processor alone; the reference's stage 1)."""
+
+from __future__ import annotations
+
+from dc.models.visual.base import IMAGE, ImageMode, ViewTokens, VisualMeta
+
+ASPECTS = ("pad", "square")
+
+
+class SingleView(ImageMode):
+    """Today's behaviour: each image is one view and gets the connector's tokens for the encoder's grid.
+
+    Args:
+        aspect: "pad" or "square" (`image.aspect`; by default the stage's `stage.image_aspect`).
+    """
+
+    size_dependent = False
+
+    def __init__(self, aspect: str = "pad") -> None:
+        if aspect not in ASPECTS:
+            raise ValueError(f"image.aspect={aspect!r}: expected one of {ASPECTS}")
+        self.aspect = aspect
+
+    def meta(self, size: tuple[int, int], view: ViewTokens, image_size: int) -> VisualMeta:
+        return VisualMeta(views=1, tokens=view.total, kind=IMAGE)
+
+    def __repr__(self) -> str:
+        return f"SingleView(aspect={self.aspect!r})"
