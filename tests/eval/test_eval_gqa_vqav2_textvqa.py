@@ -78,6 +78,32 @@ def test_vqav2_val_local_accuracy(files):
     assert res["breakdown"]["answer_type"] == pytest.approx({"number": 90.0, "yes/no": 100.0, "other": 30.0})
 
 
+def test_vqav2_scoring_rule_official_vs_m4c(files):
+    # q21: ten identical "t-shirt"; q22: mixed possessive answers (see test_eval_vqa_normalize).
+    files.json("vqav2/v2_OpenEnded_mscoco_val2014_questions.json", {"questions": [
+        {"question_id": 21, "image_id": 1, "question": "What is he wearing?"},
+        {"question_id": 22, "image_id": 1, "question": "Whose hat?"}]})
+    files.json("vqav2/v2_mscoco_val2014_annotations.json", {"annotations": [
+        {"question_id": 21, "answer_type": "other", "answers": [{"answer": "t-shirt", "answer_id": i} for i in range(10)]},
+        {"question_id": 22, "answer_type": "other",
+         "answers": [{"answer": a, "answer_id": i} for i, a in enumerate(["man's"] * 3 + ["man"] * 7)]}]})
+    files.image("vqav2/val2014/COCO_val2014_000000000001.jpg")
+    answers = {"21": "T-shirt", "22": "man's"}
+    official = get_benchmark("vqav2", root=files.root / "vqav2", split="val")
+    records, _ = official.load()
+    res = official.score(records, answers)
+    # Official: 21 -> "t shirt" vs raw "t-shirt": 0; 22 -> "man 's" vs "man's"/"man": 0.
+    assert res["metrics"]["accuracy"] == 0.0
+    assert res["options"] == {"scoring_rule": "official"} and "scoring rule: official" in res["notes"]
+    m4c = get_benchmark("vqav2", root=files.root / "vqav2", split="val", scoring_rule="m4c")
+    res = m4c.score(records, answers)
+    # m4c: 21 -> 1.0; 22 -> 3 of 10 match -> 0.9.
+    assert res["metrics"]["accuracy"] == pytest.approx(100 * (1.0 + 0.9) / 2)
+    assert res["options"] == {"scoring_rule": "m4c"}
+    with pytest.raises(ValueError, match="scoring_rule must be one of"):
+        get_benchmark("vqav2", root=files.root / "vqav2", scoring_rule="lenient")
+
+
 def test_vqav2_testdev_submission_padded(files, tmp_path):
     rows = [{"question_id": 101, "image": "COCO_test2015_000000000009.jpg", "text": f"How many?\n{SUFFIX}"},
             {"question_id": 102, "image": "COCO_test2015_000000000009.jpg", "text": f"What is it?\n{SUFFIX}"}]

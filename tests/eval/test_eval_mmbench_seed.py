@@ -9,7 +9,7 @@ import json
 import pytest
 
 from dc.eval.benchmarks import get_benchmark
-from dc.eval.benchmarks.choices import extract_letter
+from dc.eval.benchmarks.choices import extract_letter, vlmevalkit_match
 
 IMG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 MC_SUFFIX = "Answer with the option's letter from the given choices directly."
@@ -24,6 +24,33 @@ def write_tsv(path, rows):
         w.writerow(COLS)
         for r in rows:
             w.writerow([r.get(c, "nan") for c in COLS])
+
+
+def test_vlmevalkit_match_mid_2024_rules():
+    opts = {"A": "cat", "B": "dog", "C": "bird"}
+    assert vlmevalkit_match("B", opts) == "B"
+    assert vlmevalkit_match("(C) bird", opts) == "C"  # "(" and ")" become spaces: one letter token
+    assert vlmevalkit_match("The answer is B.", opts) == "B"
+    assert vlmevalkit_match("A or B", opts) is None  # two letters, and no option text either
+    assert vlmevalkit_match("a dog", opts) == "B"  # no capital letter token: option text
+    assert vlmevalkit_match("D", opts) is None  # not one of this question's letters
+    # Two letter tokens: no letter; the option-text step finds nothing -> None (the lenient rule says B).
+    assert vlmevalkit_match("B. because A is wrong", opts) is None
+    assert extract_letter("B. because A is wrong", list(opts), opts) == "B"
+    # A "Z" token or a refusal phrase means "refused": no option-text step (else "dog" -> B).
+    assert vlmevalkit_match("Z dog", opts) is None
+    assert vlmevalkit_match("Cannot determine the answer, maybe a dog", opts) is None
+    # An API failure message skips the letter step: only option text counts.
+    assert vlmevalkit_match("Failed to obtain answer via API: B", opts) is None
+    assert vlmevalkit_match("Failed to obtain answer via API: bird", opts) == "C"
+
+
+def test_vlmevalkit_match_length_limit_is_the_later_rule():
+    opts = {"A": "cat", "B": "dog", "C": "bird"}  # 10 characters of option text -> limit 20
+    long_answer = "I am quite sure that the animal in the picture is a dog"  # 55 characters, no letter
+    assert vlmevalkit_match(long_answer, opts) == "B"  # mid-2024: no length limit
+    assert vlmevalkit_match(long_answer, opts, length_limit=True) is None
+    assert vlmevalkit_match("it is a dog", opts, length_limit=True) == "B"  # 11 <= 20
 
 
 def test_extract_letter_rules():
@@ -79,6 +106,24 @@ def test_mmbench_generated_rotations(files, tmp_path):
     assert json.loads(jsonl.read_text().splitlines()[0])["prediction"] == "B"
 
 
+def test_mmbench_scoring_rule_length_limit(files):
+    rows = [{"index": 0, "question": "Which animal barks?", "A": "cat", "B": "dog", "answer": "B", "image": IMG},
+            {"index": 1, "question": "Which animal meows?", "A": "cat", "B": "dog", "answer": "A", "image": IMG}]
+    write_tsv(files.root / "mmbench/mmbench_dev_20230712.tsv", rows)
+    answers = {"0": "The animal that barks in this picture is clearly the dog", "1": "A"}
+    bench = get_benchmark("mmbench", root=files.root / "mmbench", circular=False)
+    records, _ = bench.load()
+    res = bench.score(records, answers)
+    # Default (mid-2024): the long answer's option text "dog" counts -> both right.
+    assert res["metrics"]["accuracy_plain"] == pytest.approx(100.0)
+    assert res["options"] == {"scoring_rule": "official"}
+    limited = get_benchmark("mmbench", root=files.root / "mmbench", circular=False, scoring_rule="length_limit")
+    res = limited.score(records, answers)
+    # 56 characters > 2 * 6 of option text: no match -> 1 of 2.
+    assert res["metrics"]["accuracy_plain"] == pytest.approx(50.0)
+    assert res["options"] == {"scoring_rule": "length_limit"}
+
+
 def test_mmbench_file_with_circular_copies_and_cn(files):
     rows = [{"index": 5, "question": "Q?", "A": "x", "B": "y", "answer": "A", "image": IMG},
             {"index": 1000005, "question": "Q?", "A": "y", "B": "x", "answer": "B", "image": IMG}]
@@ -111,11 +156,18 @@ def test_seed_letter_accuracy(files, tmp_path):
     bench = get_benchmark("seed", root=files.root / "seed_bench")
     records, _ = bench.load()
     assert records[0].prompt == f"<image>\nQuestion 1?{opts}"
-    answers = {"1": "A", "2": "B.", "3": "D", "4": "(D) a cat"}
+    answers = {"1": " A\n", "2": "B.", "3": "D", "4": "(D) a cat"}
     res = bench.score(records, answers)
-    # right: 1, 2, 4 (all image); wrong: 3 (video).
+    # Official (exact text after model_vqa_loader's trim): only 1 is right; "B." and "(D) a cat" are not.
+    assert res["metrics"] == pytest.approx({"accuracy": 25.0, "accuracy_image": 100 / 3, "accuracy_video": 0.0})
+    assert res["breakdown"]["question_type"] == pytest.approx({"Instance Identity": 0.0, "Scene Understanding": 100 / 3})
+    assert res["options"] == {"scoring_rule": "official"}
+    lenient = get_benchmark("seed", root=files.root / "seed_bench", scoring_rule="letter")
+    res = lenient.score(records, answers)
+    # Letter rule: right 1, 2, 4 (all image); wrong: 3 (video).
     assert res["metrics"] == pytest.approx({"accuracy": 75.0, "accuracy_image": 100.0, "accuracy_video": 0.0})
     assert res["breakdown"]["question_type"] == pytest.approx({"Instance Identity": 100.0, "Scene Understanding": 200 / 3})
+    assert res["options"] == {"scoring_rule": "letter"}
     [up] = bench.write_submission(records, answers, tmp_path)
     assert json.loads(up.read_text().splitlines()[1]) == {"question_id": "2", "prediction": "B."}
     image_only, _ = get_benchmark("seed", root=files.root / "seed_bench", data_type="image").load()

@@ -76,16 +76,44 @@ def test_mmmu_prompts_and_accuracy(files):
         "Art and Design": 100.0, "Business": 100.0, "Humanities and Social Science": 0.0, "Science": 50.0})
 
 
-def test_mmmu_option_images_get_no_generation(files):
-    files.jsonl("mmmu/validation.jsonl", [{
-        "id": "validation_Design_9", "question": "Which one?", "options": ["<img='a.png'>", "<img='b.png'>"],
-        "answer": "A", "question_type": "multiple-choice", "image_1": "images/x.png"}])
+def _option_image_samples(files):
+    files.jsonl("mmmu/validation.jsonl", [
+        {"id": "validation_Design_9", "question": "Which one?", "options": ["<img='a.png'>", "<img='b.png'>"],
+         "answer": "A", "question_type": "multiple-choice", "image_1": "images/x.png"},
+        {"id": "validation_Design_10", "question": "Which year?", "options": "['<img=\\'c.png\\'>', '<img=\\'d.png\\'>']",
+         "answer": "1999", "question_type": "open", "image_1": "images/x.png"},
+        {"id": "validation_Art_11", "question": "Which?", "options": ["p", "q"], "answer": "B",
+         "question_type": "multiple-choice"}])  # no image_1 at all
+    files.image("mmmu/images/x.png")
+
+
+def test_mmmu_option_images_are_generated_with_image_1(files):
+    # Official pipeline: the option-image branch is never taken, so these get image_1 and a normal score.
+    _option_image_samples(files)
     bench = get_benchmark("mmmu", root=files.root / "mmmu")
-    [rec], _ = bench.load()
-    assert rec.image is None and not rec.prompt.startswith("<image>")
-    assert rec.meta["answer_override"] == "random_choice"
-    # The model's text is ignored: the official script answers these with a random letter.
-    assert bench.is_correct(rec, "A") == bench.is_correct(rec, "B")
+    mc, open_q, no_image = bench.load()[0]
+    assert mc.image == files.root / "mmmu/images/x.png" and mc.prompt.startswith("<image>\nWhich one?\n(A) <img='a.png'>")
+    assert "answer_override" not in mc.meta and "answer_override" not in open_q.meta
+    assert bench.is_correct(mc, "A") and not bench.is_correct(mc, "B")
+    assert bench.is_correct(open_q, "It was 1999.") and not bench.is_correct(open_q, "2001")
+    # Without image_1 the official script cannot generate: random letter (MC), like the branch.
+    assert no_image.image is None and no_image.meta["answer_override"] == "random_choice"
+    assert bench.is_correct(no_image, "A") == bench.is_correct(no_image, "B")
+    res = bench.score([mc, open_q], {mc.id: "(A)", open_q.id: "1999"}, skips=[])
+    assert res["metrics"]["accuracy"] == pytest.approx(100.0)
+    assert res["options"] == {"option_image_rule": "official"}
+
+
+def test_mmmu_script_branch_option_skips_generation(files):
+    _option_image_samples(files)
+    bench = get_benchmark("mmmu", root=files.root / "mmmu", option_image_rule="script_branch")
+    mc, open_q, _ = bench.load()[0]
+    assert mc.image is None and not mc.prompt.startswith("<image>")
+    assert mc.meta["answer_override"] == "random_choice" and open_q.meta["answer_override"] == "invalid"
+    # The model's text is ignored: a random letter (MC) / the invalid string (open, always wrong).
+    assert bench.is_correct(mc, "A") == bench.is_correct(mc, "B")
+    assert not bench.is_correct(open_q, "1999")
+    assert bench.score([mc, open_q], {}, skips=[])["options"] == {"option_image_rule": "script_branch"}
 
 
 # ---------------------------------------------------------------- MathVista
@@ -136,18 +164,31 @@ def test_mathvista_query_and_accuracy(files):
     assert records[0].max_new_tokens == 1024
     res = bench.score(records, MV_ANSWERS)
     # right: 1 ("(B)" -> "4"), 2 (last number 12), 3 (2.50 -> 2.5), 5 ("gren" -> "green"), 6 (list);
-    # wrong: 4 ("1.3" != "1.33").
-    assert res["metrics"]["accuracy"] == pytest.approx(100 * 5 / 6)
+    # wrong: 4 ("1.3" != "1.33"). No judge: reported under its own name, never as "accuracy".
+    assert res["metrics"] == pytest.approx({"accuracy_rule_based": 100 * 5 / 6})
+    assert res["main_metric"] == "accuracy_rule_based" and res["options"] == {"answer_extraction": "rule_based"}
     assert res["breakdown"]["answer_type"] == pytest.approx({"float": 50.0, "integer": 100.0, "list": 100.0, "text": 100.0})
     assert res["breakdown"]["question_type"] == pytest.approx({"free_form": 75.0, "multi_choice": 100.0})
 
 
 def test_mathvista_judge_replies_file(files, tmp_path):
-    # A judge reply for problem 4 replaces the rule-based extraction for it: now 6/6.
+    # Judge replies for every answer the quick checks leave open (all but 3): "accuracy".
+    replies = tmp_path / "replies.jsonl"
+    judged = {"1": "B", "2": "12", "4": "1.33", "5": "green", "6": "[1, 2, 3]"}
+    replies.write_text("".join(json.dumps({"custom_id": k, "content": v}) + "\n" for k, v in judged.items()))
+    bench = _mathvista(files, judge_responses=str(replies))
+    records, _ = bench.load()
+    res = bench.score(records, MV_ANSWERS)
+    assert res["metrics"] == pytest.approx({"accuracy": 100.0}) and res["main_metric"] == "accuracy"
+    assert "'judge': 5" in res["notes"][0] and res["options"] == {"answer_extraction": "judge"}
+
+
+def test_mathvista_partial_judge_replies_stay_rule_based(files, tmp_path):
+    # A reply for problem 4 only: it now counts as right (6/6), but 4 answers were rule-extracted.
     replies = tmp_path / "replies.jsonl"
     replies.write_text(json.dumps({"custom_id": "4", "content": "1.33"}) + "\n")
     bench = _mathvista(files, judge_responses=str(replies))
     records, _ = bench.load()
     res = bench.score(records, MV_ANSWERS)
-    assert res["metrics"]["accuracy"] == pytest.approx(100.0)
-    assert "'judge': 1" in res["notes"][0]
+    assert res["metrics"] == pytest.approx({"accuracy_rule_based": 100.0})
+    assert "'judge': 1" in res["notes"][0] and "'rule': 4" in res["notes"][0]

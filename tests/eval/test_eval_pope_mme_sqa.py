@@ -70,9 +70,18 @@ def test_pope_per_split_metrics(files):
 
 # ---------------------------------------------------------------- MME
 def test_mme_parse_rule():
-    assert mme_parse("Yes.") == "yes" and mme_parse(" no") == "no"
+    assert mme_parse("Yes.") == "yes" and mme_parse(" no") == "no"  # "yes." holds "yes" in its first 4 chars
     assert mme_parse("Yes, there is") == "yes"  # first four characters contain "yes"
     assert mme_parse("The answer is yes") == "other"
+    assert mme_parse("No.") == "no" and mme_parse("Nope") == "no"
+
+
+def test_mme_periods_stay_in_the_official_reading():
+    # calculation.py does not delete periods: "...y" / "n.o" hold neither word -> "other".
+    assert mme_parse("...yes") == "other" and mme_parse("n.o") == "other"
+    # lmms-eval deletes them first: "yes" / "no".
+    assert mme_parse("...yes", strip_periods=True) == "yes" and mme_parse("n.o", strip_periods=True) == "no"
+    assert mme_parse("Y.E.S.", strip_periods=True) == "yes" and mme_parse("Y.E.S.") == "other"
 
 
 def test_mme_acc_and_acc_plus(files, tmp_path):
@@ -115,6 +124,17 @@ def test_mme_acc_and_acc_plus(files, tmp_path):
     # code_reasoning: "The answer is yes" parses to "other" (wrong) -> 1/2 and 0/1.
     assert sub["code_reasoning"] == pytest.approx({"acc": 50.0, "acc_plus": 0.0, "score": 50.0})
     assert res["metrics"] == pytest.approx({"perception": 125 + 200, "cognition": 50, "total": 375})
+
+    assert res["options"] == {"scoring_rule": "official"}
+
+    # Periods: "...Yes" for the first existence question is "other" officially -> existence drops to
+    # 2/4 right and 0/2 images fully right (50 + 0); lmms-eval's reading keeps it right (125).
+    dotted = {r.id: a for r, a in zip(records, ["...Yes", *ans[1:]])}
+    assert bench.score(records, dotted)["breakdown"]["subtask"]["existence"]["score"] == pytest.approx(50.0)
+    lmms = get_benchmark("mme", root=files.root / "MME", scoring_rule="lmms_eval")
+    res_lmms = lmms.score(records, dotted, skips=[])
+    assert res_lmms["breakdown"]["subtask"]["existence"]["score"] == pytest.approx(125.0)
+    assert res_lmms["options"] == {"scoring_rule": "lmms_eval"}
 
     paths = bench.write_submission(records, {r.id: a for r, a in zip(records, ans)}, tmp_path / "sub")
     art = next(p for p in paths if p.name == "artwork.txt").read_text().splitlines()

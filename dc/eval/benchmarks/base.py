@@ -11,7 +11,10 @@ Result dictionaries returned by ``Benchmark.score`` share one shape (built by :f
      "main_metric": str | None, "metrics": {name: float (0-100)},
      "breakdown": {group: {key: float | dict}},
      "counts": {"records", "answered", "missing", "skipped": {reason: n}, "skipped_total"},
-     "notes": [str]}
+     "notes": [str], "options": {name: value}}
+
+``options`` records the scoring options that decide the numbers (e.g. ``{"scoring_rule": "official"}``),
+so a result computed under a non-official rule can never pass for the official one.
 """
 
 from __future__ import annotations
@@ -253,6 +256,7 @@ def build_result(
     breakdown: Mapping[str, Any] | None = None,
     status: str = "ok",
     notes: Iterable[str] = (),
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the common result dictionary (see module docstring)."""
     skip_counts = Counter(s.reason for s in skips)
@@ -271,4 +275,5 @@ def build_result(
             "skipped_total": sum(skip_counts.values()),
         },
         "notes": list(notes),
+        "options": dict(options or {}),
     }

@@ -19,9 +19,15 @@ Prompt (DC's ``model_math_vista.create_one_query``, zero-shot, "solution" hints)
 No suffix beyond the hint; ``max_new_tokens = 1024`` (reference-spec §7).
 
 Scoring: extraction + normalisation of :mod:`mathvista_extract`, accuracy overall and per
-question type, answer type, task and skill. The official pipeline extracts answers with GPT; that is
-optional here (``use_judge=True`` plus an API key, or ``judge_responses`` with replies keyed by
-record id) and off by default -- rule-based numbers are reported as such in ``notes``.
+question type, answer type, task and skill. The official pipeline extracts answers with GPT after its
+quick checks; that is optional here (``use_judge=True`` plus an API key, or ``judge_responses`` with
+replies keyed by record id) and off by default. The headline metric says which it is:
+
+- ``accuracy``: a judge is configured and every answer the quick checks left open got a judge reply.
+- ``accuracy_rule_based``: otherwise (no judge, or some answers had no reply and were extracted by
+  the rules of :mod:`mathvista_extract`); never comparable to the official, GPT-extracted number.
+
+The breakdown is computed the same way in both cases; ``notes`` count the extraction methods.
 """
 
 from __future__ import annotations
@@ -163,14 +169,20 @@ class MathVista(Benchmark):
                     hits[g][r.meta[g]].append(ok)
             for skill in r.meta.get("skills") or []:
                 hits["skill"][skill].append(ok)
+        judged = (self.judge is not None or self.judge_responses is not None) and not methods.get("rule")
+        metric = "accuracy" if judged else "accuracy_rule_based"
         notes = [f"answer extraction: {dict(methods)} (official numbers use GPT extraction)"]
+        if not judged:
+            notes.append("headline metric is accuracy_rule_based: answers the quick checks left open were "
+                         "extracted by rules, not by the judge")
         if self.judge_note:
             notes.append(self.judge_note)
         all_hits = hits.pop("all", {}).get("all", [])
         breakdown = {g: {k: pct(sum(v), len(v)) for k, v in sorted(d.items())} for g, d in hits.items()}
         return build_result(self.name, records=records, answers=answers, skips=skips,
-                            metrics={"accuracy": pct(sum(all_hits), len(all_hits))}, main_metric="accuracy",
-                            breakdown=breakdown, notes=notes)
+                            metrics={metric: pct(sum(all_hits), len(all_hits))}, main_metric=metric,
+                            breakdown=breakdown, notes=notes,
+                            options={"answer_extraction": "judge" if judged else "rule_based"})
 
     def write_submission(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
                          out_dir: str | Path) -> list[Path]:

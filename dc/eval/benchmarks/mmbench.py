@@ -15,7 +15,15 @@ A TSV that already holds rotated copies (OpenCompass convention: rows ``index + 
 grouped by ``index % 1_000_000``) is used as is; for a file without them, ``circular=True`` generates
 the rotations the way LLaVA's ``--all-rounds`` does (option texts shift by one, letters stay A, B,
 ...), with the same ``index + k * 1_000_000`` ids. Single-pass ("plain") accuracy uses only the un-rotated rows.
-Answers are matched to letters with the rule-based stage of MMBench's matcher (:mod:`choices`).
+
+Answers are matched to letters with the rule-based stage of VLMEvalKit's matcher
+(:func:`choices.vlmevalkit_match`; no model judge). ``scoring_rule`` (recorded in the result's
+``options``):
+
+- ``"official"`` (default): the matcher as of mid-2024, when the paper was published -- option-text
+  matching applies to answers of any length.
+- ``"length_limit"``: the later VLMEvalKit rule; option-text matching is skipped when the answer is
+  longer than twice the option texts together (an explanation quoting one option no longer counts).
 """
 
 from __future__ import annotations
@@ -34,13 +42,14 @@ from typing import Any
 
 from dc.eval.benchmarks.base import (OPTION_LETTER_SUFFIX, Benchmark, EvalRecord, Skip, build_result, pct,
                                      with_image_token)
-from dc.eval.benchmarks.choices import extract_letter
+from dc.eval.benchmarks.choices import vlmevalkit_match
 from dc.eval.benchmarks.report import atomic_write_text
 
 CN_SUFFIX = "请直接回答选项字母。"
 ROTATION_STRIDE = 1_000_000
 _LETTERS = ("A", "B", "C", "D")
 _FILES = {"en": "mmbench_dev_20230712.tsv", "cn": "mmbench_dev_cn_20231003.tsv"}
+SCORING_RULES = ("official", "length_limit")
 
 
 def is_none(value: str | None) -> bool:
@@ -71,6 +80,7 @@ class MMBench(Benchmark):
         question_file: TSV, relative to root (default by ``lang``).
         circular: Evaluate all rotations (generate them if the file has none).
         image_cache_dir: Where decoded images go (default ``<root>/_images``).
+        scoring_rule: ``"official"`` (default) or ``"length_limit"``; see the module docstring.
         **kw: ``limit``, ``check_images`` (images are always decoded; ``check_images`` is unused).
     """
 
@@ -79,10 +89,13 @@ class MMBench(Benchmark):
     max_new_tokens = 1024
 
     def __init__(self, root: str | Path, *, lang: str = "en", question_file: str | None = None, circular: bool = True,
-                 image_cache_dir: str | None = None, **kw: Any) -> None:
+                 image_cache_dir: str | None = None, scoring_rule: str = "official", **kw: Any) -> None:
         super().__init__(root, **kw)
         if lang not in _FILES:
             raise ValueError(f"mmbench.lang must be one of {sorted(_FILES)}, got {lang!r}")
+        if scoring_rule not in SCORING_RULES:
+            raise ValueError(f"mmbench.scoring_rule must be one of {SCORING_RULES}, got {scoring_rule!r}")
+        self.scoring_rule = scoring_rule
         self.lang = lang
         self.suffix = CN_SUFFIX if lang == "cn" else OPTION_LETTER_SUFFIX
         self.question_file = self.root / (question_file or _FILES[lang])
@@ -155,8 +168,8 @@ class MMBench(Benchmark):
         for r in records:
             if not r.meta.get("answer"):
                 continue
-            letters = list(r.meta["options"])
-            pred = extract_letter(answers.get(r.id, ""), letters, r.meta["options"])
+            pred = vlmevalkit_match(answers.get(r.id, ""), r.meta["options"],
+                                    length_limit=self.scoring_rule == "length_limit")
             ok = int(pred == r.meta["answer"])
             groups[r.meta["group"]].append(ok)
             group_meta.setdefault(r.meta["group"], r.meta)
@@ -178,7 +191,8 @@ class MMBench(Benchmark):
                    "accuracy_plain": pct(sum(plain), len(plain))}
         return build_result(self.name, records=records, answers=answers, skips=skips, metrics=metrics,
                             main_metric="accuracy_circular" if self.circular else "accuracy_plain",
-                            breakdown=breakdown)
+                            breakdown=breakdown, notes=[f"answer matching: VLMEvalKit rules, {self.scoring_rule}"],
+                            options={"scoring_rule": self.scoring_rule})
 
     def write_submission(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
                          out_dir: str | Path) -> list[Path]:

@@ -13,10 +13,19 @@ yes or no.\\nAnswer the question using a single word or phrase.`` (the suffix is
 ``max_new_tokens = 128`` (reference-spec §7). Answer keys are looked up by the MME question text
 (with "Please answer yes or no.", re-added if the question file dropped it).
 
-Scoring (per subtask): answer = lower-cased text without ``.``; if it is not exactly yes/no, look at
-its first 4 characters for "yes" then "no", else "other" (always wrong). ``acc`` = correct questions /
-questions, ``acc+`` = images with both questions correct / images, subtask score = 100*(acc + acc+).
-Perception = sum over the 10 perception subtasks (max 2000), cognition = sum over 4 (max 800).
+Reading an answer (``scoring_rule``, recorded in the result's ``options``):
+
+- ``"official"`` (default): MME's ``calculation.py`` on the file LLaVA's ``convert_answer_to_mme`` writes:
+  the answer as ``model_vqa_loader`` stored it (whitespace-trimmed), lower-cased; exactly ``yes``/``no``
+  -> itself, else its first 4 characters are searched for "yes" then "no", else "other" (always
+  wrong). Periods stay: ``"...yes"`` is "other", ``"Yes."`` is "yes" (its first 4 characters hold "yes").
+- ``"lmms_eval"``: lmms-eval's reading, which deletes every ``.`` first (``"...yes"`` -> "yes").
+
+Not emulated: an answer containing a tab or newline breaks the official tab-separated file.
+
+Scoring (per subtask): ``acc`` = correct questions / questions, ``acc+`` = images with both questions
+correct / images, subtask score = 100*(acc + acc+). Perception = sum over the 10 perception subtasks
+(max 2000), cognition = sum over 4 (max 800).
 """
 
 from __future__ import annotations
@@ -34,11 +43,19 @@ from dc.eval.benchmarks.report import atomic_write_text
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 _YES_NO = "Please answer yes or no."
+SCORING_RULES = ("official", "lmms_eval")
 
 
-def mme_parse(text: str) -> str:
-    """Official answer parsing -> "yes" / "no" / "other"."""
-    t = text.lower().strip().replace(".", "")
+def mme_parse(text: str, *, strip_periods: bool = False) -> str:
+    """Read an answer as "yes" / "no" / "other" (``calculation.py``'s ``parse_pred_ans``).
+
+    Args:
+        text: Raw model output.
+        strip_periods: Delete every ``.`` first (lmms-eval's rule; not the official one).
+    """
+    t = text.strip().lower()
+    if strip_periods:
+        t = t.replace(".", "")
     if t in ("yes", "no"):
         return t
     head = t[:4]
@@ -61,6 +78,7 @@ class MME(Benchmark):
         root: ``$DATA_ROOT/eval/MME``.
         question_file: LLaVA question file, relative to root.
         benchmark_dir: Official release folder (images + answers), relative to root.
+        scoring_rule: ``"official"`` (default) or ``"lmms_eval"``; see the module docstring.
         **kw: ``limit``, ``check_images``.
     """
 
@@ -69,8 +87,12 @@ class MME(Benchmark):
     max_new_tokens = 128
 
     def __init__(self, root: str | Path, *, question_file: str = "llava_mme.jsonl",
-                 benchmark_dir: str = "MME_Benchmark_release_version", **kw: Any) -> None:
+                 benchmark_dir: str = "MME_Benchmark_release_version", scoring_rule: str = "official",
+                 **kw: Any) -> None:
         super().__init__(root, **kw)
+        if scoring_rule not in SCORING_RULES:
+            raise ValueError(f"mme.scoring_rule must be one of {SCORING_RULES}, got {scoring_rule!r}")
+        self.scoring_rule = scoring_rule
         self.question_file = self.root / question_file
         bench = self.root / benchmark_dir
         # Some downloads nest the release one level deeper.
@@ -124,7 +146,8 @@ class MME(Benchmark):
         for r in records:
             if r.meta.get("label") not in ("yes", "no"):
                 continue
-            ok = int(mme_parse(answers.get(r.id, "")) == r.meta["label"])
+            pred = mme_parse(answers.get(r.id, ""), strip_periods=self.scoring_rule == "lmms_eval")
+            ok = int(pred == r.meta["label"])
             per_q[r.meta["subtask"]].append(ok)
             per_img[r.meta["subtask"]][r.meta["image_stem"]].append(ok)
         if not per_q:
@@ -139,14 +162,14 @@ class MME(Benchmark):
             breakdown[sub] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus}
         perception = sum(breakdown[s]["score"] for s in PERCEPTION if s in breakdown)
         cognition = sum(breakdown[s]["score"] for s in COGNITION if s in breakdown)
-        notes = []
+        notes = [f"scoring rule: {self.scoring_rule}"]
         absent = [s for s in PERCEPTION + COGNITION if s not in breakdown]
         if absent:
             notes.append(f"subtasks without scored questions (totals exclude them): {absent}")
         return build_result(self.name, records=records, answers=answers, skips=skips,
                             metrics={"perception": perception, "cognition": cognition, "total": perception + cognition},
                             main_metric="perception", breakdown={"subtask": dict(sorted(breakdown.items()))},
-                            notes=notes)
+                            notes=notes, options={"scoring_rule": self.scoring_rule})
 
     def write_submission(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
                          out_dir: str | Path) -> list[Path]:

@@ -24,8 +24,21 @@ multiple-choice ``{question}\\n(A) {opt}\\n(B) {opt}\\n\\nAnswer with the option
 choices directly.``; open ``{question}\\nAnswer the question using a single word or phrase.``;
 ``max_new_tokens = 128``. Generation is *not* greedy here: ``do_sample=True, temperature=1,
 num_beams=5``, seed 42 (``generation_kwargs``; reference-spec §7). Only ``image_1`` is given to the
-model; a sample whose options hold several ``<img='...'>`` images gets no generation in the official
-script -- a random letter (MC) or an invalid answer (open) -- recorded in ``meta["answer_override"]``.
+model.
+
+Samples whose options are images (``option_image_rule``, recorded in the result's ``options``):
+
+- ``"official"`` (default): generated with ``image_1`` like every other sample, and the answer scored
+  normally. The official script has a branch that would answer them without generation, but it is
+  never taken: it looks for ``<img='...'>`` in the characters of the dataset's ``options`` *string*
+  (MMMU issue #16; reference-spec §7, corrected 2026-11-27). A sample without ``image_1`` does take
+  that path in the script (no image to generate with): it gets a random letter (multiple choice) or
+  the invalid string (open), recorded in ``meta["answer_override"]``.
+- ``"script_branch"``: the branch as written was meant to work -- a sample whose parsed options hold
+  more than one ``<img='...'>`` gets no image and the random letter / invalid answer.
+
+The random letter (also the official answer to an unparsable multiple-choice response) is seeded per
+sample, so a re-score is reproducible; the official script draws from Python's global generator.
 """
 
 from __future__ import annotations
@@ -55,6 +68,7 @@ DISCIPLINES = {
 SUBJECT_TO_DISCIPLINE = {s: d for d, subs in DISCIPLINES.items() for s in subs}
 INVALID_OPEN = "INVALID GENERATION FOR MULTIPLE IMAGE INPUTS"
 _OPTION_IMG = re.compile(r"<img='(.*?)'>")
+OPTION_IMAGE_RULES = ("official", "script_branch")
 
 
 def subject_of(sample_id: str) -> str:
@@ -79,6 +93,7 @@ class MMMU(Benchmark):
     Args:
         root: ``$DATA_ROOT/eval/mmmu``.
         data_file: Exported samples (JSONL or JSON list), relative to root.
+        option_image_rule: ``"official"`` (default) or ``"script_branch"``; see the module docstring.
         **kw: ``limit``, ``check_images``.
     """
 
@@ -87,8 +102,12 @@ class MMMU(Benchmark):
     max_new_tokens = 128
     generation_kwargs = {"do_sample": True, "temperature": 1.0, "top_p": None, "num_beams": 5, "seed": 42}
 
-    def __init__(self, root: str | Path, *, data_file: str = "validation.jsonl", **kw: Any) -> None:
+    def __init__(self, root: str | Path, *, data_file: str = "validation.jsonl", option_image_rule: str = "official",
+                 **kw: Any) -> None:
         super().__init__(root, **kw)
+        if option_image_rule not in OPTION_IMAGE_RULES:
+            raise ValueError(f"mmmu.option_image_rule must be one of {OPTION_IMAGE_RULES}, got {option_image_rule!r}")
+        self.option_image_rule = option_image_rule
         self.data_file = self.root / data_file
 
     def _samples(self, skips: list[Skip]) -> list[dict[str, Any]]:
@@ -125,9 +144,10 @@ class MMMU(Benchmark):
                 text = f"{s['question']}\n{SHORT_ANSWER_SUFFIX}"
             option_images = [m for o in options for m in _OPTION_IMG.findall(str(o))]
             image = None
-            if len(option_images) > 1:
+            if (self.option_image_rule == "script_branch" and len(option_images) > 1) or not s.get("image_1"):
+                # The official script's no-generation path (module docstring).
                 meta["answer_override"] = "random_choice" if qtype == "multiple-choice" else "invalid"
-            elif s.get("image_1"):
+            else:
                 image = self._image(self.root, s["image_1"], sid, skips)
                 if image is None:
                     continue
@@ -172,4 +192,6 @@ class MMMU(Benchmark):
         return build_result(self.name, records=records, answers=answers, skips=skips,
                             metrics={"accuracy": pct(sum(all_hits), len(all_hits))}, main_metric="accuracy",
                             breakdown=breakdown,
-                            notes=["unparsable multiple-choice answers get a random letter seeded by the sample id"])
+                            notes=["unparsable multiple-choice answers get a random letter seeded by the sample id",
+                                   f"option image rule: {self.option_image_rule}"],
+                            options={"option_image_rule": self.option_image_rule})

@@ -10,9 +10,15 @@ Files under ``$DATA_ROOT/eval/seed_bench``::
 Prompt: the question file text (options and ``Answer with the option's letter from the given choices
 directly.`` already in it), ``<image>\\n`` in front; ``max_new_tokens = 128`` (reference-spec §7).
 
-Scoring: LLaVA compares the output with the answer letter exactly; here the letter is read from the
-output with :func:`choices.extract_letter` (so ``"A."`` or ``"(A)"`` also count), which equals the
-exact comparison for bare-letter outputs. Accuracy per question type, and over image / video / all.
+Scoring (``scoring_rule``, recorded in the result's ``options``):
+
+- ``"official"`` (default): LLaVA's ``convert_seed_for_submission``: correct iff the answer, as
+  ``model_vqa_loader`` stores it (whitespace-trimmed), equals the answer letter exactly -- ``"A"``
+  counts, ``"A."`` and ``"(A) a dog"`` do not.
+- ``"letter"``: the letter is read from the answer with the lenient :func:`choices.extract_letter`
+  (``"A."``, ``"(A) a dog"``, ``"The answer is A"`` count); same result for bare-letter answers.
+
+Accuracy per question type, and over image / video / all.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from dc.eval.benchmarks.report import atomic_write_text
 
 _LETTERS = ["A", "B", "C", "D"]
 _DATA_TYPES = ("all", "image", "video")
+SCORING_RULES = ("official", "letter")
 
 
 class SEEDBench(Benchmark):
@@ -41,6 +48,7 @@ class SEEDBench(Benchmark):
         annotation_file: Official annotations, relative to root.
         image_folder: Image folder, relative to root.
         data_type: Keep ``"all"`` questions, or only ``"image"`` / ``"video"`` ones.
+        scoring_rule: ``"official"`` (default) or ``"letter"``; see the module docstring.
         **kw: ``limit``, ``check_images``.
     """
 
@@ -50,10 +58,13 @@ class SEEDBench(Benchmark):
 
     def __init__(self, root: str | Path, *, question_file: str = "llava-seed-bench.jsonl",
                  annotation_file: str = "SEED-Bench.json", image_folder: str = ".", data_type: str = "all",
-                 **kw: Any) -> None:
+                 scoring_rule: str = "official", **kw: Any) -> None:
         super().__init__(root, **kw)
         if data_type not in _DATA_TYPES:
             raise ValueError(f"seed.data_type must be one of {_DATA_TYPES}, got {data_type!r}")
+        if scoring_rule not in SCORING_RULES:
+            raise ValueError(f"seed.scoring_rule must be one of {SCORING_RULES}, got {scoring_rule!r}")
+        self.scoring_rule = scoring_rule
         self.question_file = self.root / question_file
         self.annotation_file = self.root / annotation_file
         self.image_folder = self.root / image_folder
@@ -83,6 +94,12 @@ class SEEDBench(Benchmark):
                                       image, self.max_new_tokens, meta))
         return records, skips
 
+    def read_answer(self, answer: str) -> str | None:
+        """What is compared with the answer letter under the configured rule (None: no letter found)."""
+        if self.scoring_rule == "letter":
+            return extract_letter(answer, _LETTERS)
+        return answer.strip()
+
     def score(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
               skips: Sequence[Skip] | None = None) -> dict[str, Any]:
         skips = self._skips(skips)
@@ -91,7 +108,7 @@ class SEEDBench(Benchmark):
         for r in records:
             if not r.meta.get("answer"):
                 continue
-            ok = int(extract_letter(answers.get(r.id, ""), _LETTERS) == r.meta["answer"])
+            ok = int(self.read_answer(answers.get(r.id, "")) == r.meta["answer"])
             hits["data_type"]["all"].append(ok)
             hits["data_type"][r.meta.get("data_type") or "unknown"].append(ok)
             hits["question_type"][r.meta.get("question_type") or "unknown"].append(ok)
@@ -103,7 +120,8 @@ class SEEDBench(Benchmark):
                    for k in ("all", "image", "video") if dt.get(k)}
         breakdown = {"question_type": {k: pct(sum(v), len(v)) for k, v in sorted(hits["question_type"].items())}}
         return build_result(self.name, records=records, answers=answers, skips=skips, metrics=metrics,
-                            main_metric="accuracy", breakdown=breakdown)
+                            main_metric="accuracy", breakdown=breakdown, notes=[f"scoring rule: {self.scoring_rule}"],
+                            options={"scoring_rule": self.scoring_rule})
 
     def write_submission(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
                          out_dir: str | Path) -> list[Path]:

@@ -14,7 +14,9 @@ point ``question_file`` at a file without it).
 
 Scoring: LLaVA's question file keys questions by *image* id, so ground truth is matched on
 ``(image_id, question.lower())`` as LLaVA's ``eval_textvqa.py`` does; accuracy is the leave-one-out
-VQA accuracy with EvalAI normalisation of prediction and answers.
+VQA accuracy of LLaVA's ``m4c_evaluator.TextVQAAccuracyEvaluator``: prediction and human answers both
+go through the EvalAI answer processor (:func:`vqa_eval.normalize_answer`: the official contraction
+table as published, at most 32 periods stripped -- the official quirks, see :mod:`vqa_eval`).
 """
 
 from __future__ import annotations

@@ -1,101 +1,112 @@
-"""VQA answer normalisation and VQA accuracy (VQAv2 / TextVQA / EvalAI rules), written from the rules.
+"""VQA answer processing and VQA accuracy, reimplemented from the official rules (quirks included).
 
-Normalisation (the EvalAI answer processor = official VQA eval script steps, in order):
+Two building blocks, shared by every official VQA script:
 
-1. lower-case; delete ``,`` and ``?``; split the possessive ``'s`` off as `` 's``; trim;
-   newlines/tabs become spaces.
-2. punctuation: for each of ``; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? !`` -- delete it when it
-   touches a space in the input (``"p "`` or ``" p"``) or when the input contains a digit-comma-digit
-   group, otherwise replace it by a space. Then delete every ``.`` that is not followed by a digit
-   (the official regex meant "not a decimal point" but, as written, only looks ahead; we reproduce
-   what it does, so ``"3."`` -> ``"3"`` while ``"3.5"`` stays).
-3. per whitespace token: number words ``none, zero..ten`` -> digits; drop the articles
-   ``a, an, the``; map apostrophe-less contractions (``dont``) to their apostrophe form (``don't``).
+- :func:`process_punctuation`: for each of ``; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? !``, delete it
+  everywhere when it touches a space in the input (``"p "`` or ``" p"``) or the input has a
+  digit-comma-digit group, otherwise replace it by a space. Then delete ``.`` not followed by a digit,
+  **at most 32 of them**: the official code passes ``re.UNICODE`` (= 32) where ``re.sub`` takes its
+  ``count`` argument.
+- :func:`process_digit_article`: lower-case, split on whitespace, number words ``none, zero..ten`` ->
+  digits, drop ``a/an/the``, then replace each word found in :data:`CONTRACTIONS`, the official table
+  as published (keys such as ``Im`` never match the lower-cased words, ``somebody'd`` maps to
+  ``somebodyd``, ``shes`` is not in it).
 
-VQA accuracy of a prediction against 10 human answers: leave each human answer out in turn, score
-``min(1, #matches among the other 9 / 3)``, and average the 10 scores.
+Built from them:
+
+- :func:`normalize_answer` -- the EvalAI answer processor (LLaVA ``m4c_evaluator.EvalAIAnswerProcessor``,
+  used by ``convert_vqav2_for_submission`` and the TextVQA evaluator): lower-case, delete ``,`` and
+  ``?``, split the possessive ``'s`` off as `` 's``, trim, newlines/tabs -> spaces, then the two steps.
+- :func:`vqa_accuracy` -- TextVQA's m4c evaluator: both sides through :func:`normalize_answer`.
+- :func:`vqav2_accuracy` -- the VQAv2 pipeline: the prediction through :func:`normalize_answer` (LLaVA's
+  submission converter), then the official ``vqaEval.py``: trim both sides; only when the human
+  answers are not all identical (``if len(set(gtAnswers)) > 1``) are both sides processed again,
+  with the two steps only (so no possessive split on the human side).
+
+Accuracy of a prediction against the human answers: leave each human answer out in turn, score
+``min(1, #matches among the others / 3)``, and average.
 """
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections.abc import Sequence
 
-_PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`",
-                ",", "?", "!"]
-_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
-_PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
-_NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-_ARTICLES = {"a", "an", "the"}
+PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
+               "?", "!")
+# vqaEval.py's digit-comma-digit test, and EvalAI's variant (also matches "1,,2"; commas are already
+# gone when EvalAI runs it, so it never fires there).
+COMMA_VQAEVAL = re.compile(r"(\d)(,)(\d)")
+COMMA_EVALAI = re.compile(r"(?<=\d)(,)+(?=\d)")
+# The official pattern starts with "(?!<=\d)", a lookahead for the literal text "<=" + digit that
+# never matches at a period; what remains is "a period not followed by a digit".
+_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_PERIOD_COUNT = 32  # re.UNICODE, passed positionally as re.sub's count by the official code
+NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+                "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+ARTICLES = ("a", "an", "the")
 
-# Contractions in their written form; the map sends every apostrophe-less spelling to it.
-_CONTRACTIONS = """
-ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't haven't
-he'd he'd've he's how'd how'll how's isn't it'd it'd've it'll let's ma'am mightn't
-mightn't've might've mustn't must've needn't not've o'clock oughtn't shan't she'd've she's
-should've shouldn't shouldn't've somebody'd somebody'd've somebody'll somebody's someone'd
-someone'd've someone'll someone's something'd something'd've something'll that's there'd
-there'd've there're there's they'd they'd've they'll they're they've 'twas wasn't we'd've we've
-weren't what'll what're what's what've when's where'd where's where've who'd who'd've who'll who's
-who've why'll why're why's won't would've wouldn't wouldn't've y'all y'all'll y'all'd've you'd
-you'd've you'll you're you've
-""".split()
-# Apostrophe-less spellings that are ordinary words (or, like "im"/"id", never matched by the
-# official map because its keys for them are capitalised); mapping them would change real answers.
-_NOT_CONTRACTIONS = {"shed", "shell", "hell", "well", "were", "wed", "ill", "id", "im", "ive", "its"}
+# The official contraction table (vqaEval.py == EvalAIAnswerProcessor.CONTRACTIONS), "key=value".
+_CONTRACTION_TABLE = """
+aint=ain't arent=aren't cant=can't couldve=could've couldnt=couldn't couldn'tve=couldn't've
+couldnt've=couldn't've didnt=didn't doesnt=doesn't dont=don't hadnt=hadn't hadnt've=hadn't've
+hadn'tve=hadn't've hasnt=hasn't havent=haven't hed=he'd hed've=he'd've he'dve=he'd've hes=he's howd=how'd
+howll=how'll hows=how's Id've=I'd've I'dve=I'd've Im=I'm Ive=I've isnt=isn't itd=it'd itd've=it'd've
+it'dve=it'd've itll=it'll let's=let's maam=ma'am mightnt=mightn't mightnt've=mightn't've
+mightn'tve=mightn't've mightve=might've mustnt=mustn't mustve=must've neednt=needn't notve=not've
+oclock=o'clock oughtnt=oughtn't ow's'at='ow's'at 'ows'at='ow's'at 'ow'sat='ow's'at shant=shan't
+shed've=she'd've she'dve=she'd've she's=she's shouldve=should've shouldnt=shouldn't
+shouldnt've=shouldn't've shouldn'tve=shouldn't've somebody'd=somebodyd somebodyd've=somebody'd've
+somebody'dve=somebody'd've somebodyll=somebody'll somebodys=somebody's someoned=someone'd
+someoned've=someone'd've someone'dve=someone'd've someonell=someone'll someones=someone's
+somethingd=something'd somethingd've=something'd've something'dve=something'd've
+somethingll=something'll thats=that's thered=there'd thered've=there'd've there'dve=there'd've
+therere=there're theres=there's theyd=they'd theyd've=they'd've they'dve=they'd've theyll=they'll
+theyre=they're theyve=they've twas='twas wasnt=wasn't wed've=we'd've we'dve=we'd've weve=we've
+werent=weren't whatll=what'll whatre=what're whats=what's whatve=what've whens=when's whered=where'd
+wheres=where's whereve=where've whod=who'd whod've=who'd've who'dve=who'd've wholl=who'll whos=who's
+whove=who've whyll=why'll whyre=why're whys=why's wont=won't wouldve=would've wouldnt=wouldn't
+wouldnt've=wouldn't've wouldn'tve=wouldn't've yall=y'all yall'll=y'all'll y'allll=y'all'll
+yall'd've=y'all'd've y'alld've=y'all'd've y'all'dve=y'all'd've youd=you'd youd've=you'd've
+you'dve=you'd've youll=you'll youre=you're youve=you've
+"""
+CONTRACTIONS: dict[str, str] = dict(pair.split("=", 1) for pair in _CONTRACTION_TABLE.split())
 
 
-def _contraction_map() -> dict[str, str]:
-    out: dict[str, str] = {}
-    for full in _CONTRACTIONS:
-        pos = [i for i, ch in enumerate(full) if ch == "'"]
-        # Every way of dropping one or more apostrophes ("couldnt've", "couldn'tve", "couldntve").
-        for r in range(1, len(pos) + 1):
-            for drop in itertools.combinations(pos, r):
-                variant = "".join(ch for i, ch in enumerate(full) if i not in drop)
-                if variant not in _NOT_CONTRACTIONS:
-                    out.setdefault(variant, full)
-    return out
-
-
-CONTRACTIONS: dict[str, str] = _contraction_map()
-
-
-def process_punctuation(text: str) -> str:
-    """Step 2 of the normalisation (punctuation and periods)."""
+def process_punctuation(text: str, *, comma_rule: re.Pattern[str] = COMMA_VQAEVAL) -> str:
+    """Official punctuation step (see module docstring); ``comma_rule`` picks the digit-comma test."""
     out = text
-    strip_all = _DIGIT_COMMA_DIGIT.search(text) is not None
-    for p in _PUNCTUATION:
+    strip_all = comma_rule.search(text) is not None
+    for p in PUNCTUATION:
         # The test looks at the original text, the edit applies to the running output.
         if strip_all or (p + " ") in text or (" " + p) in text:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD_NOT_BEFORE_DIGIT.sub("", out)
+    return _PERIOD.sub("", out, count=_PERIOD_COUNT)
 
 
 def process_digit_article(text: str) -> str:
-    """Step 3 of the normalisation (number words, articles, contractions)."""
-    words = []
-    for w in text.lower().split():
-        w = _NUMBER_WORDS.get(w, w)
-        if w in _ARTICLES:
-            continue
-        words.append(CONTRACTIONS.get(w, w))
-    return " ".join(words)
+    """Official number-word / article / contraction step."""
+    words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    return " ".join(CONTRACTIONS.get(w, w) for w in words if w not in ARTICLES)
 
 
 def normalize_answer(text: str) -> str:
-    """Full VQA/EvalAI answer normalisation (steps 1-3 of the module docstring)."""
+    """EvalAI answer processor (LLaVA's ``EvalAIAnswerProcessor.__call__``)."""
     t = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     t = t.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(t))
+    return process_digit_article(process_punctuation(t, comma_rule=COMMA_EVALAI))
+
+
+def _leave_one_out(pred: str, gts: Sequence[str]) -> float:
+    total = sum(1 for g in gts if g == pred)
+    # Matches among the others = all matches minus this one if it matched.
+    return sum(min(1.0, (total - (g == pred)) / 3.0) for g in gts) / len(gts)
 
 
 def vqa_accuracy(prediction: str, gt_answers: Sequence[str], *, normalize: bool = True) -> float:
-    """Leave-one-out VQA accuracy in ``[0, 1]``.
+    """Leave-one-out VQA accuracy in ``[0, 1]`` with both sides EvalAI-normalised (TextVQA m4c rule).
 
     Args:
         prediction: Raw model answer.
@@ -103,16 +114,33 @@ def vqa_accuracy(prediction: str, gt_answers: Sequence[str], *, normalize: bool 
         normalize: Apply :func:`normalize_answer` to prediction and ground truths.
 
     Returns:
-        ``mean_i min(1, #{j != i : gt_j == pred} / 3)``.
+        ``mean_i min(1, #{j != i : gt_j == pred} / 3)``; 0 without ground truths.
     """
     if not gt_answers:
         return 0.0
     pred = normalize_answer(prediction) if normalize else prediction
-    gts = [normalize_answer(a) if normalize else a for a in gt_answers]
-    total_matches = sum(1 for g in gts if g == pred)
-    score = 0.0
-    for g in gts:
-        # Matches among the others = all matches minus this one if it matched.
-        others = total_matches - (1 if g == pred else 0)
-        score += min(1.0, others / 3.0)
-    return score / len(gts)
+    return _leave_one_out(pred, [normalize_answer(a) if normalize else a for a in gt_answers])
+
+
+def _trim(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def vqav2_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
+    """VQAv2 accuracy as LLaVA's converter + the official ``vqaEval.py`` compute it (module docstring).
+
+    Args:
+        prediction: Raw model answer.
+        gt_answers: The human answers exactly as in the annotation file.
+
+    Returns:
+        Leave-one-out accuracy in ``[0, 1]``; 0 without ground truths.
+    """
+    if not gt_answers:
+        return 0.0
+    pred = _trim(normalize_answer(prediction))
+    gts = [_trim(a) for a in gt_answers]
+    if len(set(gts)) > 1:
+        gts = [process_digit_article(process_punctuation(g)) for g in gts]
+        pred = process_digit_article(process_punctuation(pred))
+    return _leave_one_out(pred, gts)

@@ -11,10 +11,21 @@ Files under ``$DATA_ROOT/eval/vqav2``::
 Prompt: ``<image>\\n{question}\\nAnswer the question using a single word or phrase.``;
 ``max_new_tokens = 128`` (reference-spec §7).
 
-Scoring: answers go through the EvalAI normaliser (:mod:`vqa_eval`); accuracy is the leave-one-out
-VQA accuracy over the 10 human answers, reported overall and per ``answer_type``. Test-dev has no
-public answers: ``score`` then reports ``no_ground_truth`` and ``write_submission`` produces the
-EvalAI upload file ``[{"question_id": int, "answer": str}]``.
+Scoring (``scoring_rule``, recorded in the result's ``options``):
+
+- ``"official"`` (default): what LLaVA's ``convert_vqav2_for_submission`` + the official ``vqaEval.py``
+  compute (:func:`vqa_eval.vqav2_accuracy`): the prediction goes through the EvalAI answer processor;
+  the human answers are only trimmed, and only when they are not all identical are both sides
+  processed again with the evaluator's punctuation and digit/article steps (no possessive split on the
+  human side). So ten identical human answers ``"t-shirt"`` never match a prediction ``"t-shirt"``
+  (the converter made it ``"t shirt"``), exactly as on EvalAI.
+- ``"m4c"``: both sides through the full EvalAI processor (TextVQA's m4c rule, and what this module
+  did before); more lenient, not the official number.
+
+Accuracy is the leave-one-out VQA accuracy over the 10 human answers, reported overall and per
+``answer_type``. Test-dev has no public answers: ``score`` then reports ``no_ground_truth`` and
+``write_submission`` produces the EvalAI upload file ``[{"question_id": int, "answer": str}]`` (answers
+EvalAI-processed, as LLaVA's converter writes them).
 """
 
 from __future__ import annotations
@@ -27,9 +38,10 @@ from typing import Any
 from dc.eval.benchmarks.base import (SHORT_ANSWER_SUFFIX, Benchmark, EvalRecord, IdAllocator, Skip, build_result,
                                      load_json, pct, read_jsonl, with_image_token, with_suffix)
 from dc.eval.benchmarks.report import atomic_write_json
-from dc.eval.benchmarks.vqa_eval import normalize_answer, vqa_accuracy
+from dc.eval.benchmarks.vqa_eval import normalize_answer, vqa_accuracy, vqav2_accuracy
 
 _SPLITS = ("test-dev", "val")
+SCORING_RULES = {"official": vqav2_accuracy, "m4c": vqa_accuracy}
 
 
 class VQAv2(Benchmark):
@@ -43,6 +55,7 @@ class VQAv2(Benchmark):
         image_folder: Image folder relative to root (default ``test2015`` / ``val2014`` by split).
         questions_json: Official questions json (val), relative to root.
         annotation_file: Official annotations json, relative to root; enables local scoring.
+        scoring_rule: ``"official"`` (default) or ``"m4c"``; see the module docstring.
         **kw: ``limit``, ``check_images``.
     """
 
@@ -54,10 +67,14 @@ class VQAv2(Benchmark):
                  question_file: str = "llava_vqav2_mscoco_test-dev2015.jsonl",
                  full_test_file: str = "llava_vqav2_mscoco_test2015.jsonl", image_folder: str | None = None,
                  questions_json: str = "v2_OpenEnded_mscoco_val2014_questions.json",
-                 annotation_file: str = "v2_mscoco_val2014_annotations.json", **kw: Any) -> None:
+                 annotation_file: str = "v2_mscoco_val2014_annotations.json", scoring_rule: str = "official",
+                 **kw: Any) -> None:
         super().__init__(root, **kw)
         if split not in _SPLITS:
             raise ValueError(f"vqav2.split must be one of {_SPLITS}, got {split!r}")
+        if scoring_rule not in SCORING_RULES:
+            raise ValueError(f"vqav2.scoring_rule must be one of {sorted(SCORING_RULES)}, got {scoring_rule!r}")
+        self.scoring_rule = scoring_rule
         self.split = split
         self.question_file = self.root / question_file
         self.full_test_file = self.root / full_test_file
@@ -117,13 +134,15 @@ class VQAv2(Benchmark):
         skips += [Skip(r.id, "no_ground_truth") for r in records if not r.meta.get("answers")]
         by_type: dict[str, list[float]] = defaultdict(list)
         accs = []
+        accuracy = SCORING_RULES[self.scoring_rule]
         for r in scored:
-            acc = vqa_accuracy(answers.get(r.id, ""), r.meta["answers"])
+            acc = accuracy(answers.get(r.id, ""), r.meta["answers"])
             accs.append(acc)
             by_type[r.meta.get("answer_type") or "unknown"].append(acc)
         return build_result(self.name, records=records, answers=answers, skips=skips,
                             metrics={"accuracy": pct(sum(accs), len(accs))}, main_metric="accuracy",
-                            breakdown={"answer_type": {k: pct(sum(v), len(v)) for k, v in sorted(by_type.items())}})
+                            breakdown={"answer_type": {k: pct(sum(v), len(v)) for k, v in sorted(by_type.items())}},
+                            notes=[f"scoring rule: {self.scoring_rule}"], options={"scoring_rule": self.scoring_rule})
 
     def write_submission(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
                          out_dir: str | Path) -> list[Path]:
