@@ -1,1 +1,1 @@
-"""Language models: a Hugging Face causal LM, its tokenizer and its chat template."""
+"""Language models: a Hugging Face causal LM, its tokenizer, its chat template and a chunked causal-LM loss."""
