@@ -10,7 +10,8 @@ Usage (the generation runner lives elsewhere)::
     bench.write_submission(records, answers, out_dir)
 
 Each module's docstring says where its files go under ``$DATA_ROOT/eval``, the prompt suffix and
-``max_new_tokens`` (reference-spec §7). Shared pieces: :mod:`answers_io` (resumable JSONL answers),
+``max_new_tokens`` (reference-spec §7; video benchmarks §6: their records carry ``video``).
+Shared pieces: :mod:`answers_io` (resumable JSONL answers),
 :mod:`report` (atomic JSON/markdown reports), :mod:`vqa_eval` (VQA normalisation and accuracy).
 """
 
@@ -32,11 +33,14 @@ from dc.eval.benchmarks.pope import POPE
 from dc.eval.benchmarks.scienceqa import ScienceQA
 from dc.eval.benchmarks.seed import SEEDBench
 from dc.eval.benchmarks.textvqa import TextVQA
+from dc.eval.benchmarks.video_qa import ActivityNetQA, MSRVTTQA, MSVDQA
+from dc.eval.benchmarks.videochatgpt import VideoChatGPTBench
 from dc.eval.benchmarks.vqav2 import VQAv2
 
 BENCHMARKS: dict[str, type[Benchmark]] = {
     cls.name: cls
-    for cls in (GQA, VQAv2, TextVQA, POPE, MME, ScienceQA, MMBench, MMMU, MathVista, SEEDBench, LLaVABench, MMVet)
+    for cls in (GQA, VQAv2, TextVQA, POPE, MME, ScienceQA, MMBench, MMMU, MathVista, SEEDBench, LLaVABench, MMVet,
+                MSVDQA, MSRVTTQA, ActivityNetQA, VideoChatGPTBench)
 }
 _COMMON_OPTIONS = ("limit", "check_images")
 
