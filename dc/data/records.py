@@ -41,6 +41,9 @@ SKIP_REASONS: dict[str, str] = {
     "corrupt_image": "image bytes that PIL cannot decode",
     "too_long": "longer than max_length after visual-token expansion and cannot be truncated safely",
     "bad_shard": "a tar read error (truncated or corrupt shard); counts errors, not records",
+    "missing_video": "video file or frame folder not found",
+    "corrupt_video": "a video file FFmpeg cannot open or read, or a sampled frame image PIL cannot decode",
+    "empty_video": "a video with no video stream or no decodable frame, or a frame folder with no images",
 }
 """Every reason a record is skipped, with what it means (the keys of `batch["skipped"]`)."""
 

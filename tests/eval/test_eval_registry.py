@@ -9,9 +9,11 @@ import pytest
 from dc.eval.benchmarks import BENCHMARKS, get_benchmark
 from dc.eval.benchmarks.base import Benchmark
 
-# max_new_tokens per benchmark, from reference-spec §7.
+# max_new_tokens per benchmark, from reference-spec §7 (video: §6).
 SPEC_MAX_NEW_TOKENS = {"gqa": 128, "vqav2": 128, "textvqa": 128, "pope": 128, "mme": 128, "scienceqa": 1024,
-                       "mmbench": 1024, "mmmu": 128, "mathvista": 1024, "seed": 128, "llava_bench": 1024, "mmvet": 1024}
+                       "mmbench": 1024, "mmmu": 128, "mathvista": 1024, "seed": 128, "llava_bench": 1024, "mmvet": 1024,
+                       # video (reference-spec §6.4): the Dense Connector's 512
+                       "msvd_qa": 512, "msrvtt_qa": 512, "activitynet_qa": 512, "videochatgpt": 512}
 
 
 def test_registry_names_and_budgets():

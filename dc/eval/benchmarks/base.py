@@ -43,6 +43,8 @@ class EvalRecord:
         image: Image path, list of paths, or ``None`` for text-only prompts.
         max_new_tokens: Generation budget from reference-spec §7.
         meta: JSON-serialisable extras (ground truth, category, original question id, ...).
+        video: A video file or a folder of its frames, or ``None``. A video is one visual input: the prompt
+            holds one ``<image>`` for it and ``image`` is ``None``.
     """
 
     id: str
@@ -50,6 +52,7 @@ class EvalRecord:
     image: Path | list[Path] | None
     max_new_tokens: int
     meta: dict[str, Any] = field(default_factory=dict)
+    video: Path | None = None
 
 
 @dataclass(frozen=True)
