@@ -57,7 +57,8 @@ class DCModule(L.LightningModule):
         super().__init__()
         model = OmegaConf.to_container(model, resolve=True) if isinstance(model, DictConfig) else dict(model)
         stage = OmegaConf.to_container(stage, resolve=True) if isinstance(stage, DictConfig) else dict(stage)
-        self.save_hyperparameters({"model": model, "stage": stage, "seed": int(seed)})
+        # logger=False: the loggers get the whole run config (flat choices + `cfg`) from `build_loggers` instead.
+        self.save_hyperparameters({"model": model, "stage": stage, "seed": int(seed)}, logger=False)
         self.model_cfg = OmegaConf.create(model)
         self.stage = OmegaConf.create(stage)
         self.seed = int(seed)

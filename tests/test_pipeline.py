@@ -100,20 +100,24 @@ def test_train_then_eval_on_checkpoint(train_cfg, tmp_path: Path) -> None:
     train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     assert ckpt.exists()
-    eval_cfg = compose_config("eval", [f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'eval'}", "limit=8", "batch_size=4"])
+    root = Path(cfg.data.image_folder).parent
+    eval_cfg = compose_config("eval", [f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'eval'}", "limit=8",
+                                       "batch_size=4", f"benchmark.root={root}"])
     metrics, objs = evaluate(eval_cfg)
-    assert 0.0 <= metrics["acc/all"] <= 100.0 and "blank_acc/all" in metrics
-    lines = (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()
+    assert 0.0 <= metrics["synthetic/accuracy"] <= 100.0 and "synthetic/blank_accuracy" in metrics
+    lines = (tmp_path / "eval" / "synthetic_answers.jsonl").read_text().splitlines()
     assert len(lines) == 8
-    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert saved["acc/all"] == metrics["acc/all"]
+    saved = json.loads((tmp_path / "eval" / "synthetic_results.json").read_text())
+    assert saved["results"]["synthetic"]["metrics"]["accuracy"] == metrics["synthetic/accuracy"]
 
 
 def test_pretrained_loading_by_path(train_cfg, tmp_path: Path) -> None:
     """Real-model configs load with `from_pretrained`; here from tiny models saved to a directory."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from dc.models.llms.hf_causal import LanguageModel
+    from dc_testing import make_template, tiny_tokenizer
+
+    from dc.models.llms.hf_causal import HFCausalLM
 
     cfg = train_cfg()
     enc_dir, llm_dir = tmp_path / "clip", tmp_path / "llm"
@@ -126,7 +130,8 @@ def test_pretrained_loading_by_path(train_cfg, tmp_path: Path) -> None:
         )
     )
     clip.save_pretrained(enc_dir)
-    llm = LanguageModel(**{k: v for k, v in OmegaConf.to_container(cfg.llm).items() if k != "_target_"})
+    node = {k: v for k, v in OmegaConf.to_container(cfg.llm).items() if k not in ("_target_", "template", "tokenizer")}
+    llm = HFCausalLM(template=make_template("vicuna_v1"), tokenizer=tiny_tokenizer(), **node)
     llm.model.save_pretrained(llm_dir)
     llm.tokenizer.save_pretrained(llm_dir)
 
@@ -144,7 +149,7 @@ def test_pretrained_loading_by_path(train_cfg, tmp_path: Path) -> None:
     metrics, objs = train(cfg)  # the full pipeline runs on the loaded parts
     assert objs["trainer"].global_step == 1
     # frozen pretrained parts are not duplicated into the checkpoint
-    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert not any(k.startswith("vlm.encoder.") for k in state)
     assert any(k.startswith("vlm.connector.") for k in state) and any(k.startswith("vlm.llm.") for k in state)
 

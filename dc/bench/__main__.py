@@ -21,10 +21,10 @@ from dc.bench.infer_figures import run_p3
 from dc.bench.mfu_figure import run_p5
 from dc.bench.report import describe, write
 from dc.bench.shapes import shape_for
-from dc.bench.train_figures import run_p1, run_p4
+from dc.bench.train_figures import run_p1, run_p4, run_p7
 
-MEASURED: dict[str, Callable[..., dict[str, Any]]] = {"P1": run_p1, "P3": run_p3, "P4": run_p4}
-ALL = ("P1", "P2", "P3", "P4", "P5", "P6")
+MEASURED: dict[str, Callable[..., dict[str, Any]]] = {"P1": run_p1, "P3": run_p3, "P4": run_p4, "P7": run_p7}
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7")
 REPEATS = {"quick": (1, 15), "full": (3, 10)}  # (warm-up, repeats): P1 varies ±15 % per round on a shared CPU
 
 

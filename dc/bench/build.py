@@ -1,82 +1,73 @@
-"""Build encoders, connectors, LLMs and VLMs of a given shape directly from the `dc` classes (random weights)."""
+"""Benchmark models composed from `configs/` (the same configs train.py uses) with shape overrides.
+
+A figure's model is `train.yaml` with `encoder=tiny_clip connector=<kind> llm=tiny` and the figure's shape written
+over the layout, widths and depths, so what the benchmark measures is what train.py builds: the same classes,
+the same YAML, only bigger or smaller. Weights are random.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
+import dc
 from dc.bench.shapes import LlmShape, VitShape
 from dc.constants import IMAGE_TOKEN_INDEX
-from dc.models.connectors import (
-    Connector,
-    DenseChannelIntegration,
-    MLPConnector,
-    SparseChannelIntegration,
-    SparseTokenIntegration,
-)
-from dc.models.encoders.base import EncoderLayout
-from dc.models.encoders.hf_vision import HFVisionEncoder
-from dc.models.llms.hf_causal import LanguageModel
+from dc.models.builder import build_vlm as build_from_config
+from dc.models.visual import VisualMeta
 from dc.models.vlm import VLM
 
 CONNECTORS = ("mlp", "sci", "dci", "sti", "dci_efficient")
+CONFIGS = Path(dc.__file__).resolve().parents[1] / "configs"
 
 
-def layout(vit: VitShape) -> EncoderLayout:
-    """The `EncoderLayout` of a CLIP-style shape (one CLS token)."""
-    return EncoderLayout("bench_clip", vit.num_layers, vit.hidden_size, vit.image_size, vit.patch_size, 1)
+def _list(values: Any) -> str:
+    return "[" + ",".join(_list(v) if isinstance(v, (list, tuple)) else str(v) for v in values) + "]"
 
 
-def build_connector(kind: str, vit: VitShape, llm_width: int) -> Connector:
-    """One of `CONNECTORS` with the figure's layers / groups (`dci_efficient`: bilinear ×2 pre-projector)."""
-    lay = layout(vit)
-    if kind == "mlp":
-        return MLPConnector(lay, llm_width)
-    if kind == "sci":
-        return SparseChannelIntegration(lay, llm_width, layers=list(vit.layers))
-    if kind == "sti":
-        return SparseTokenIntegration(lay, llm_width, layers=list(vit.layers), pool=8)
-    if kind in ("dci", "dci_efficient"):
-        down = {"mode": "bilinear", "factor": 2, "position": "pre"} if kind == "dci_efficient" else None
-        # groups are inclusive [first, last] ranges, as in configs/encoder/*.yaml
-        return DenseChannelIntegration(lay, llm_width, groups=[list(g) for g in vit.groups], downsample=down)
-    raise ValueError(f"unknown connector {kind!r}: expected one of {CONNECTORS}")
+def model_config(kind: str, vit: VitShape, llm: LlmShape, dtype: str = "float32", *extra: str) -> DictConfig:
+    """`train.yaml` composed for connector `kind` with the figure's ViT and LLM shapes (CLIP layout, one CLS)."""
+    if kind not in CONNECTORS:
+        raise ValueError(f"unknown connector {kind!r}: expected one of {CONNECTORS}")
+    overrides = [
+        "encoder=tiny_clip", f"connector={kind}", "llm=tiny", "run_name=bench", "paths.output_dir=.",
+        f"encoder.layout.num_layers={vit.num_layers}", f"encoder.layout.hidden_size={vit.hidden_size}",
+        f"encoder.layout.image_size={vit.image_size}", f"encoder.layout.patch_size={vit.patch_size}",
+        f"encoder.default_layers={_list(vit.layers)}", f"encoder.default_groups={_list(vit.groups)}",
+        f"encoder.model.config.intermediate_size={vit.mlp}", f"encoder.model.config.num_attention_heads={vit.heads}",
+        f"encoder.model.dtype={dtype}",
+        f"llm.hidden_size={llm.hidden_size}", f"llm.config.num_hidden_layers={llm.num_layers}",
+        f"llm.config.num_attention_heads={llm.heads}", f"llm.config.num_key_value_heads={llm.heads}",
+        f"llm.config.intermediate_size={llm.mlp}", "llm.config.max_position_embeddings=4096", f"llm.dtype={dtype}",
+        *extra,
+    ]
+    if llm.vocab_size is not None:
+        overrides.append(f"+llm.config.vocab_size={llm.vocab_size}")
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
 
 
-def build_llm(shape: LlmShape, dtype: str = "float32") -> LanguageModel:
-    """A random Llama of `shape` with the built-in tiny tokenizer (`vocab_size` None: the tokenizer's size)."""
-    config: dict[str, Any] = {
-        "model_type": "llama",
-        "num_hidden_layers": shape.num_layers,
-        "num_attention_heads": shape.heads,
-        "num_key_value_heads": shape.heads,
-        "intermediate_size": shape.mlp,
-        "max_position_embeddings": 4096,
-        "tie_word_embeddings": False,
-    }
-    if shape.vocab_size is not None:
-        config["vocab_size"] = shape.vocab_size
-    return LanguageModel(
-        template="vicuna_v1", hidden_size=shape.hidden_size, tokenizer="builtin:tiny", config=config, dtype=dtype
-    )
+def build_vlm(kind: str, vit: VitShape, llm: LlmShape, dtype: str = "float32", *extra: str) -> VLM:
+    """A frozen random tower + connector `kind` + a random LLM, as train.py builds them from the composed config."""
+    vlm = build_from_config(model_config(kind, vit, llm, dtype, *extra))
+    vlm.connector.to(getattr(torch, dtype))
+    vlm.encoder.requires_grad_(False)
+    return vlm
 
 
-def build_vlm(kind: str, vit: VitShape, llm: LanguageModel, dtype: str = "float32") -> VLM:
-    """A frozen random CLIP-style tower + connector `kind` + the given (shared or own) LLM."""
-    connector = build_connector(kind, vit, llm.hidden_size)
-    encoder = HFVisionEncoder(
-        connector.layout,
-        connector.taps,
-        family="clip",
-        config={"intermediate_size": vit.mlp, "num_attention_heads": vit.heads},
-        dtype=dtype,
-    )
-    return VLM(encoder, connector.to(getattr(torch, dtype)), llm)
+def share_llm(vlms: list[VLM]) -> None:
+    """Give every VLM the first one's LLM weights (so the sides differ only in the connector)."""
+    state = vlms[0].llm.state_dict()
+    for vlm in vlms[1:]:
+        vlm.llm.load_state_dict(state)
 
 
-def make_batch(vlm: VLM, batch: int, text_tokens: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
-    """One image per sample: `num_visual_tokens` IMAGE_TOKEN_INDEX slots after 1 text token, then text; all labelled."""
+def make_batch(vlm: VLM, batch: int, text_tokens: int, device: torch.device, seed: int = 0) -> dict[str, Any]:
+    """One image per sample: its visual slots after 1 text token, then text; all text labelled."""
     gen = torch.Generator().manual_seed(seed)
     vocab = vlm.llm.model.get_input_embeddings().num_embeddings
     n_vis = vlm.num_visual_tokens
@@ -86,10 +77,12 @@ def make_batch(vlm: VLM, batch: int, text_tokens: int, device: torch.device, see
     labels = input_ids.masked_fill(input_ids == IMAGE_TOKEN_INDEX, -100)
     size = vlm.encoder.layout.image_size
     pixels = torch.randn(batch, 3, size, size, generator=gen)
-    out = {
+    out: dict[str, Any] = {
         "input_ids": input_ids,
         "attention_mask": torch.ones_like(input_ids),
         "pixel_values": pixels,
         "labels": labels,
     }
-    return {k: v.to(device) for k, v in out.items()}
+    out = {k: v.to(device) for k, v in out.items()}
+    out["visual"] = [VisualMeta(views=1, tokens=n_vis)] * batch
+    return out

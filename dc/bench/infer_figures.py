@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from dc.bench.build import build_llm, build_vlm, make_batch
+from dc.bench.build import build_vlm, make_batch, share_llm
 from dc.bench.shapes import FigureShape
 from dc.bench.timing import profile_top, stats
 from dc.models.vlm import VLM
@@ -36,7 +36,7 @@ def _now(device: torch.device) -> float:
 def prefill_decode(vlm: VLM, batch: dict[str, torch.Tensor], new_tokens: int, device: torch.device) -> tuple[float, float]:
     """(prefill seconds, decode seconds for `new_tokens` tokens), CPU time on CPU."""
     start = _now(device)
-    embeds = vlm.embed_inputs(batch["input_ids"], batch["pixel_values"])
+    embeds = vlm.embed_inputs(batch["input_ids"], batch["pixel_values"], batch.get("visual"))
     out = vlm.llm.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=True)
     token = out.logits[:, -1].argmax(-1, keepdim=True)
     mid = _now(device)
@@ -56,9 +56,10 @@ def _paired(a: list[float], b: list[float]) -> dict[str, Any]:
 
 def run_p3(shape: FigureShape, device: torch.device, dtype: str, warmup: int, repeats: int) -> dict[str, Any]:
     """P3: dci (full tokens) vs dci_efficient, interleaved; ratios are full / efficient (speed-ups)."""
-    llm = build_llm(shape.llm, dtype).to(device).eval()
     text = shape.seq - shape.vit.grid_tokens
-    sides = {kind: build_vlm(kind, shape.vit, llm, dtype).to(device).eval() for kind in ("dci", "dci_efficient")}
+    sides = {kind: build_vlm(kind, shape.vit, shape.llm, dtype) for kind in ("dci", "dci_efficient")}
+    share_llm(list(sides.values()))
+    sides = {kind: vlm.to(device).eval() for kind, vlm in sides.items()}
     batches = {kind: make_batch(vlm, shape.batch, text, device) for kind, vlm in sides.items()}
     for _ in range(warmup):
         for kind, vlm in sides.items():

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from dc.bench.build import build_llm, build_vlm, make_batch
+from dc.bench.build import build_vlm, make_batch
 from dc.bench.shapes import FigureShape
 from dc.bench.timing import interleaved
 from dc.bench.train_figures import train_step
@@ -25,7 +25,7 @@ def run_p5(
     shape: FigureShape, device: torch.device, dtype: str, warmup: int, repeats: int, peak_device: str | None
 ) -> dict[str, Any]:
     """Time DCI training steps and turn the median into tokens/s, TFLOP/s and (with a peak) MFU."""
-    vlm = build_vlm("dci", shape.vit, build_llm(shape.llm, dtype), dtype).to(device)
+    vlm = build_vlm("dci", shape.vit, shape.llm, dtype).to(device)
     vlm.encoder.requires_grad_(False)
     vlm.train()
     text = shape.seq - vlm.num_visual_tokens

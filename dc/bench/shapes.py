@@ -66,18 +66,21 @@ SHAPES: dict[str, dict[str, FigureShape]] = {
         "P3": FigureShape(VIT_P3_CPU, LLM_SMALL_CPU, seq=576 + 64, new_tokens=16),
         "P4": FigureShape(VIT_CLIP24_CPU, LLM_SMALL_CPU, seq=512),
         "P5": FigureShape(VIT_P1_CPU, LLM_CPU, seq=512),
+        "P7": FigureShape(VIT_P1_CPU, LLM_CPU, seq=512),
     },
     "full": {
         "P1": FigureShape(VIT_CLIP_L, LLM_1B, seq=2048, batch=4),
         "P3": FigureShape(VIT_CLIP_L, LLM_7B, seq=576 + 64, new_tokens=128),
         "P4": FigureShape(VIT_CLIP_L, LLM_1B, seq=2048, batch=4),
         "P5": FigureShape(VIT_CLIP_L, LLM_1B, seq=2048, batch=4),
+        "P7": FigureShape(VIT_CLIP_L, LLM_1B, seq=2048, batch=4),
     },
     "tiny": {
         "P1": FigureShape(VIT_TINY, LLM_TINY, seq=48),
         "P3": FigureShape(VIT_TINY, LLM_TINY, seq=16 + 8, new_tokens=2),
         "P4": FigureShape(VIT_TINY24, LLM_TINY, seq=48),
         "P5": FigureShape(VIT_TINY, LLM_TINY, seq=48),
+        "P7": FigureShape(VIT_TINY, LLM_TINY, seq=48),
     },
 }
 

@@ -1,4 +1,5 @@
-"""Training-step figures: P1 (connector overhead vs the mlp baseline) and P4 (ours vs HF Llava).
+"""Training-step figures: P1 (connector overhead vs the mlp baseline), P4 (ours vs HF Llava) and P7 (the
+per-input visual path vs the fixed-count splice it replaced).
 
 A training step is forward + backward + `AdamW.step()` with the vision tower frozen and the LLM + connector
 trainable, on one fixed batch.
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dc.bench.build import build_llm, build_vlm, make_batch
+from dc.bench.build import build_vlm, make_batch, share_llm
 from dc.bench.shapes import FigureShape
 from dc.bench.timing import interleaved, profile_top, ratio
 
@@ -41,16 +42,16 @@ def train_step(model: nn.Module, batch: dict[str, torch.Tensor], lr: float = 1e-
 
 def run_p1(shape: FigureShape, device: torch.device, dtype: str, warmup: int, repeats: int) -> dict[str, Any]:
     """P1: step time of SCI, DCI, STI vs mlp, same encoder shape and identical LLM weights."""
-    base_llm = build_llm(shape.llm, dtype)
+    vlms = {kind: build_vlm(kind, shape.vit, shape.llm, dtype) for kind in P1_SIDES}
+    share_llm(list(vlms.values()))
     steps, info = {}, {}
-    for kind in P1_SIDES:
-        vlm = build_vlm(kind, shape.vit, copy.deepcopy(base_llm), dtype).to(device)
+    for kind, vlm in vlms.items():
+        vlm = vlm.to(device)
         vlm.train()
         text = shape.seq - shape.vit.grid_tokens  # the mlp baseline fills exactly `seq`
         batch = make_batch(vlm, shape.batch, text, device)
         steps[kind] = train_step(vlm, batch)
         info[kind] = {"visual_tokens": vlm.num_visual_tokens, "seq": int(batch["input_ids"].shape[1])}
-    del base_llm
     times = interleaved(steps, warmup, repeats, device)
     ratios = {k: ratio(times[k], times["mlp"]) for k in P1_SIDES if k != "mlp"}
     result: dict[str, Any] = {
@@ -121,12 +122,13 @@ def run_p4(shape: FigureShape, device: torch.device, dtype: str, warmup: int, re
     """P4: our SCI training step vs HF Llava (`vision_feature_layer=[-2, *layers]`) with identical weights."""
     from dc.constants import IMAGE_TOKEN_INDEX
 
-    ours = build_vlm("sci", shape.vit, build_llm(shape.llm, dtype), dtype)
+    ours = build_vlm("sci", shape.vit, shape.llm, dtype)
     hf, image_token = _hf_llava(ours, shape, dtype)
     ours, hf = ours.to(device).train(), hf.to(device).train()
     hf.model.vision_tower.eval()
     batch = make_batch(ours, shape.batch, shape.seq - ours.num_visual_tokens, device)
-    hf_batch = dict(batch, input_ids=batch["input_ids"].masked_fill(batch["input_ids"] == IMAGE_TOKEN_INDEX, image_token))
+    hf_batch = {k: v for k, v in batch.items() if k != "visual"}
+    hf_batch["input_ids"] = batch["input_ids"].masked_fill(batch["input_ids"] == IMAGE_TOKEN_INDEX, image_token)
     with torch.no_grad():
         loss_diff = abs(float(ours(**batch).loss) - float(hf(**hf_batch).loss))
     steps = {"ours": train_step(ours, batch), "hf_llava": train_step(hf, hf_batch)}
@@ -148,3 +150,56 @@ def run_p4(shape: FigureShape, device: torch.device, dtype: str, warmup: int, re
     if not result["goal_met"]:
         result["profiles"] = {"ours": profile_top(steps["ours"]), "hf_llava": profile_top(steps["hf_llava"])}
     return result
+
+
+P7_GOAL = 1.02
+
+
+class FixedCountSplice(nn.Module):
+    """The visual path before per-input counts: every image the same number of tokens, one masked scatter.
+
+    Kept here only as the baseline of P7 (same encoder, connector and LLM objects as the VLM it wraps).
+    """
+
+    def __init__(self, vlm: nn.Module) -> None:
+        super().__init__()
+        self.vlm = vlm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+                labels: torch.Tensor, **_: Any) -> Any:
+        from dc.constants import IMAGE_TOKEN_INDEX
+
+        vlm = self.vlm
+        is_visual = input_ids == IMAGE_TOKEN_INDEX
+        embeds = vlm.llm.embed(input_ids.masked_fill(is_visual, 0))
+        visual = vlm.connector(vlm.encoder(pixel_values))
+        if int(is_visual.sum()) != visual.shape[0] * visual.shape[1]:
+            raise ValueError("slot count mismatch")
+        embeds = embeds.masked_scatter(is_visual.unsqueeze(-1), visual.to(embeds.dtype))
+        return vlm.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels)
+
+
+def run_p7(shape: FigureShape, device: torch.device, dtype: str, warmup: int, repeats: int) -> dict[str, Any]:
+    """P7: DCI training step through the per-input visual path vs the fixed-count splice, same model and batch."""
+    vlm = build_vlm("dci", shape.vit, shape.llm, dtype).to(device).train()
+    text = shape.seq - shape.vit.grid_tokens
+    batch = make_batch(vlm, shape.batch, text, device)
+    before = FixedCountSplice(vlm)
+    with torch.no_grad():
+        diff = abs(float(vlm(**batch).loss) - float(before(**batch).loss))
+    steps = {"per_input": train_step(vlm, batch), "fixed_count": train_step(before, batch)}
+    times = interleaved(steps, warmup, repeats, device)
+    r = ratio(times["per_input"], times["fixed_count"])
+    return {
+        "figure": "P7",
+        "title": "Plain-image path: per-input visual tokens (now) vs the fixed-count splice (before)",
+        "baseline": "fixed_count",
+        "clock": times["per_input"]["clock"],
+        "times_s": times,
+        "sides": {"per_input": {"seq": int(batch["input_ids"].shape[1]), "visual_tokens": vlm.num_visual_tokens}},
+        "ratios": {"per_input": r},
+        "loss_abs_diff": diff,
+        "goal": {"per_input": f"<= {P7_GOAL}"},
+        "goal_met": r["median"] <= P7_GOAL,
+        "profiles": {},
+    }

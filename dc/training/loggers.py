@@ -5,6 +5,8 @@
 * group: `logger.wandb.group`, else `WANDB_RUN_GROUP` (set by `scripts/sweep_torchrun.sh`), else the
   `experiment=` choice, else the Hydra multirun sweep folder name;
 * the run id is kept in `<run dir>/wandb_id.txt`, so resuming in the same folder continues the same wandb run;
+* the run's config holds the whole resolved config under `cfg` and the choices a dashboard filters on as flat
+  top-level keys (`run_fields`: connector, encoder, llm, stage, data, image, layers/groups, seed);
 * `finish_wandb` always closes the run (failed runs are marked failed) so the next job of a multirun starts a
   new one.
 """
@@ -19,7 +21,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dc.utils.instantiate import instantiate
 
@@ -53,6 +55,38 @@ def _hydra_group() -> str | None:
     if str(hc.mode) == "RunMode.MULTIRUN":
         return Path(str(hc.sweep.dir)).name
     return None
+
+
+RUN_GROUPS = ("connector", "encoder", "llm", "stage", "data", "image", "trainer")
+
+
+def _hydra_choices() -> dict[str, str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return {}
+        return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+    except Exception:  # noqa: BLE001 - Hydra missing or not configured
+        return {}
+
+
+def run_fields(cfg: DictConfig) -> dict[str, Any]:
+    """The flat fields that identify a run: config-group choices, fusion layers/groups and the seed."""
+    choices = _hydra_choices()
+    out: dict[str, Any] = {group: choices.get(group) for group in RUN_GROUPS}
+    if out["encoder"] is None and cfg.get("encoder") is not None:
+        out["encoder"] = cfg.encoder.get("name")
+    if out["stage"] is None and cfg.get("stage") is not None:
+        out["stage"] = cfg.stage.get("name")
+    connector = cfg.get("connector") or {}
+    for key in ("layers", "groups"):
+        if connector.get(key) is not None:
+            out[key] = OmegaConf.to_container(connector[key], resolve=True)
+    downsample = connector.get("downsample")
+    out["downsample"] = OmegaConf.to_container(downsample, resolve=True) if downsample is not None else None
+    out["seed"] = cfg.get("seed")
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def wandb_kwargs(node: DictConfig, output_dir: Path, resuming: bool) -> dict[str, Any]:
@@ -91,8 +125,14 @@ def build_loggers(cfg: DictConfig, resuming: bool = False) -> list[Any]:
     for node in (cfg.get("logger") or {}).values():
         if node is None:
             continue
-        extra = wandb_kwargs(node, Path(cfg.paths.output_dir), resuming) if node.get("_target_") == WANDB_TARGET else {}
-        loggers.append(instantiate(node, **extra))
+        is_wandb = node.get("_target_") == WANDB_TARGET
+        extra = wandb_kwargs(node, Path(cfg.paths.output_dir), resuming) if is_wandb else {}
+        logger = instantiate(node, **extra)
+        if is_wandb and _is_rank_zero():
+            # `config` cannot go through instantiate (it is the name of instantiate's own first parameter).
+            fields = {**run_fields(cfg), "cfg": OmegaConf.to_container(cfg, resolve=True)}
+            logger.experiment.config.update(fields, allow_val_change=True)
+        loggers.append(logger)
     return loggers
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import hydra.utils
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 TRUSTED_PREFIXES: tuple[str, ...] = ("dc.", "lightning.", "torch.", "transformers.", "timm.", "peft.")
@@ -97,4 +98,12 @@ def instantiate(
         raise ValueError(f"config node has no _target_: {cfg}")
     check_targets(cfg, allowed or trusted_prefixes())
     kwargs.setdefault("_convert_", "all")  # plain dicts/lists for library constructors, never DictConfig
-    return hydra.utils.instantiate(cfg, *args, **kwargs)
+    try:
+        return hydra.utils.instantiate(cfg, *args, **kwargs)
+    except InstantiationException as exc:
+        # The constructors' own errors name the config key and the allowed values; Hydra's wrapper only adds
+        # "Error in call to target ...". Re-raise the original so callers (and users) get it with its type.
+        cause = exc.__cause__
+        if isinstance(cause, (ValueError, TypeError, KeyError, OSError)):
+            raise cause.with_traceback(cause.__traceback__) from None
+        raise

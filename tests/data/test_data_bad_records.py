@@ -27,11 +27,10 @@ from dc.data.records import BadRecordError
 from dc.data.stats import DataStats
 
 
-def datamodule(tokenizer, template, images, **kw) -> LlavaDataModule:
+def datamodule(tokenizer, template, visual, **kw) -> LlavaDataModule:
     kw.setdefault("batch_size", 4)
     kw.setdefault("num_workers", 2)
-    return LlavaDataModule(tokenizer=tokenizer, template=template, image_processor=images,
-                           num_visual_tokens=NUM_VISUAL_TOKENS, max_length=MAX_LENGTH,
+    return LlavaDataModule(tokenizer=tokenizer, template=template, visual=visual, max_length=MAX_LENGTH,
                            group_by_modality_length=True, **kw)
 
 
@@ -47,7 +46,7 @@ def run_epoch(dm: LlavaDataModule) -> tuple[DataStats, list]:
 
 
 @pytest.mark.parametrize("suffix", [".json", ".jsonl"])
-def test_json_path_skips_and_counts_every_bad_kind(tmp_path, tokenizer, template, images, suffix):
+def test_json_path_skips_and_counts_every_bad_kind(tmp_path, tokenizer, template, visual, suffix):
     good = good_records(30, 10)
     records = interleave(good, [rec for _, rec in BAD_RECORDS])
     extra = {}
@@ -59,13 +58,13 @@ def test_json_path_skips_and_counts_every_bad_kind(tmp_path, tokenizer, template
         extra = {"bad_json": 1}
     else:
         path, folder = write_layout(tmp_path, records, BAD_FILES)
-    dm = datamodule(tokenizer, template, images, train_file=str(path), image_folder=str(folder))
+    dm = datamodule(tokenizer, template, visual, train_file=str(path), image_folder=str(folder))
     stats, ids = run_epoch(dm)
     assert stats.skipped == planted_counts(extra)
     assert set(ids) == {r["id"] for r in good}  # every good record trained on, no bad one
 
 
-def test_shard_path_skips_and_counts_every_bad_kind(tmp_path, tokenizer, template, images):
+def test_shard_path_skips_and_counts_every_bad_kind(tmp_path, tokenizer, template, visual):
     good = good_records(30, 10)
     samples = []
     for k, rec in enumerate(good):
@@ -83,21 +82,21 @@ def test_shard_path_skips_and_counts_every_bad_kind(tmp_path, tokenizer, templat
     cuts = [0, 13, 20, 38, len(mixed)]  # 4 shards of uneven size
     for n, (a, b) in enumerate(zip(cuts, cuts[1:])):
         write_tar(shard_dir / f"part-{n:06d}.tar", mixed[a:b])
-    dm = datamodule(tokenizer, template, images, format="shards", shards=str(shard_dir / "part-{000000..000003}.tar"),
+    dm = datamodule(tokenizer, template, visual, format="shards", shards=str(shard_dir / "part-{000000..000003}.tar"),
                     shuffle_buffer=8)
     stats, ids = run_epoch(dm)
     assert stats.skipped == planted_counts({"bad_json": 1, "malformed_record": 1})
     assert sorted(ids) == sorted(r["id"] for r in good)  # one pass: each good record exactly once
 
 
-def test_truncated_shard_does_not_stop_the_run(tmp_path, tokenizer, template, images):
+def test_truncated_shard_does_not_stop_the_run(tmp_path, tokenizer, template, visual):
     good = good_records(12, 0)
     samples = [shard_sample(f"{k:09d}", r, image_bytes(k, size=(300, 300), fmt="PNG")) for k, r in enumerate(good)]
     write_tar(tmp_path / "a-000000.tar", samples[:6])
     write_tar(tmp_path / "a-000001.tar", samples[6:])
     data = (tmp_path / "a-000001.tar").read_bytes()
     (tmp_path / "a-000001.tar").write_bytes(data[: len(data) // 2 - 700])  # cut inside a member
-    dm = datamodule(tokenizer, template, images, format="shards", shards=str(tmp_path / "*.tar"), num_workers=0)
+    dm = datamodule(tokenizer, template, visual, format="shards", shards=str(tmp_path / "*.tar"), num_workers=0)
     stats, ids = run_epoch(dm)
     # One read error for the cut shard; the sample it cut through lost its image.
     assert stats.skipped == {"bad_shard": 1, "missing_image": 1}
@@ -105,7 +104,7 @@ def test_truncated_shard_does_not_stop_the_run(tmp_path, tokenizer, template, im
 
 
 @pytest.mark.parametrize("fmt", ["json", "shards"])
-def test_strict_raises_naming_the_record(tmp_path, tokenizer, template, images, fmt):
+def test_strict_raises_naming_the_record(tmp_path, tokenizer, template, visual, fmt):
     good = good_records(6, 0)
     bad = {"id": "bad-missing", "image": "does-not-exist.jpg", "conversations": good[0]["conversations"]}
     records = good[:3] + [bad] + good[3:]
@@ -117,23 +116,23 @@ def test_strict_raises_naming_the_record(tmp_path, tokenizer, template, images, 
                                                          if (folder / r["image"]).exists() else None)
                                              for k, r in enumerate(records)])
         kw = {"format": "shards", "shards": str(tmp_path / "s-000000.tar")}
-    dm = datamodule(tokenizer, template, images, strict=True, num_workers=0, **kw)
+    dm = datamodule(tokenizer, template, visual, strict=True, num_workers=0, **kw)
     with pytest.raises(BadRecordError, match="bad-missing.*missing_image"):
         run_epoch(dm)
 
 
-def test_unparsable_json_file_is_an_error_naming_it(tmp_path, tokenizer, template, images):
+def test_unparsable_json_file_is_an_error_naming_it(tmp_path, tokenizer, template, visual):
     path = tmp_path / "broken.json"
     path.write_text('[{"id": 1, "conversations": [}')
-    dm = datamodule(tokenizer, template, images, train_file=str(path), image_folder=str(tmp_path))
+    dm = datamodule(tokenizer, template, visual, train_file=str(path), image_folder=str(tmp_path))
     with pytest.raises(ValueError, match="broken.json"):
         dm.setup()
 
 
-def test_whole_batch_of_bad_records_is_refilled_and_counted(tmp_path, tokenizer, template, images):
+def test_whole_batch_of_bad_records_is_refilled_and_counted(tmp_path, tokenizer, template, visual):
     records = [rec for _, rec in BAD_RECORDS] + good_records(4, 0)
     path, folder = write_layout(tmp_path, records, BAD_FILES)
-    dm = datamodule(tokenizer, template, images, train_file=str(path), image_folder=str(folder), num_workers=0)
+    dm = datamodule(tokenizer, template, visual, train_file=str(path), image_folder=str(folder), num_workers=0)
     dm.setup()
     items = dm.train_set[list(range(len(BAD_RECORDS)))]  # a batch of only bad records
     batch = dm.collate(items)
@@ -141,12 +140,12 @@ def test_whole_batch_of_bad_records_is_refilled_and_counted(tmp_path, tokenizer,
     assert Counter(batch["skipped"]) == planted_counts()
 
 
-def test_skipped_file_is_not_touched(tmp_path, tokenizer, template, images):
+def test_skipped_file_is_not_touched(tmp_path, tokenizer, template, visual):
     """Nothing already written is damaged by a bad record: the corrupt file and the shards stay byte-identical."""
     records = good_records(3, 0) + [BAD_RECORDS[8][1]]
     path, folder = write_layout(tmp_path, records, BAD_FILES)
     before = {p: p.read_bytes() for p in folder.iterdir()} | {path: path.read_bytes()}
-    dm = datamodule(tokenizer, template, images, train_file=str(path), image_folder=str(folder), num_workers=0)
+    dm = datamodule(tokenizer, template, visual, train_file=str(path), image_folder=str(folder), num_workers=0)
     run_epoch(dm)
     assert {p: p.read_bytes() for p in before} == before
     assert json.loads(path.read_text())[3]["id"] == "bad-corrupt"

@@ -16,10 +16,11 @@ import torch.multiprocessing as mp
 from data_helpers import NUM_VISUAL_TOKENS, good_records, image_bytes, shard_sample, write_layout, write_tar
 from transformers import CLIPImageProcessor
 
+from dc_testing import make_template, tiny_tokenizer
+
 from dc.data.datamodule import LlavaDataModule
-from dc.data.image import ImagePreprocessor
-from dc.models.llms.templates import get_template
-from dc.models.llms.tiny_tokenizer import build_tiny_tokenizer
+from dc.data.visual import VisualProcessor
+from dc.models.visual import SingleView, ViewTokens
 
 SHARD_SIZES = (9, 3, 7, 2, 6)  # uneven on purpose: 5 shards over 2 ranks × 2 workers
 BATCH = 3
@@ -36,8 +37,8 @@ def _run_rank(rank: int, world: int, port: int, root: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    common = dict(tokenizer=build_tiny_tokenizer(), template=get_template("vicuna_v1"),
-                  image_processor=ImagePreprocessor(proc), num_visual_tokens=NUM_VISUAL_TOKENS,
+    common = dict(tokenizer=tiny_tokenizer(), template=make_template("vicuna_v1"),
+                  visual=VisualProcessor(SingleView("pad"), proc, ViewTokens(4, 4), image_size=32),
                   batch_size=BATCH, max_length=128, group_by_modality_length=True, megabatch_factor=2)
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(1, 1))
     result = {}
@@ -94,14 +95,14 @@ def test_two_ranks_get_equal_batches(tmp_path):
     assert set(r0["json"]["ids"]) | set(r1["json"]["ids"]) == {r["id"] for r in records}
 
 
-def test_lightning_leaves_the_samplers_alone(tmp_path, tokenizer, template, images):
+def test_lightning_leaves_the_samplers_alone(tmp_path, tokenizer, template, visual):
     """Under DDP Lightning would swap a plain sampler for a DistributedSampler; ours already is one."""
     import lightning as L
 
     records = good_records(8, 2)
     path, folder = write_layout(tmp_path, records)
     dm = LlavaDataModule(train_file=str(path), image_folder=str(folder), tokenizer=tokenizer, template=template,
-                         image_processor=images, num_visual_tokens=NUM_VISUAL_TOKENS, batch_size=2)
+                         visual=visual, batch_size=2)
     dm.setup()
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False)
     loader = dm.train_dataloader()

@@ -86,14 +86,14 @@ def test_group_stream_single_modality_and_one_mixed_leftover():
     assert pad(batches) < 0.5 * pad(plain)
 
 
-def test_datamodule_batches_are_single_modality_with_real_padding(tmp_path, tokenizer, template, images):
+def test_datamodule_batches_are_single_modality_with_real_padding(tmp_path, tokenizer, template, visual):
     """End to end on a tokenised mix: the collate's padding counts agree with the mask, grouped < plain."""
     records = good_records(40, 24)
     path, folder = write_layout(tmp_path, records)
     stats = {}
     for group in (True, False):
         dm = LlavaDataModule(train_file=str(path), image_folder=str(folder), tokenizer=tokenizer, template=template,
-                             image_processor=images, num_visual_tokens=NUM_VISUAL_TOKENS, batch_size=8,
+                             visual=visual, batch_size=8,
                              group_by_modality_length=group, megabatch_factor=4)
         dm.setup()
         pad = tot = 0

@@ -9,20 +9,20 @@ from data_helpers import image_bytes, qa
 from dc.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from dc.data.collate import Collator
 from dc.data.records import BadRecord, SampleBuilder
-from dc.models.llms.templates import VICUNA_SYSTEM
+from dc.models.llms.templates.vicuna import VICUNA_SYSTEM
 
 N = 16
 
 
-def build(tokenizer, template, images, record, n_images, max_length=256, overlength="truncate"):
-    builder = SampleBuilder(tokenizer, template, images, N, max_length, overlength)
+def build(tokenizer, template, visual, record, n_images, max_length=256, overlength="truncate"):
+    builder = SampleBuilder(tokenizer, template, visual, max_length, overlength)
     return builder(record, lambda rid, paths: [lambda: image_bytes(1) for _ in range(n_images)])
 
 
-def test_image_moved_to_front_and_expanded(tokenizer, template, images):
+def test_image_moved_to_front_and_expanded(tokenizer, template, visual):
     rec = {"id": "a", "image": "x.jpg", "conversations": qa("What colour is it?", "red", False)}
     rec["conversations"][0]["value"] = "What colour is it?\n<image>"  # tag at the end of the turn
-    s = build(tokenizer, template, images, rec, 1)
+    s = build(tokenizer, template, visual, rec, 1)
     ids, labels = s["input_ids"].tolist(), s["labels"].tolist()
     first = ids.index(IMAGE_TOKEN_INDEX)
     # Independently: BOS, the system prompt and " USER: " come before the image, then N visual tokens.
@@ -33,34 +33,34 @@ def test_image_moved_to_front_and_expanded(tokenizer, template, images):
     assert s["pixel_values"].shape == (1, 3, 32, 32) and not s["truncated"]
 
 
-def test_text_only_sample_has_zero_images(tokenizer, template, images):
-    s = build(tokenizer, template, images, {"id": "t", "conversations": qa("Hi?", "hello", False)}, 0)
+def test_text_only_sample_has_zero_images(tokenizer, template, visual):
+    s = build(tokenizer, template, visual, {"id": "t", "conversations": qa("Hi?", "hello", False)}, 0)
     assert s["pixel_values"].shape == (0, 3, 32, 32) and IMAGE_TOKEN_INDEX not in s["input_ids"].tolist()
     assert Collator(0)([s])["pixel_values"] is None
 
 
-def test_truncation_keeps_visual_tokens_and_is_counted(tokenizer, template, images):
+def test_truncation_keeps_visual_tokens_and_is_counted(tokenizer, template, visual):
     conv = qa("What colour is it?", "red", True) + qa("Describe it." * 3, " ".join(["blue circle"] * 60), False)
     rec = {"id": "long", "image": "x.jpg", "conversations": conv}
-    full = build(tokenizer, template, images, rec, 1, max_length=1000)
-    cut = build(tokenizer, template, images, rec, 1, max_length=len(full["input_ids"]) - 20)
+    full = build(tokenizer, template, visual, rec, 1, max_length=1000)
+    cut = build(tokenizer, template, visual, rec, 1, max_length=len(full["input_ids"]) - 20)
     assert cut["truncated"] and cut["input_ids"].tolist() == full["input_ids"].tolist()[:-20]
     assert cut["input_ids"].tolist().count(IMAGE_TOKEN_INDEX) == N
     assert cut["labels"].tolist() == full["labels"].tolist()[:-20]
     assert Collator(0)([cut, full])["truncated"] == 1
     with pytest.raises(BadRecord, match="too_long"):
-        build(tokenizer, template, images, rec, 1, max_length=len(full["input_ids"]) - 20, overlength="skip")
+        build(tokenizer, template, visual, rec, 1, max_length=len(full["input_ids"]) - 20, overlength="skip")
 
 
-def test_cut_through_visual_tokens_is_too_long(tokenizer, template, images):
+def test_cut_through_visual_tokens_is_too_long(tokenizer, template, visual):
     rec = {"id": "v", "image": "x.jpg", "conversations": qa("What?", "red", True)}
-    full = build(tokenizer, template, images, rec, 1)
+    full = build(tokenizer, template, visual, rec, 1)
     first = full["input_ids"].tolist().index(IMAGE_TOKEN_INDEX)
     with pytest.raises(BadRecord) as err:
-        build(tokenizer, template, images, rec, 1, max_length=first + N // 2)
+        build(tokenizer, template, visual, rec, 1, max_length=first + N // 2)
     assert err.value.reason == "too_long" and err.value.record_id == "v"
 
 
-def test_wrong_option_is_a_config_error(tokenizer, template, images):
+def test_wrong_option_is_a_config_error(tokenizer, template, visual):
     with pytest.raises(ValueError, match="data.overlength"):
-        SampleBuilder(tokenizer, template, images, N, 128, overlength="cut")
+        SampleBuilder(tokenizer, template, visual, 128, overlength="cut")

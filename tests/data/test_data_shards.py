@@ -28,17 +28,17 @@ def shard_dir(tmp_path):
     return tmp_path, records
 
 
-def loader(shard_dir, tokenizer, template, images, **kw):
-    dm = LlavaDataModule(tokenizer=tokenizer, template=template, image_processor=images, format="shards",
-                         shards=str(shard_dir), num_visual_tokens=NUM_VISUAL_TOKENS, batch_size=4,
+def loader(shard_dir, tokenizer, template, visual, **kw):
+    dm = LlavaDataModule(tokenizer=tokenizer, template=template, visual=visual, format="shards",
+                         shards=str(shard_dir), batch_size=4,
                          max_length=128, group_by_modality_length=True, megabatch_factor=2, **kw)
     dm.setup()
     return dm.train_dataloader()
 
 
-def test_one_pass_sees_every_record_once_and_len_is_an_upper_bound(shard_dir, tokenizer, template, images):
+def test_one_pass_sees_every_record_once_and_len_is_an_upper_bound(shard_dir, tokenizer, template, visual):
     root, records = shard_dir
-    dl = loader(root, tokenizer, template, images, num_workers=2)
+    dl = loader(root, tokenizer, template, visual, num_workers=2)
     batches = list(dl)
     ids = [i for b in batches for i in b["ids"]]
     assert sorted(ids) == sorted(r["id"] for r in records)
@@ -46,9 +46,9 @@ def test_one_pass_sees_every_record_once_and_len_is_an_upper_bound(shard_dir, to
 
 
 @pytest.mark.parametrize("resampled", [False, True])
-def test_fixed_batches_per_epoch(shard_dir, tokenizer, template, images, resampled):
+def test_fixed_batches_per_epoch(shard_dir, tokenizer, template, visual, resampled):
     root, records = shard_dir
-    dl = loader(root, tokenizer, template, images, num_workers=2, batches_per_epoch=9, resampled=resampled)
+    dl = loader(root, tokenizer, template, visual, num_workers=2, batches_per_epoch=9, resampled=resampled)
     assert len(dl) == 9
     epochs = [[i for b in dl for i in b["ids"]] for _ in range(2)]  # persistent workers: a new epoch each time
     for ids in epochs:
@@ -57,11 +57,11 @@ def test_fixed_batches_per_epoch(shard_dir, tokenizer, template, images, resampl
     assert epochs[0] != epochs[1]  # reshuffled per epoch
 
 
-def test_pattern_without_manifest_needs_an_epoch_length_on_several_ranks(shard_dir, tokenizer, template, images):
+def test_pattern_without_manifest_needs_an_epoch_length_on_several_ranks(shard_dir, tokenizer, template, visual):
     root, _ = shard_dir
     (root / "index.json").unlink()
-    dm = LlavaDataModule(tokenizer=tokenizer, template=template, image_processor=images, format="shards",
-                         shards=str(root / "t-{000000..000002}.tar"), num_visual_tokens=NUM_VISUAL_TOKENS, batch_size=4)
+    dm = LlavaDataModule(tokenizer=tokenizer, template=template, visual=visual, format="shards",
+                         shards=str(root / "t-{000000..000002}.tar"), batch_size=4)
     dm.setup()
     with pytest.raises(ValueError, match="batches_per_epoch"):
         dm._stream(rank=0, world=2, epoch=0)
@@ -69,18 +69,18 @@ def test_pattern_without_manifest_needs_an_epoch_length_on_several_ranks(shard_d
 
 
 @pytest.mark.parametrize(("workers", "fixed"), [(2, 9), (0, None)])
-def test_resume_fast_forwards_to_the_same_batches(shard_dir, tokenizer, template, images, workers, fixed):
+def test_resume_fast_forwards_to_the_same_batches(shard_dir, tokenizer, template, visual, workers, fixed):
     """A loader restored from `state_dict` mid-epoch yields exactly the batches the first run had not reached."""
     root, _ = shard_dir
     kw = {"num_workers": workers, "batches_per_epoch": fixed}
-    first = loader(root, tokenizer, template, images, **kw)
+    first = loader(root, tokenizer, template, visual, **kw)
     full = [b["ids"] for b in first]  # epoch 0, uninterrupted
-    interrupted = loader(root, tokenizer, template, images, **kw)
+    interrupted = loader(root, tokenizer, template, visual, **kw)
     it = iter(interrupted)
     seen = [next(it)["ids"] for _ in range(3)]
     state = interrupted.state_dict()
     assert state == {"epoch": 0, "batches": 3, "finished": False}
-    resumed = loader(root, tokenizer, template, images, **kw)
+    resumed = loader(root, tokenizer, template, visual, **kw)
     resumed.load_state_dict(state)
     rest = [b["ids"] for b in resumed]
     assert seen + rest == full
@@ -105,12 +105,12 @@ class _Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_lightning_resume_continues_the_shard_stream(shard_dir, tokenizer, template, images, tmp_path):
+def test_lightning_resume_continues_the_shard_stream(shard_dir, tokenizer, template, visual, tmp_path):
     root, _ = shard_dir
 
     def fit(max_steps: int, ckpt: str | None = None, save: bool = False, stats: DataStatsCallback | None = None) -> list:
-        dm = LlavaDataModule(tokenizer=tokenizer, template=template, image_processor=images, format="shards",
-                             shards=str(root), num_visual_tokens=NUM_VISUAL_TOKENS, batch_size=3, max_length=128,
+        dm = LlavaDataModule(tokenizer=tokenizer, template=template, visual=visual, format="shards",
+                             shards=str(root), batch_size=3, max_length=128,
                              group_by_modality_length=True, megabatch_factor=2, num_workers=2)
         cb = [ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)] if save else []
         cb += [stats] if stats is not None else []

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dc.eval.benchmarks import get_benchmark
+from dc_testing import get_benchmark
 
 SUFFIX = "Answer the question using a single word or phrase."
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dc.eval.benchmarks import get_benchmark
+from dc_testing import get_benchmark
 from dc.eval.benchmarks.judge import make_judge
 from dc.eval.benchmarks.llava_bench import RULE, SYSTEM, parse_review
 from dc.eval.benchmarks.mmvet import GRADER_PROMPT

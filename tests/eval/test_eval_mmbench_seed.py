@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from dc.eval.benchmarks import get_benchmark
+from dc_testing import get_benchmark
 from dc.eval.benchmarks.choices import extract_letter, vlmevalkit_match
 
 IMG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dc.eval.benchmarks import get_benchmark
+from dc_testing import get_benchmark
 from dc.eval.benchmarks.mathvista_extract import levenshtein, normalize_extraction, rule_extract
 from dc.eval.benchmarks.mmmu_parse import judge_open, parse_multi_choice, parse_open
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dc.eval.benchmarks import get_benchmark
+from dc_testing import get_benchmark
 from dc.eval.benchmarks.mme import mme_parse
 from dc.eval.benchmarks.pope import pope_yes_no
 from dc.eval.benchmarks.scienceqa import parse_sqa_letter

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from dc.eval.benchmarks import get_benchmark
+from dc_testing import get_benchmark
 from dc.eval.benchmarks.video_judge import parse_judge_dict, reply_score, reply_verdict
 
 # The published QA prompts, typed out whole (Video-ChatGPT quantitative_evaluation/evaluate_activitynet_qa.py; DC

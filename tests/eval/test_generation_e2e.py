@@ -12,6 +12,7 @@ from PIL import Image
 from dc_testing import compose_config
 from dc.eval.generate import generate_texts, prompt_sample
 from dc.models.builder import build_vlm
+from dc.models.visual import VisualMeta
 from dc.pipeline import evaluate, train
 
 
@@ -23,10 +24,11 @@ def vlm_and_samples(train_cfg):
     size = cfg.encoder.layout.image_size
     questions = ["What colour is the circle?", "How many shapes are there?", "Where is the red shape?", "Hi"]
     gen = torch.Generator().manual_seed(0)
+    meta = VisualMeta(views=1, tokens=vlm.num_visual_tokens)
     samples = [
-        prompt_sample(vlm, "<image>\n" + q, torch.randn(1, 3, size, size, generator=gen)) for q in questions
+        prompt_sample(vlm, "<image>\n" + q, [(torch.randn(1, 3, size, size, generator=gen), meta)]) for q in questions
     ]
-    samples.append(prompt_sample(vlm, "A text-only question with no image at all?", None))
+    samples.append(prompt_sample(vlm, "A text-only question with no image at all?", []))
     return vlm, samples
 
 
@@ -105,8 +107,10 @@ def test_eval_metrics_go_to_wandb_offline(train_cfg, tmp_path: Path, monkeypatch
     train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     out = tmp_path / "eval"
-    overrides = [f"ckpt_path={ckpt}", f"paths.output_dir={out}", "limit=4", "wandb.enabled=true", "benchmark.blank_control=false"]
+    root = Path(cfg.data.image_folder).parent
+    overrides = [f"ckpt_path={ckpt}", f"paths.output_dir={out}", "limit=4", "wandb.enabled=true",
+                 "benchmark.blank_control=false", f"benchmark.root={root}"]
     metrics, objs = evaluate(compose_config("eval", overrides))
     assert wandb.run is None  # finished
-    assert objs["wandb_summary"]["acc/all"] == metrics["acc/all"]
+    assert objs["wandb_summary"]["synthetic/accuracy"] == metrics["synthetic/accuracy"]
     assert len(list(out.glob("wandb/offline-run-*/run-*.wandb"))) == 1  # an offline run, ready for `wandb sync`

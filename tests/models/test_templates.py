@@ -17,16 +17,15 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import CodeGenTokenizerFast, LlamaTokenizerFast, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from dc.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from dc.models.llms.templates import (
-    CHATML_SYSTEM,
-    LLAMA_3_SYSTEM,
-    TEMPLATES,
-    VICUNA_SYSTEM,
-    ChatTemplate,
-    get_template,
-    normalize_image_placeholder,
-)
-from dc.models.llms.tiny_tokenizer import build_tiny_tokenizer
+from dc_testing import config_options, make_template, tiny_tokenizer as build_tiny_tokenizer
+
+from dc.models.llms.templates import ChatTemplate, normalize_image_placeholder
+from dc.models.llms.templates.chatml import CHATML_SYSTEM
+from dc.models.llms.templates.llama3 import LLAMA_3_SYSTEM
+from dc.models.llms.templates.vicuna import VICUNA_SYSTEM
+
+TEMPLATES = config_options("llm/template")  # the registry is the config folder
+get_template = make_template
 
 QUESTION = "What is in the picture?"
 REPLIES = ["A brown dog is sleeping on a red mat.", "The mat is red.", "No, it is asleep."]
@@ -413,7 +412,7 @@ def test_wrong_tokenizer_for_template_raises():
         (f"  {QUESTION}\n<image>  ", f"<image>\n{QUESTION}"),
         ("What <image> is this?", "<image>\nWhat  is this?"),  # inner spaces are kept, as in LLaVA
         ("<image>", "<image>"),
-        (f"<image>{QUESTION}<image>", f"<image>\n{QUESTION}"),  # several collapse into one, as in LLaVA
+        (f"<image>{QUESTION}<image>", f"<image>{QUESTION}<image>"),  # several images: interleaved, kept in place
         (QUESTION, QUESTION),
     ],
 )
@@ -423,6 +422,22 @@ def test_normalize_image_placeholder(value, expected):
     out = normalize_image_placeholder(conversation)
     assert out[0]["value"] == expected and out[1] == snapshot[1]
     assert conversation == snapshot  # the input is not mutated
+
+
+def test_interleaved_images_keep_their_places():
+    """Two images: each tag stays where the text puts it (the second in a later turn), one slot each."""
+    tok, template = tiny_tokenizer(), get_template("vicuna_v1")
+    conversation = [
+        {"from": "human", "value": f"Compare <image> and"},
+        {"from": "gpt", "value": REPLIES[0]},
+        {"from": "human", "value": "this one: <image>"},
+        {"from": "gpt", "value": REPLIES[1]},
+    ]
+    ids = strip_bos(template, tok, template.encode(conversation, tok).input_ids)
+    text = decode_with_images(tok, ids)
+    assert text == (f"{VICUNA_SYSTEM} USER: Compare <image> and ASSISTANT: {REPLIES[0]}</s>"
+                    f"USER: this one: <image> ASSISTANT: {REPLIES[1]}</s>")
+    assert ids.count(IMAGE_TOKEN_INDEX) == 2
 
 
 def test_image_token_stands_where_the_moved_placeholder_is():
@@ -464,8 +479,6 @@ def test_leading_gpt_turn_is_dropped_like_llava():
     assert template.encode(with_lead, tok) == template.encode(ONE_TURN, tok)
 
 
-def test_registry():
+def test_registry_is_the_config_folder():
     assert {"plain", "vicuna_v1", "phi2", "llama_3", "llama_3_dc", "chatml"} <= set(TEMPLATES)
-    assert all(get_template(name).name == name for name in TEMPLATES)
-    with pytest.raises(ValueError, match="expected one of"):
-        get_template("llama3")
+    assert all(isinstance(get_template(name), ChatTemplate) and get_template(name).name == name for name in TEMPLATES)

@@ -14,9 +14,11 @@ from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
+from dc_testing import make_module
+
 from dc.lit_module import DCModule
 from dc.models.builder import build_vlm
-from dc.training.fsdp import LoraWrapPolicy, VLMFSDPStrategy, build_vlm_low_ram
+from dc.training.fsdp import LoraWrapPolicy, VLMFSDPStrategy
 from dc.utils.instantiate import instantiate
 from train_helpers import compose_config, single_thread  # noqa: F401
 
@@ -28,7 +30,7 @@ def _cfg(tmp: Path, data_dir: Path, *overrides: str):
 
 def _strategy_and_module(cfg) -> tuple[VLMFSDPStrategy, DCModule]:
     strategy = instantiate(cfg.trainer.strategy)
-    module = DCModule(cfg)
+    module = make_module(cfg)
     module.configure_model()
     strategy.configure_units(module)  # what _setup_model does right before wrapping
     return strategy, module
@@ -81,7 +83,7 @@ def test_lora_strategy_follows_peft_fsdp_guide(tmp_path: Path, data_dir: Path) -
     assert policy.module_classes == {LlamaDecoderLayer, CLIPEncoderLayer, type(module.vlm.connector)}
     units = set(policy._run_policy(module, set(), {})) | {module}
     lora_leaves = {m for n, m in module.named_modules() if isinstance(m, nn.Linear) and (".lora_A." in n or ".lora_B." in n)}
-    assert len(lora_leaves) == 2 * 7 * module.cfg.llm.config.num_hidden_layers  # A and B on 7 Linears per layer
+    assert len(lora_leaves) == 2 * 7 * module.model_cfg.llm.config.num_hidden_layers  # A and B on 7 Linears per layer
     assert lora_leaves <= units
     # use_orig_params=False needs every flat parameter uniformly trainable or frozen
     for unit in units:
@@ -123,7 +125,7 @@ def test_nonzero_ranks_build_the_pretrained_llm_on_meta(tmp_path: Path, data_dir
     build_vlm(base).llm.model.save_pretrained(tmp_path / "llm")
     cfg = compose_config("train", ["debug=fast", f"paths.output_dir={tmp_path}", f"paths.data_dir={data_dir}",
                                    "run_name=x", f"llm.pretrained={tmp_path / 'llm'}", "llm.config={}"])
-    real, meta = build_vlm(cfg), build_vlm_low_ram(cfg)
+    real, meta = build_vlm(cfg), build_vlm(cfg, llm_on_meta=True)
     shapes = lambda m: {k: (tuple(v.shape), v.dtype) for k, v in m.state_dict().items()}  # noqa: E731
     assert shapes(real) == shapes(meta)
     assert all(t.is_meta for t in meta.llm.state_dict().values())

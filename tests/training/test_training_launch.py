@@ -12,8 +12,9 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import OmegaConf
 
-from dc.training.checkpoint import consolidate
-from dc.training.checkpoint import main as checkpoint_cli
+from dc.export.consolidate import consolidate
+from dc.lit_module import model_config
+from dc.export.consolidate import main as consolidate_cli
 from dc.utils.instantiate import instantiate
 from train_helpers import CONFIGS, ROOT, compose_config, single_thread  # noqa: F401
 
@@ -75,7 +76,7 @@ def test_sweep_script_runs_one_distributed_job_per_grid_point(tmp_path: Path) ->
 
 
 def test_consolidate_sharded_checkpoint(tmp_path: Path) -> None:
-    """A folder as `state_dict_type=sharded` writes it → one file; --weights-only keeps what load_module needs."""
+    """A folder as `state_dict_type=sharded` writes it → one file; --weights-only keeps what load_vlm needs."""
     from lightning.fabric.strategies.fsdp import _distributed_checkpoint_save
 
     cfg = compose_config("train", ["stage=pretrain", "llm=vicuna7b", f"paths.output_dir={tmp_path}", "run_name=x"])
@@ -84,13 +85,14 @@ def test_consolidate_sharded_checkpoint(tmp_path: Path) -> None:
     folder = tmp_path / "last.ckpt"
     folder.mkdir()
     _distributed_checkpoint_save({"model": state, "optimizer_0": {"state": {}, "param_groups": []}}, folder)
-    torch.save({"global_step": 5, "hyper_parameters": {"cfg": OmegaConf.to_container(cfg, resolve=True)}}, folder / "meta.pt")
+    hparams = {"model": model_config(cfg), "stage": OmegaConf.to_container(cfg.stage, resolve=True), "seed": 0}
+    torch.save({"global_step": 5, "hyper_parameters": hparams}, folder / "meta.pt")
 
     full = consolidate(folder)
     assert full["global_step"] == 5 and set(full["state_dict"]) == set(state) and "optimizer_states" in full
     out = tmp_path / "small.ckpt"
-    checkpoint_cli(["consolidate", str(folder), str(out), "--weights-only"])
-    small = torch.load(out, weights_only=False)
+    consolidate_cli([str(folder), str(out), "--weights-only"])
+    small = torch.load(out, weights_only=True)
     # pretrained vicuna + clip (tiny encoder is random-init: kept) → the LLM weights are dropped
     assert "vlm.llm.model.lm_head.weight" not in small["state_dict"]
     assert torch.equal(small["state_dict"]["vlm.connector.projector.0.weight"], torch.ones(2, 2))

@@ -10,6 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from dc_testing import make_module
+
 from dc.lit_module import DCModule
 from dc.pipeline import train
 from dc.training.callbacks import StepCheckpoint
@@ -65,7 +67,7 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path: Path, data_dir: Path,
     assert_same_tensors(a["state_dict"], b["state_dict"])
     assert_same_tensors(flatten_optimizer(a["optimizer_states"][0]), flatten_optimizer(b["optimizer_states"][0]))
     assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == 3
-    init = DCModule(compose_config("train", [*common, f"paths.output_dir={tmp_path / 'init'}"]))
+    init = make_module(compose_config("train", [*common, f"paths.output_dir={tmp_path / 'init'}"]))
     init.configure_model()
     changed = [k for k, v in init.state_dict().items() if k.startswith("vlm.llm.") and not torch.equal(v, a["state_dict"][k])]
     assert changed  # the LLM did train: equality above is not vacuous

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dc.lit_module import DCModule, load_module
+from dc_testing import make_module
+
 from dc.models.builder import build_vlm
 from dc.pipeline import build_datamodule, train
+from dc.training.checkpoint import load_vlm
 from dc.training.lora import LORA_KEY, export_lora, lora_target_names, merge_lora
 from train_helpers import compose_config, load_ckpt, single_thread  # noqa: F401
 
@@ -26,7 +28,7 @@ def _cfg(tmp: Path, data_dir: Path, *overrides: str):
 
 
 def _fresh_state(cfg) -> dict[str, torch.Tensor]:
-    module = DCModule(cfg)
+    module = make_module(cfg)
     module.configure_model()
     return {k: v.clone() for k, v in module.state_dict().items()}
 
@@ -41,11 +43,13 @@ def pretrained_llm(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> 
     return out
 
 
-def _logits(module: DCModule, batch: dict) -> torch.Tensor:
-    module.eval()
+def _logits(module, batch: dict) -> torch.Tensor:
+    """Logits of a DCModule or a VLM on a collated batch."""
+    vlm = getattr(module, "vlm", module)
+    vlm.eval()
     with torch.no_grad():
-        return module.vlm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          pixel_values=batch["pixel_values"]).logits
+        return vlm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   pixel_values=batch["pixel_values"], visual=batch["visual"]).logits
 
 
 def _batch(cfg) -> dict:
@@ -95,27 +99,27 @@ def test_lora_stage_base_frozen_saved_reloaded_merged(tmp_path: Path, data_dir: 
 
     batch = _batch(cfg)
     trained = _logits(module, batch)
-    reloaded = load_module(str(ckpt_path))
+    reloaded, _, _ = load_vlm(str(ckpt_path))
     assert torch.equal(_logits(reloaded, batch), trained)
 
     # merged export equals the unmerged model, and the adapters do change the output
-    base_only = DCModule(cfg)
+    base_only = make_module(cfg)
     base_only.configure_model()
     base_only.vlm.connector.load_state_dict(module.vlm.connector.state_dict())
     assert not torch.allclose(_logits(base_only, batch), trained, atol=1e-3)
     out = export_lora(reloaded, tmp_path / "export", merge=True)
-    assert not any(LORA_KEY in n for n, _ in reloaded.vlm.llm.named_parameters())
+    assert not any(LORA_KEY in n for n, _ in reloaded.llm.named_parameters())
     torch.testing.assert_close(_logits(reloaded, batch), trained, atol=1e-5, rtol=1e-4)
     adapter_cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert sorted(adapter_cfg["target_modules"]) == LLAMA_LINEARS and adapter_cfg["r"] == 128
     assert (out / "llm" / "config.json").exists() and (out / "connector.pt").exists()
     with pytest.raises(ValueError, match="no LoRA"):
-        merge_lora(reloaded.vlm.llm)
+        merge_lora(reloaded.llm)
 
 
 def test_pretrained_llm_trains_in_train_mode(tmp_path: Path, data_dir: Path, pretrained_llm: Path) -> None:
     """HF `from_pretrained` returns eval-mode models; LoRA dropout must be active in training."""
-    module = DCModule(_cfg(tmp_path, data_dir, "stage=lora", f"llm.pretrained={pretrained_llm}", "llm.config={}"))
+    module = make_module(_cfg(tmp_path, data_dir, "stage=lora", f"llm.pretrained={pretrained_llm}", "llm.config={}"))
     module.configure_model()
     dropouts = [m for n, m in module.vlm.llm.named_modules() if n.endswith("lora_dropout.default")]
     assert dropouts and all(m.training for m in dropouts) and module.vlm.llm.training

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dc_testing import make_module
+
 from dc.lit_module import DCModule
 from dc.training.lora import LORA_KEY
 from dc.training.throughput import PEAK_BF16_FLOPS, FlopsSpec, VLMThroughput, batch_counts, resolve_peak_flops
@@ -62,7 +64,7 @@ def test_peak_table_is_explicit() -> None:
 def test_spec_counts_match_the_tiny_model(stage: str, tmp_path: Path, data_dir: Path) -> None:
     cfg = compose_config("train", ["debug=fast", f"stage={stage}", f"paths.output_dir={tmp_path}",
                                    f"paths.data_dir={data_dir}", "run_name=x"])
-    module = DCModule(cfg)
+    module = make_module(cfg)
     module.configure_model()
     vlm, spec = module.vlm, module.flops_spec
     embed = vlm.llm.model.get_input_embeddings().weight

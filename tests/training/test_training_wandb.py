@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from dc.pipeline import train
 from dc.training.loggers import wandb_has_credentials, wandb_kwargs
-from dc.training.predictions import COLUMNS
+from dc.eval.predictions import COLUMNS
 from train_helpers import compose_config, single_thread  # noqa: F401
 
 NODE = OmegaConf.create({"_target_": "lightning.pytorch.loggers.WandbLogger", "group": None})
@@ -68,6 +68,7 @@ def test_failed_run_is_finished_and_the_next_run_is_new(no_credentials: None, tm
     run = objects["trainer"].logger.experiment
     assert run.id == (tmp_path / "ok" / "wandb_id.txt").read_text() != failed_id
     assert run.group == "sweep-x"
+    assert run.config.as_dict()["stage"] == "pretrain" and run.config.as_dict()["connector"] == "dci"  # flat fields
     logged = run.config.as_dict()["cfg"]
     assert logged["stage"]["name"] == "pretrain" and logged["run_name"] == "wb"  # the full resolved config
     assert logged["paths"]["output_dir"] == str(tmp_path / "ok")

@@ -30,10 +30,7 @@ def single_thread():
     torch.set_num_threads(before)
 
 
-def compose_config(name: str, overrides: list[str]) -> DictConfig:
-    """Compose `configs/<name>.yaml` as the CLI would (without Hydra's runtime values: pass run_name=...)."""
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+from dc_testing import compose_config  # noqa: E402,F401 - one composition helper for every test
 
 
 def run_train_py(overrides: list[str], run_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
