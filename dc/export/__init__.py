@@ -1,0 +1,11 @@
+"""Leaving dc freely: exact export to stock Hugging Face Llava, and import of the reference's checkpoints.
+
+hf_llava (`to_hf_llava`, `save_hf_llava`) · projector (connector → `vision_feature_layer` + projector weights) ·
+vision (encoder → stock vision tower) · chat_template (dc template → Jinja) · verify (checks run on every export) ·
+reference (LLaVA-layout reference directories → dc config choices + connector weights) · reference_writer (tiny
+reference-layout directories for tests). See docs/export.md.
+"""
+
+from dc.export.errors import ExportError
+
+__all__ = ["ExportError"]
