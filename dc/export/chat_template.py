@@ -2,7 +2,7 @@
 
 The rendered string, tokenized by the exported tokenizer (`processor(text=..., images=...)` or
 `processor.apply_chat_template(..., tokenize=True)`), must give the ids of dc's `template.prompt` / `encode` with
-each `<image>` expanded to the visual tokens. Three things make that hold:
+each `<image>` expanded to the visual tokens. Four things make that hold:
 
 * **Text.** The Jinja writes exactly the segments of dc's template (system prompt, role headers, separators, end
   tokens) and normalises `<image>` like dc: moved to the front of its turn, followed by `\\n`. Message content may
@@ -10,6 +10,9 @@ each `<image>` expanded to the visual tokens. Three things make that hold:
 * **BOS.** Processors tokenize with the tokenizer's own special tokens, so a tokenizer that prepends BOS itself
   (Llama-2/Vicuna, Llama-3) gets a template *without* a leading BOS, and one that does not (the tiny byte-level
   tokenizer) gets the BOS written literally. A dc prompt without BOS on a tokenizer that adds one is refused.
+* **After the image.** dc (like LLaVA) tokenizes the text after an image as a fresh string; a processor tokenizes
+  it as a continuation after the `<image>` token. SentencePiece tokenizers with prefix scheme "first" give the
+  fresh string a "▁" the continuation lacks; writing `"<image> \n"` restores exactly that (`image_separator`).
 * **Checked, not assumed.** `to_hf_llava` tokenizes probe conversations both ways and refuses to export on any
   difference (`dc.export.verify`).
 
@@ -158,7 +161,9 @@ def chat_template_jinja(template: ChatTemplate, tokenizer: PreTrainedTokenizerBa
         user = lit("<|im_start|>user\n") + "{{ text }}" + lit("<|im_end|>\n")
         return _conversation(prefix, user, lit("<|im_start|>assistant\n"), "{{ text }}" + lit("<|im_end|>\n"), sep)
     if isinstance(template, Plain):
-        user = "{%- if '<image>' in text -%}" + lit("<image>") + "{%- endif -%}"
-        # The caption follows the image directly: the same separator gives it dc's fresh-string prefix.
-        return _conversation(bos, user, "", lit(sep) + "{{ text }}" + lit("\n"), sep)
+        # Stage-1 captioning: only the first exchange counts (the image, then the caption); the prompt text is
+        # dropped. The caption follows the image directly: the same separator gives it dc's fresh-string prefix.
+        user = "{%- if loop.first and '<image>' in text -%}" + lit("<image>") + "{%- endif -%}"
+        caption = "{%- if loop.index0 == 1 -%}" + lit(sep) + "{{ text }}" + lit("\n") + "{%- endif -%}"
+        return _conversation(bos, user, "", caption, sep)
     raise ExportError(f"template {template.name!r} has no Jinja rendering in dc.export.chat_template")

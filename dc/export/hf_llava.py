@@ -46,8 +46,8 @@ from dc.constants import IMAGE_PLACEHOLDER
 from dc.data.image import ASPECTS
 from dc.export.chat_template import chat_template_jinja
 from dc.export.errors import ExportError
-from dc.export.projector import connector_blockers, export_projector
-from dc.export.verify import verify_export, verify_processor
+from dc.export.projector import connector_blockers, export_projector, select_strategy
+from dc.export.verify import verify_numbers, verify_processor
 from dc.export.vision import export_vision_tower
 from dc.export.weights import assemble
 from dc.models.llms.templates import ChatTemplate, get_template
@@ -190,13 +190,26 @@ def to_hf_llava(
     if reasons:
         raise ExportError("cannot export exactly to LlavaForConditionalGeneration:\n- " + "\n- ".join(reasons))
     chat = get_template(template) if isinstance(template, str) else (template or vlm.llm.template)
+    strategy = select_strategy(vlm.encoder.layout)
+    # Cheap checks first: the processor (pixels, chat template, prompt ids) before any weight is copied.
+    tokenizer, image_id = _tokenizer_with_image(vlm.llm.tokenizer)
+    jinja = chat_template_jinja(chat, tokenizer)
+    tokenizer.chat_template = jinja
+    processor = LlavaProcessor(
+        image_processor=llava_image_processor(image_cfg, image_aspect),
+        tokenizer=tokenizer,
+        patch_size=vlm.encoder.layout.patch_size,
+        vision_feature_select_strategy=strategy,
+        chat_template=jinja,
+        image_token=IMAGE_PLACEHOLDER,
+        num_additional_image_tokens=vlm.encoder.layout.num_prefix_tokens,
+    )
+    pixels = verify_processor(vlm, processor, chat, image_cfg, image_aspect) if verify else []
+
     lm = _plain_causal_lm(vlm)
     dtype = dtype or lm.dtype
-    device = lm.get_input_embeddings().weight.device
     projector = export_projector(vlm.connector, dtype)
     vision_config, vision_state = export_vision_tower(vlm.encoder, dtype)
-
-    tokenizer, image_id = _tokenizer_with_image(vlm.llm.tokenizer)
     dc_rows = lm.get_input_embeddings().num_embeddings
     rows = max(dc_rows, image_id + 1)
     text_config = copy.deepcopy(lm.config)
@@ -214,32 +227,22 @@ def to_hf_llava(
     )
     state = {f"model.vision_tower.{k}": v for k, v in vision_state.items()}
     state.update({f"model.multi_modal_projector.{k}": v for k, v in projector.state.items()})
-    state.update({k: v.detach().to(dtype=dtype, copy=True) for k, v in _llm_state(lm, rows).items()})
+    owned = lm is not vlm.llm.model  # a merged LoRA copy is ours: its tensors move in without another copy
+    state.update({k: v.detach().to(dtype=dtype, copy=not owned) for k, v in _llm_state(lm, rows).items()})
     model = assemble(LlavaForConditionalGeneration, config, state, "LlavaForConditionalGeneration export")
     model.config.dtype = dtype
     # Only the device moves: the weights already have `dtype`; casting would also round the fp32 buffers (rotary
     # frequencies) that dc's LLM keeps in fp32.
-    model = model.to(device=device)
+    model = model.to(device=lm.get_input_embeddings().weight.device)
 
     generation = copy.deepcopy(lm.generation_config)
     generation.eos_token_id = chat.stop_token_ids(vlm.llm.tokenizer)
     generation.pad_token_id = tokenizer.pad_token_id
-    generation.suppress_tokens = [image_id] if image_id >= dc_rows else None
+    if image_id >= dc_rows:  # a row dc never had: keep it out of sampling as well
+        generation.suppress_tokens = sorted({*(generation.suppress_tokens or []), image_id})
     model.generation_config = generation
-
-    jinja = chat_template_jinja(chat, tokenizer)
-    tokenizer.chat_template = jinja
-    processor = LlavaProcessor(
-        image_processor=llava_image_processor(image_cfg, image_aspect),
-        tokenizer=tokenizer,
-        patch_size=vlm.encoder.layout.patch_size,
-        vision_feature_select_strategy=projector.select_strategy,
-        chat_template=jinja,
-        image_token=IMAGE_PLACEHOLDER,
-        num_additional_image_tokens=vlm.encoder.layout.num_prefix_tokens,
-    )
     if verify:
-        verify_export(vlm, model, processor, chat, image_cfg, image_aspect, vocab_size=dc_rows)
+        verify_numbers(vlm, model, processor, chat, pixels, vocab_size=dc_rows)
     return model, processor
 
 

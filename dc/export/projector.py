@@ -35,7 +35,7 @@ from dc.models.connectors import (
     SparseTokenIntegration,
 )
 from dc.models.connectors.base import Connector
-from dc.models.encoders.base import Tap
+from dc.models.encoders.base import EncoderLayout, Tap
 
 CHANNEL_CONNECTORS = (MLPConnector, SparseChannelIntegration, DenseChannelIntegration)
 
@@ -61,6 +61,11 @@ class ProjectorExport:
         """`vision_feature_layer` as a list."""
         layer = self.vision_feature_layer
         return [layer] if isinstance(layer, int) else list(layer)
+
+
+def select_strategy(layout: EncoderLayout) -> str:
+    """Llava's `vision_feature_select_strategy`: "default" drops the one CLS token, "full" keeps every token."""
+    return "default" if layout.num_prefix_tokens == 1 else "full"
 
 
 def connector_blockers(connector: Connector) -> list[str]:
@@ -168,5 +173,4 @@ def export_projector(connector: Connector, dtype: torch.dtype) -> ProjectorExpor
         "linear_2.bias": second.bias.detach(),
     }
     state = {k: v.to(dtype=dtype, copy=True) for k, v in state.items()}
-    strategy = "default" if connector.layout.num_prefix_tokens == 1 else "full"
-    return ProjectorExport(layer, strategy, connector.num_visual_tokens(), state)
+    return ProjectorExport(layer, select_strategy(connector.layout), connector.num_visual_tokens(), state)

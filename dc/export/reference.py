@@ -54,6 +54,7 @@ LLAVA_KEYS = (
     "tokenizer_padding_side", "tune_mm_mlp_adapter", "use_mm_proj", "unfreeze_mm_vision_tower", "is_video", "if_pool",
 )  # fmt: skip
 LLAMA3_MARKERS = ("<|start_header_id|>", "<|eot_id|>")
+LLAMA3_PAD = "<|reserved_special_token_0|>"  # the reference's Llama-3 pad (reference-spec §3.1)
 
 
 @dataclass
@@ -271,6 +272,15 @@ def _is_llm_key(key: str) -> bool:
     return not multimodal and not key.endswith("rotary_emb.inv_freq")
 
 
+def _default_pad(tokenizer: Any, src: Path) -> str:
+    """LLaVA's pad for a tokenizer saved without one: its unk token (Vicuna), else Llama-3's reserved token 0."""
+    if tokenizer.unk_token is not None:
+        return tokenizer.unk_token
+    if LLAMA3_PAD in tokenizer.get_vocab():
+        return LLAMA3_PAD
+    raise ExportError(f"{src}: the tokenizer has no pad or unk token; pass pad_token")
+
+
 def write_llm(state: dict[str, torch.Tensor], config: dict[str, Any], src: Path, out: Path) -> LlamaConfig:
     """Write the reference's Llama as a plain `LlamaForCausalLM` directory (config, weights, tokenizer)."""
     if config.get("model_type") not in ("llava_llama", "llama"):
@@ -285,6 +295,28 @@ def write_llm(state: dict[str, torch.Tensor], config: dict[str, Any], src: Path,
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
     return llm_config
+
+
+def _llm_part(
+    state: dict[str, torch.Tensor], config: dict[str, Any], src: Path, llm_dir: Path, template: str | None,
+    pad_token: str | None,
+) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+    """Write the LLM to `llm_dir` and return its `llm` config node (and notes)."""
+    llm_config = write_llm(state, config, src, llm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    template, notes = _choose_template(template, tokenizer)
+    if tokenizer.pad_token is None and pad_token is None:
+        pad_token = _default_pad(tokenizer, src)
+    node = {
+        "_target_": "dc.models.llms.hf_causal.LanguageModel",
+        "template": template,
+        "hidden_size": llm_config.hidden_size,
+        "pretrained": str(llm_dir.resolve()),
+        "tokenizer": None,
+        "pad_token": pad_token,
+        "config": {},
+    }
+    return node, notes
 
 
 def import_reference(
@@ -306,7 +338,8 @@ def import_reference(
         template: chat template; default vicuna_v1, or llama_3_dc for a Llama-3 tokenizer.
         connector: connector type for a stage-1 directory without `config.json` (mlp | sti | sci | dci); when
             the config names one, this must agree.
-        pad_token: pad token when the saved tokenizer has none (default: its unk token).
+        pad_token: pad token when the saved tokenizer has none (default: its unk token, else Llama-3's
+            `<|reserved_special_token_0|>`).
         configs_dir: dc's `configs/` (default: the repository's).
 
     Raises:
@@ -335,6 +368,9 @@ def import_reference(
     layout = option["layout"]
     args, more = connector_choice(kind, family, config, layout)
     notes += more
+    if config is not None and "image_aspect_ratio" in config:
+        aspect = config["image_aspect_ratio"]
+        notes.append(f"trained with image_aspect_ratio={aspect}: evaluate with image_aspect={aspect}")
     state = load_state(src)
     conn_state = projector_state(state, src)
     width = layout["hidden_size"] * (3 if kind in ("sci", "dci") else 1)
@@ -343,29 +379,13 @@ def import_reference(
             f"{src}: projector input {conn_state['projector.0.weight'].shape[1]} / mm_hidden_size "
             f"{(config or {}).get('mm_hidden_size')} != {width} for {kind} on encoder {enc_name!r}"
         )
-    has_llm = any(k.startswith("model.layers.") for k in state)
     llm_node = None
-    if has_llm:
+    if any(k.startswith("model.layers.") for k in state):
         if out_dir is None:
             raise ExportError(f"{src} holds LLM weights: pass out_dir to write them as a Hugging Face directory")
-        llm_dir = Path(out_dir) / "llm"
-        llm_config = write_llm(state, config or {}, src, llm_dir)
-        tokenizer = AutoTokenizer.from_pretrained(llm_dir)
-        template, more = _choose_template(template, tokenizer)
+        llm_node, more = _llm_part(state, config or {}, src, Path(out_dir) / "llm", template, pad_token)
+        template = llm_node["template"]
         notes += more
-        if tokenizer.pad_token is None and pad_token is None:
-            if tokenizer.unk_token is None:
-                raise ExportError(f"{src}: the tokenizer has no pad or unk token; pass pad_token")
-            pad_token = tokenizer.unk_token
-        llm_node = {
-            "_target_": "dc.models.llms.hf_causal.LanguageModel",
-            "template": template,
-            "hidden_size": llm_config.hidden_size,
-            "pretrained": str(llm_dir.resolve()),
-            "tokenizer": None,
-            "pad_token": pad_token,
-            "config": {},
-        }
     else:
         template = template or "vicuna_v1"
         notes.append("stage-1 directory: only the connector is imported; bring the base LLM (llm=...)")

@@ -155,15 +155,19 @@ def verify_processor(
     return pixels
 
 
-def verify_export(
-    vlm: VLM, model: LlavaForConditionalGeneration, processor: LlavaProcessor, template: ChatTemplate,
-    image_cfg: Any, image_aspect: str, *, vocab_size: int,
-) -> None:  # fmt: skip
-    """All checks of this module; raises `ExportError` on the first difference. `vlm`'s modes are restored."""
+def verify_numbers(
+    vlm: VLM,
+    model: LlavaForConditionalGeneration,
+    processor: LlavaProcessor,
+    template: ChatTemplate,
+    pixels: list[torch.Tensor],
+    *,
+    vocab_size: int,
+) -> None:
+    """`check_outputs` with `vlm` in eval mode (its mode is restored)."""
     was_training = vlm.training
     vlm.eval()
     try:
-        pixels = verify_processor(vlm, processor, template, image_cfg, image_aspect)
         check_outputs(vlm, model, processor, template, torch.stack(pixels), vocab_size)
     finally:
         vlm.train(was_training)

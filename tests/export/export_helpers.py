@@ -89,8 +89,9 @@ def llama2_tokenizer(legacy: bool) -> PreTrainedTokenizerBase:
     return tok
 
 
-def llama3_tokenizer() -> PreTrainedTokenizerBase:
-    """Llama-3 style: regex split + byte-level BPE, prepends `<|begin_of_text|>` itself."""
+def llama3_tokenizer(pad: bool = True) -> PreTrainedTokenizerBase:
+    """Llama-3 style: regex split + byte-level BPE, prepends `<|begin_of_text|>` itself; `pad=False` leaves the pad
+    token unset (as the original Llama-3 tokenizer)."""
     pre = pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(LLAMA_3_PATTERN), behavior="isolated"),
@@ -115,7 +116,7 @@ def llama3_tokenizer() -> PreTrainedTokenizerBase:
         tokenizer_object=tok,
         bos_token="<|begin_of_text|>",
         eos_token="<|end_of_text|>",
-        pad_token="<|reserved_special_token_0|>",
+        pad_token="<|reserved_special_token_0|>" if pad else None,
     )
 
 

@@ -144,11 +144,44 @@ def test_verification_catches_a_wrong_block_order():
         check_outputs(vlm, model, processor, vlm.llm.template, pixels, vocab_size=len(vlm.llm.tokenizer))
 
 
-def test_square_aspect_exports_an_unpadded_processor():
-    """`image_aspect="square"` (stage-1 models): no padding, the encoder processor alone (CLIP centre-crops)."""
+def test_stage1_export_square_images_plain_template():
+    """A stage-1 model: `image_aspect="square"` (no padding, the encoder processor alone: CLIP centre-crops) and
+    the plain template (the image alone; the question is dropped, as in stage-1 captioning)."""
     vlm, cfg = tiny_vlm("encoder=tiny_clip", "connector=mlp")
-    _, processor = to_hf_llava(vlm, cfg.encoder.image, image_aspect="square")
+    _, processor = to_hf_llava(vlm, cfg.encoder.image, image_aspect="square", template="plain")
+    prompt = [{"role": "user", "content": "<image>\nDescribe it."}]
+    assert processor.apply_chat_template(prompt, add_generation_prompt=True) == "<s><image>"
     image = probe_image(70, 30, seed=5)
     ours = ImagePreprocessor(instantiate(cfg.encoder.image), aspect="square")(image)
     assert torch.equal(processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0], ours)
     assert len(probe_images(48)) == 4
+
+
+def test_tied_head_and_spare_embedding_rows(tmp_path):
+    """An LLM with tied embeddings and more rows than tokens: `<image>` takes the first spare row (no resize, no
+    suppressed token), the head stays tied, and every one of dc's logit columns matches."""
+    vlm, cfg = tiny_vlm(
+        "encoder=tiny_clip", "connector=sci", "llm.config.tie_word_embeddings=true", "+llm.config.vocab_size=480"
+    )
+    out = save_hf_llava(vlm, cfg.encoder.image, tmp_path / "hf")
+    model = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    assert model.config.image_token_index == len(vlm.llm.tokenizer) == 469
+    assert model.config.text_config.vocab_size == 480
+    assert model.generation_config.suppress_tokens is None
+    assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()
+    pixels = probe_images_tensor(cfg)[0][None]
+    dc_ids, hf_ids = dc_inputs(vlm, QUESTIONS[1], model.config.image_token_index)
+    with torch.no_grad():
+        ours = vlm(
+            input_ids=torch.tensor([dc_ids]), attention_mask=torch.ones(1, len(dc_ids)), pixel_values=pixels
+        ).logits
+        theirs = model(input_ids=torch.tensor([hf_ids]), pixel_values=pixels).logits
+    assert theirs.shape == ours.shape
+    assert (ours - theirs).abs().max().item() < 1e-5
+
+
+def test_bfloat16_export_passes_its_checks():
+    vlm, cfg = tiny_vlm("encoder=tiny_siglip", "connector=dci")
+    model, _ = to_hf_llava(vlm.to(torch.bfloat16), cfg.encoder.image)  # raises if any check fails
+    assert model.dtype == torch.bfloat16
+    assert model.model.multi_modal_projector.linear_1.weight.dtype == torch.bfloat16

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from export_helpers import mlp2x_gelu, reference_features, tiny_cfg
+from export_helpers import llama3_tokenizer, mlp2x_gelu, reference_features, tiny_cfg
 from safetensors.torch import load_file
 from transformers import (
     CLIPVisionConfig,
@@ -23,7 +23,7 @@ from transformers import (
 
 from dc.constants import IMAGE_TOKEN_INDEX
 from dc.export.errors import ExportError
-from dc.export.hf_llava import save_hf_llava
+from dc.export.hf_llava import save_hf_llava, to_hf_llava
 from dc.export.reference import import_reference
 from dc.export.reference_writer import write_reference_dir
 from dc.models.builder import build_vlm
@@ -249,3 +249,40 @@ def test_refusals(tmp_path):
         import_reference(stage1("d", "x", 2 * D), encoder="tiny_clip")
     with pytest.raises(ExportError, match="image_aspect_ratio='anyres'"):
         import_reference(stage1("e", "x", 3 * D, image_aspect_ratio="anyres"), encoder="tiny_clip")
+
+
+def test_command_line_writes_the_pieces(tmp_path, capsys):
+    from dc.export.reference import main
+
+    tower = write_tower("clip", tmp_path)
+    tok = build_tiny_tokenizer()
+    src = write_reference_dir(
+        tmp_path / "ref", llm=tiny_llama(tok), tokenizer=tok, projector=random_projector(3 * D),
+        vision_tower=str(tower), mm_hidden_size=3 * D, dense_connector_type="sci",
+    )  # fmt: skip
+    main([str(src), str(tmp_path / "out"), "--encoder", "tiny_clip"])
+    record = json.loads((tmp_path / "out" / "import.json").read_text())
+    assert "connector=sci" in record["overrides"] and "connector.layers=[7,15]" in record["overrides"]
+    weights = load_file(tmp_path / "out" / "connector.safetensors")
+    assert sorted(weights) == ["projector.0.bias", "projector.0.weight", "projector.2.bias", "projector.2.weight"]
+    assert (tmp_path / "out" / "llm" / "config.json").exists()
+    assert "connector=sci" in capsys.readouterr().out
+
+
+def test_llama3_reference_gets_the_dc_template_and_pad(tmp_path):
+    """A Llama-3 tokenizer selects the reference's llama_3_dc template; without a saved pad token, the
+    reference's <|reserved_special_token_0|> (Llama-3 has no unk token)."""
+    tower = write_tower("siglip", tmp_path)
+    tok = llama3_tokenizer(pad=False)
+    src = write_reference_dir(
+        tmp_path / "ref", llm=tiny_llama(tok), tokenizer=tok, projector=random_projector(3 * D),
+        vision_tower=str(tower), mm_hidden_size=3 * D, dense_connector_type="dci",
+    )  # fmt: skip
+    result = import_reference(src, tmp_path / "out", encoder="tiny_siglip")
+    assert result.template == "llama_3_dc"
+    assert result.llm["pad_token"] == "<|reserved_special_token_0|>"
+    vlm, cfg = build_imported(result)
+    assert vlm.llm.template.name == "llama_3_dc"
+    assert vlm.llm.tokenizer.pad_token == "<|reserved_special_token_0|>"
+    model, _ = to_hf_llava(vlm, cfg.encoder.image)  # its own checks: prompt ids, pixels, logits
+    assert model.config.vision_feature_layer == list(range(27))
