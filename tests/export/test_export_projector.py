@@ -92,3 +92,10 @@ def test_future_image_modes_are_refused():
     assert "image_mode=video" in export_blockers(vlm, image_mode="video")[0]
     with pytest.raises(ValueError, match="image_mode='tiles'"):
         export_blockers(vlm, image_mode="tiles")
+
+
+def test_timm_tower_without_a_clip_equivalent_is_refused():
+    """A timm ViT with LayerScale (`init_values`) has no exact CLIPVisionModel form."""
+    vlm, cfg = tiny_vlm("encoder=tiny_timm", "connector=mlp", "+encoder.model.model_kwargs.init_values=0.1")
+    with pytest.raises(ExportError, match="LayerScale"):
+        to_hf_llava(vlm, cfg.encoder.image)
