@@ -2,7 +2,8 @@
 
 hf_llava (`to_hf_llava`, `save_hf_llava`) · projector (connector → `vision_feature_layer` + projector weights) ·
 vision (encoder → stock vision tower) · chat_template (dc template → Jinja) · verify (checks run on every export) ·
-reference (LLaVA-layout reference directories → dc config choices + connector weights) · reference_writer (tiny
+weights (assemble a stock model from a state dict) · reference (LLaVA-layout reference directories → dc config
+choices + connector weights) · reference_io (reading them, writing their LLM) · reference_writer (tiny
 reference-layout directories for tests). See docs/export.md.
 """
 
