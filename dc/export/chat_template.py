@@ -26,14 +26,12 @@ from transformers import PreTrainedTokenizerBase
 
 from dc.constants import IMAGE_PLACEHOLDER
 from dc.export.errors import ExportError
-from dc.models.llms.templates import (
-    ChatML,
-    ChatTemplate,
-    Llama3,
-    Plain,
-    VicunaV1,
-    tokenizer_adds_bos,
-)
+from dc.models.llms.templates import ChatTemplate
+from dc.models.llms.templates.chatml import ChatML
+from dc.models.llms.templates.llama3 import Llama3
+from dc.models.llms.templates.plain import Plain
+from dc.models.llms.templates.tokenization import tokenizer_adds_bos
+from dc.models.llms.templates.vicuna import VicunaV1
 
 _ROLES = (
     "{%- if message['role'] not in ['user', 'assistant'] -%}"

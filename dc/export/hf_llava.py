@@ -50,7 +50,7 @@ from dc.export.projector import connector_blockers, export_projector, select_str
 from dc.export.verify import verify_numbers, verify_processor
 from dc.export.vision import export_vision_tower
 from dc.export.weights import assemble
-from dc.models.llms.templates import ChatTemplate, get_template
+from dc.models.llms.templates import ChatTemplate
 from dc.models.vlm import VLM
 from dc.utils.instantiate import instantiate
 
@@ -163,7 +163,7 @@ def to_hf_llava(
     vlm: VLM,
     image_cfg: Any,
     *,
-    template: str | ChatTemplate | None = None,
+    template: ChatTemplate | None = None,
     dtype: torch.dtype | None = None,
     image_aspect: str = "pad",
     image_mode: str = "single",
@@ -189,7 +189,7 @@ def to_hf_llava(
     reasons = export_blockers(vlm, image_mode=image_mode)
     if reasons:
         raise ExportError("cannot export exactly to LlavaForConditionalGeneration:\n- " + "\n- ".join(reasons))
-    chat = get_template(template) if isinstance(template, str) else (template or vlm.llm.template)
+    chat = template or vlm.llm.template
     strategy = select_strategy(vlm.encoder.layout)
     # Cheap checks first: the processor (pixels, chat template, prompt ids) before any weight is copied.
     tokenizer, image_id = _tokenizer_with_image(vlm.llm.tokenizer)
@@ -260,7 +260,7 @@ def save_hf_llava(vlm: VLM, image_cfg: Any, out_dir: str | Path, **kwargs: Any) 
         raise FileExistsError(f"out_dir={out} exists; choose a new directory")
     model, processor = to_hf_llava(vlm, image_cfg, **kwargs)
     template = kwargs.get("template")
-    chat = get_template(template) if isinstance(template, str) else (template or vlm.llm.template)
+    chat = template or vlm.llm.template
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -84,9 +84,8 @@ class ReferenceImport:
         if self.llm is not None:
             base = "llama3_8b" if self.template.startswith("llama_3") else "vicuna7b"  # supplies dtype/attn defaults
             out.append(f"llm={base}")
-            out += [f"llm.{k}={_value(v)}" for k, v in self.llm.items() if k != "_target_"]
-        else:
-            out.append(f"llm.template={self.template}")
+            out += [f"llm.{k}={_value(v)}" for k, v in self.llm.items() if k not in ("_target_", "template")]
+        out.append(f"llm/template={self.template}")
         return out
 
 
@@ -221,7 +220,7 @@ def _llm_part(
     if tokenizer.pad_token is None and pad_token is None:
         pad_token = default_pad(tokenizer, src)
     node = {
-        "_target_": "dc.models.llms.hf_causal.LanguageModel",
+        "_target_": "dc.models.llms.hf_causal.HFCausalLM",
         "template": template,
         "hidden_size": llm_config.hidden_size,
         "pretrained": str(llm_dir.resolve()),

@@ -26,7 +26,8 @@ from transformers import (
 )
 
 from dc.models.builder import build_vlm
-from dc.models.llms.templates import LLAMA_3_SYSTEM, VICUNA_SYSTEM
+from dc.models.llms.templates.llama3 import LLAMA_3_SYSTEM
+from dc.models.llms.templates.vicuna import VICUNA_SYSTEM
 from dc.models.vlm import VLM
 
 QUESTIONS = ["What is in the image?", "Describe the picture in one word.", "Is there a red square?"]

@@ -18,7 +18,8 @@ from export_helpers import (
 from dc.constants import IMAGE_TOKEN_INDEX
 from dc.export.errors import ExportError
 from dc.export.hf_llava import to_hf_llava
-from dc.models.llms.templates import LLAMA_3_SYSTEM, VICUNA_SYSTEM, VicunaV1
+from dc.models.llms.templates.llama3 import LLAMA_3_SYSTEM
+from dc.models.llms.templates.vicuna import VICUNA_SYSTEM, VicunaV1
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,7 +36,7 @@ def expand(ids: list[int], image_id: int, n: int) -> list[int]:
 
 def exported(tmp_path, tokenizer=None, template: str = "vicuna_v1", encoder: str = "tiny_clip"):
     """A tiny VLM whose LLM uses `tokenizer` (saved and reloaded as dc does) and the exported processor."""
-    overrides = [f"encoder={encoder}", "connector=sci", f"llm.template={template}"]
+    overrides = [f"encoder={encoder}", "connector=sci", f"llm/template={template}"]
     if tokenizer is not None:
         overrides.append(f"llm.tokenizer={saved(tokenizer, tmp_path / 'tok')}")
     vlm, cfg = tiny_vlm(*overrides)

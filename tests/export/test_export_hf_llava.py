@@ -13,6 +13,8 @@ from export_helpers import QUESTIONS, probe_image, tiny_vlm
 from omegaconf import OmegaConf
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+from dc_testing import make_template
+
 from dc.constants import IMAGE_TOKEN_INDEX
 from dc.data.image import ImagePreprocessor
 from dc.export.errors import ExportError
@@ -148,7 +150,7 @@ def test_stage1_export_square_images_plain_template():
     """A stage-1 model: `image_aspect="square"` (no padding, the encoder processor alone: CLIP centre-crops) and
     the plain template (the image alone; the question is dropped, as in stage-1 captioning)."""
     vlm, cfg = tiny_vlm("encoder=tiny_clip", "connector=mlp")
-    _, processor = to_hf_llava(vlm, cfg.encoder.image, image_aspect="square", template="plain")
+    _, processor = to_hf_llava(vlm, cfg.encoder.image, image_aspect="square", template=make_template("plain"))
     prompt = [{"role": "user", "content": "<image>\nDescribe it."}]
     assert processor.apply_chat_template(prompt, add_generation_prompt=True) == "<s><image>"
     image = probe_image(70, 30, seed=5)

@@ -27,7 +27,7 @@ from dc.export.hf_llava import save_hf_llava, to_hf_llava
 from dc.export.reference import import_reference
 from dc.export.reference_writer import write_reference_dir
 from dc.models.builder import build_vlm
-from dc.models.llms.tiny_tokenizer import build_tiny_tokenizer
+from dc.data.tiny_tokenizer import build_tiny_tokenizer
 
 D, D_LLM = 64, 128
 TOWERS = {  # the tiny_clip / tiny_siglip layouts: real depths and grids, tiny width
