@@ -8,7 +8,7 @@ export WANDB_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-all bench clean
+.PHONY: venv demo test test-all lint bench clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check dc tests train.py eval.py experiments
+	$(VENV)/bin/ruff format --check dc tests train.py eval.py experiments
 
 test-all: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q -m 'not gpu'

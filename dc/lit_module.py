@@ -75,7 +75,11 @@ class DCModule(L.LightningModule):
     def _low_ram_rank(self) -> bool:
         """True on FSDP ranks other than 0 when only rank 0 reads the pretrained LLM."""
         strategy = self._trainer.strategy if self._trainer is not None else None
-        return bool(getattr(strategy, "cpu_ram_efficient_loading", False)) and strategy.world_size > 1 and strategy.global_rank != 0
+        return (
+            bool(getattr(strategy, "cpu_ram_efficient_loading", False))
+            and strategy.world_size > 1
+            and strategy.global_rank != 0
+        )
 
     def configure_model(self) -> None:
         if self.vlm is not None:
@@ -134,10 +138,14 @@ class DCModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(
-        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
     ) -> None:
         """Clip by global norm; under FSDP through the root module (`torch.nn.utils.clip_grad_norm_` would only
-        see this rank's shards, and Lightning's FSDP precision plugin refuses norm clipping)."""
+        see this rank's shards, and Lightning's FSDP precision plugin refuses norm clipping).
+        """
         if not gradient_clip_val:
             return
         model = self.trainer.model if self._trainer is not None else None
@@ -145,10 +153,14 @@ class DCModule(L.LightningModule):
 
         if isinstance(model, FullyShardedDataParallel):
             if gradient_clip_algorithm not in (None, "norm"):
-                raise ValueError(f"trainer.gradient_clip_algorithm={gradient_clip_algorithm!r}: FSDP supports only 'norm'")
+                raise ValueError(
+                    f"trainer.gradient_clip_algorithm={gradient_clip_algorithm!r}: FSDP supports only 'norm'"
+                )
             model.clip_grad_norm_(float(gradient_clip_val))
             return
-        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+        self.clip_gradients(
+            optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+        )
 
     # --- checkpoints -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -187,6 +199,8 @@ def load_connector_weights(module: DCModule, path: str) -> None:
     usable = {k: v for k, v in state.items() if k in own}
     for k, v in usable.items():
         if own[k].shape != v.shape:
-            raise ValueError(f"stage.init_connector_from={path}: {k} has shape {tuple(v.shape)}, model has {tuple(own[k].shape)}")
+            raise ValueError(
+                f"stage.init_connector_from={path}: {k} has shape {tuple(v.shape)}, model has {tuple(own[k].shape)}"
+            )
     module.load_state_dict(usable, strict=False)
     log.info("initialised %d tensors from %s", len(usable), path)

@@ -100,8 +100,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         trainer.accumulate_grad_batches = accumulation(
             int(cfg.stage.global_batch_size), int(cfg.data.batch_size), trainer.world_size
         )
-        log.info("global batch %d = %d devices × %d per device × %d accumulation", cfg.stage.global_batch_size,
-                 trainer.world_size, cfg.data.batch_size, trainer.accumulate_grad_batches)
+        log.info(
+            "global batch %d = %d devices × %d per device × %d accumulation",
+            cfg.stage.global_batch_size,
+            trainer.world_size,
+            cfg.data.batch_size,
+            trainer.accumulate_grad_batches,
+        )
         trainer.fit(module, datamodule=ResumableDataModule(datamodule, seed=int(cfg.seed)), ckpt_path=ckpt_path)
         metrics = _float_metrics(trainer.callback_metrics)
         ckpt_cb = trainer.checkpoint_callback

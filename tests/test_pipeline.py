@@ -11,10 +11,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from dc_testing import CONFIGS, ROOT, compose_config
 from dc.constants import IMAGE_TOKEN_INDEX
 from dc.models.builder import build_vlm
 from dc.pipeline import evaluate, train
+
+from dc_testing import CONFIGS, ROOT, compose_config
 
 GROUPS = ["encoder", "connector", "llm", "stage", "data", "trainer", "logger", "callbacks"]
 
@@ -101,8 +102,16 @@ def test_train_then_eval_on_checkpoint(train_cfg, tmp_path: Path) -> None:
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     assert ckpt.exists()
     root = Path(cfg.data.image_folder).parent
-    eval_cfg = compose_config("eval", [f"ckpt_path={ckpt}", f"paths.output_dir={tmp_path / 'eval'}", "limit=8",
-                                       "batch_size=4", f"benchmark.root={root}"])
+    eval_cfg = compose_config(
+        "eval",
+        [
+            f"ckpt_path={ckpt}",
+            f"paths.output_dir={tmp_path / 'eval'}",
+            "limit=8",
+            "batch_size=4",
+            f"benchmark.root={root}",
+        ],
+    )
     metrics, objs = evaluate(eval_cfg)
     assert 0.0 <= metrics["synthetic/accuracy"] <= 100.0 and "synthetic/blank_accuracy" in metrics
     lines = (tmp_path / "eval" / "synthetic_answers.jsonl").read_text().splitlines()
@@ -115,9 +124,9 @@ def test_pretrained_loading_by_path(train_cfg, tmp_path: Path) -> None:
     """Real-model configs load with `from_pretrained`; here from tiny models saved to a directory."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from dc_testing import make_template, tiny_tokenizer
-
     from dc.models.llms.hf_causal import HFCausalLM
+
+    from dc_testing import make_template, tiny_tokenizer
 
     cfg = train_cfg()
     enc_dir, llm_dir = tmp_path / "clip", tmp_path / "llm"
@@ -125,8 +134,12 @@ def test_pretrained_loading_by_path(train_cfg, tmp_path: Path) -> None:
     torch.manual_seed(1)
     clip = CLIPVisionModel(
         CLIPVisionConfig(
-            hidden_size=layout.hidden_size, image_size=layout.image_size, patch_size=layout.patch_size,
-            num_hidden_layers=layout.num_layers, intermediate_size=128, num_attention_heads=4,
+            hidden_size=layout.hidden_size,
+            image_size=layout.image_size,
+            patch_size=layout.patch_size,
+            num_hidden_layers=layout.num_layers,
+            intermediate_size=128,
+            num_attention_heads=4,
         )
     )
     clip.save_pretrained(enc_dir)
@@ -135,8 +148,9 @@ def test_pretrained_loading_by_path(train_cfg, tmp_path: Path) -> None:
     llm.model.save_pretrained(llm_dir)
     llm.tokenizer.save_pretrained(llm_dir)
 
-    cfg = train_cfg(f"encoder.model.pretrained={enc_dir}", f"llm.pretrained={llm_dir}", "llm.tokenizer=null",
-                    "trainer.max_steps=1")
+    cfg = train_cfg(
+        f"encoder.model.pretrained={enc_dir}", f"llm.pretrained={llm_dir}", "llm.tokenizer=null", "trainer.max_steps=1"
+    )
     vlm = build_vlm(cfg)
     depth = vlm.encoder.depth
     assert len(vlm.encoder.model.encoder.layers) == depth == 23  # DCI needs index 23; block 24 is never built
@@ -157,8 +171,15 @@ def test_pretrained_loading_by_path(train_cfg, tmp_path: Path) -> None:
 def test_multirun_on_tiny_parts(tmp_path: Path, data_dir: Path) -> None:
     """`python train.py -m connector=mlp,dci ...` runs one job per sweep point on CPU."""
     cmd = [
-        sys.executable, "train.py", "-m", "connector=mlp,dci", "debug=fast", "trainer.max_steps=1",
-        f"paths.data_dir={data_dir}", f"hydra.sweep.dir={tmp_path}", "trainer.enable_progress_bar=false",
+        sys.executable,
+        "train.py",
+        "-m",
+        "connector=mlp,dci",
+        "debug=fast",
+        "trainer.max_steps=1",
+        f"paths.data_dir={data_dir}",
+        f"hydra.sweep.dir={tmp_path}",
+        "trainer.enable_progress_bar=false",
     ]
     subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
     jobs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -34,13 +34,23 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(ALL), help="comma-separated figures, e.g. P1,P3")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     p.add_argument("--tiny", action="store_true", help="smallest shapes (smoke test; numbers meaningless)")
-    p.add_argument("--peak-device", choices=("a100", "h100_sxm", "h200"), default=None,
-                   help="bf16 peak used for P5's MFU (explicit table, no device-name guessing)")
+    p.add_argument(
+        "--peak-device",
+        choices=("a100", "h100_sxm", "h200"),
+        default=None,
+        help="bf16 peak used for P5's MFU (explicit table, no device-name guessing)",
+    )
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--from-json", type=Path, default=None,
-                   help="re-render --out from an earlier run's JSON (no measurement)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 in quick mode, so CPU time is one thread's work; all cores in full)")
+    p.add_argument(
+        "--from-json", type=Path, default=None, help="re-render --out from an earlier run's JSON (no measurement)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 in quick mode, so CPU time is one thread's work; all cores in full)",
+    )
     return p.parse_args(argv)
 
 
@@ -74,8 +84,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             shape = shape_for(args.mode, key, args.tiny)
             t0 = time.perf_counter()
             fig = MEASURED[key](shape, device, dtype, warmup, repeats)
-            fig.update(status="measured", device=str(device), dtype=dtype, shape=describe(shape),
-                       warmup=warmup, repeats=repeats, wall_s=time.perf_counter() - t0)
+            fig.update(
+                status="measured",
+                device=str(device),
+                dtype=dtype,
+                shape=describe(shape),
+                warmup=warmup,
+                repeats=repeats,
+                wall_s=time.perf_counter() - t0,
+            )
             figures.append(fig)
             print(f"{key}: " + ", ".join(f"{k} {v['median']:.3f}x" for k, v in fig["ratios"].items()), flush=True)
         elif key == "P2":
@@ -88,8 +105,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             shape = shape_for(args.mode, key, args.tiny)
             fig = run_p5(shape, device, dtype, warmup, repeats, args.peak_device)
-            fig.update(status="measured", device=str(device), dtype=dtype, shape=describe(shape),
-                       warmup=warmup, repeats=repeats)
+            fig.update(
+                status="measured",
+                device=str(device),
+                dtype=dtype,
+                shape=describe(shape),
+                warmup=warmup,
+                repeats=repeats,
+            )
             figures.append(fig)
             rates = fig["rates"]
             mfu = "n/a" if rates["mfu"] is None else f"{100 * rates['mfu']:.1f} %"
@@ -97,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {
         "command": "python -m dc.bench " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
         "mode": args.mode + (" (tiny)" if args.tiny else ""),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),

@@ -33,7 +33,9 @@ def _now(device: torch.device) -> float:
 
 
 @torch.no_grad()
-def prefill_decode(vlm: VLM, batch: dict[str, torch.Tensor], new_tokens: int, device: torch.device) -> tuple[float, float]:
+def prefill_decode(
+    vlm: VLM, batch: dict[str, torch.Tensor], new_tokens: int, device: torch.device
+) -> tuple[float, float]:
     """(prefill seconds, decode seconds for `new_tokens` tokens), CPU time on CPU."""
     start = _now(device)
     embeds = vlm.embed_inputs(batch["input_ids"], batch["pixel_values"], batch.get("visual"))
@@ -50,8 +52,12 @@ def prefill_decode(vlm: VLM, batch: dict[str, torch.Tensor], new_tokens: int, de
 
 def _paired(a: list[float], b: list[float]) -> dict[str, Any]:
     paired = [x / y for x, y in zip(a, b, strict=True)]
-    return {"median": statistics.median(paired), "of_medians": statistics.median(a) / statistics.median(b),
-            "min": min(a) / min(b), "paired": paired}
+    return {
+        "median": statistics.median(paired),
+        "of_medians": statistics.median(a) / statistics.median(b),
+        "min": min(a) / min(b),
+        "paired": paired,
+    }
 
 
 def run_p3(shape: FigureShape, device: torch.device, dtype: str, warmup: int, repeats: int) -> dict[str, Any]:

@@ -19,8 +19,12 @@ P6_SOURCE = Path("experiments/data_loader/results.json")
 def p2_encoder_memory(root: Path) -> dict[str, Any]:
     """P2: DCI encoder peak memory, ours vs stock `output_hidden_states=True` (rows of the README's results table)."""
     path = root / P2_SOURCE
-    base = {"figure": "P2", "title": "DCI encoder peak memory vs stock output_hidden_states (recorded)",
-            "source": str(P2_SOURCE), "goal": {"tensor_peak": "<= 0.25"}}
+    base = {
+        "figure": "P2",
+        "title": "DCI encoder peak memory vs stock output_hidden_states (recorded)",
+        "source": str(P2_SOURCE),
+        "goal": {"tensor_peak": "<= 0.25"},
+    }
     if not path.exists():
         return {**base, "status": "missing"}
     text = path.read_text()
@@ -29,22 +33,35 @@ def p2_encoder_memory(root: Path) -> dict[str, Any]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 9 and cells[0].startswith(("stock", "ours")):
             try:
-                rows[cells[0]] = {"carried_ratio": float(cells[5]), "tensor_peak_ratio": float(cells[6]),
-                                  "rss_peak_ratio": float(cells[7]), "tensor_peak_mib": float(cells[3])}
+                rows[cells[0]] = {
+                    "carried_ratio": float(cells[5]),
+                    "tensor_peak_ratio": float(cells[6]),
+                    "rss_peak_ratio": float(cells[7]),
+                    "tensor_peak_mib": float(cells[3]),
+                }
             except ValueError:
                 continue
     date = re.search(r"run on (\d{4}-\d{2}-\d{2})", text)
     best = min((v["tensor_peak_ratio"] for k, v in rows.items() if k.startswith("ours")), default=None)
-    return {**base, "status": "recorded" if rows else "missing", "date": date.group(1) if date else None,
-            "rows": rows, "goal_met": best is not None and best <= 0.25,
-            "ratios": {"best_ours_tensor_peak": {"median": best, "min": best}} if best is not None else {}}
+    return {
+        **base,
+        "status": "recorded" if rows else "missing",
+        "date": date.group(1) if date else None,
+        "rows": rows,
+        "goal_met": best is not None and best <= 0.25,
+        "ratios": {"best_ours_tensor_peak": {"median": best, "min": best}} if best is not None else {},
+    }
 
 
 def p6_data_loader(root: Path) -> dict[str, Any]:
     """P6: loader samples per CPU-second vs a LLaVA-style baseline, and padding with grouping (results.json)."""
     path = root / P6_SOURCE
-    base = {"figure": "P6", "title": "Data loader throughput per worker and padding (recorded)",
-            "source": str(P6_SOURCE), "goal": {"throughput": ">= 1.0", "padding_grouped": "<= 0.10"}}
+    base = {
+        "figure": "P6",
+        "title": "Data loader throughput per worker and padding (recorded)",
+        "source": str(P6_SOURCE),
+        "goal": {"throughput": ">= 1.0", "padding_grouped": "<= 0.10"},
+    }
     if not path.exists():
         return {**base, "status": "missing"}
     data = json.loads(path.read_text())
@@ -53,17 +70,34 @@ def p6_data_loader(root: Path) -> dict[str, Any]:
     ratios = {}
     for name in ("ours-json", "ours-shards"):
         per_round = [a / b for a, b in zip(thr[name]["cpu_runs"], thr["baseline"]["cpu_runs"], strict=True)]
-        ratios[name] = {"median": thr[name]["per_cpu_second"] / ref, "min": min(per_round),
-                        "per_round": per_round, "median_of_rounds": statistics.median(per_round)}
+        ratios[name] = {
+            "median": thr[name]["per_cpu_second"] / ref,
+            "min": min(per_round),
+            "per_round": per_round,
+            "median_of_rounds": statistics.median(per_round),
+        }
     padding = {k: v["padding_fraction"] for k, v in data["padding"].items()}
     met = all(r["median"] >= 1.0 for r in ratios.values()) and all(
-        v <= 0.10 for k, v in padding.items() if k.endswith("grouped"))
-    return {**base, "status": "recorded", "date": data.get("date"), "machine": data.get("machine"),
-            "torch": data.get("torch"), "command": data.get("command"), "ratios": ratios,
-            "padding": padding, "goal_met": met}
+        v <= 0.10 for k, v in padding.items() if k.endswith("grouped")
+    )
+    return {
+        **base,
+        "status": "recorded",
+        "date": data.get("date"),
+        "machine": data.get("machine"),
+        "torch": data.get("torch"),
+        "command": data.get("command"),
+        "ratios": ratios,
+        "padding": padding,
+        "goal_met": met,
+    }
 
 
 def p5_mfu() -> dict[str, Any]:
     """P5 placeholder for full mode without a GPU (quick mode measures tokens/s on CPU, without MFU)."""
-    return {"figure": "P5", "title": "MFU of a training step (GPU only)", "status": "not yet measured",
-            "goal": {"mfu": "see ecosystem-notes §B1/§B4 (LLaVA-1.5 7B ≈ 22–31 %)"}}
+    return {
+        "figure": "P5",
+        "title": "MFU of a training step (GPU only)",
+        "status": "not yet measured",
+        "goal": {"mfu": "see ecosystem-notes §B1/§B4 (LLaVA-1.5 7B ≈ 22–31 %)"},
+    }

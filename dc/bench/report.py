@@ -53,22 +53,34 @@ def verdict(goal: str, r: dict) -> str:
 
 
 def _ratio_table(fig: dict) -> list[str]:
-    lines = ["| ratio | **median of paired ratios** | ratio of medians | ratio of minima | wall: ratio of medians "
-             "| per-round ratios | goal |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| ratio | **median of paired ratios** | ratio of medians | ratio of minima | wall: ratio of medians "
+        "| per-round ratios | goal |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in fig.get("ratios", {}).items():
         paired = ", ".join(_f(x, 2) for x in r.get("paired", []))
         goal = verdict(str(fig.get("goal", {}).get(name, "")), r)
-        lines.append(f"| {name} | **{_f(r['median'])}×** | {_f(r.get('of_medians'))}× | {_f(r['min'])}× | "
-                     f"{_f(r.get('wall_of_medians'))} | {paired} | {goal} |")
+        lines.append(
+            f"| {name} | **{_f(r['median'])}×** | {_f(r.get('of_medians'))}× | {_f(r['min'])}× | "
+            f"{_f(r.get('wall_of_medians'))} | {paired} | {goal} |"
+        )
     return lines
 
 
 def _profiles(fig: dict) -> list[str]:
     out = []
     for side, rows in fig.get("profiles", {}).items():
-        out += ["", f"Profile of one `{side}` step (torch.profiler, top 10 by self CPU time):", "",
-                "| op | self CPU (ms) | % | calls |", "|---|---|---|---|"]
-        out += [f"| `{r['op']}` | {_f(r['self_cpu_ms'], 1)} | {_f(r['self_cpu_pct'], 1)} | {r['calls']} |" for r in rows]
+        out += [
+            "",
+            f"Profile of one `{side}` step (torch.profiler, top 10 by self CPU time):",
+            "",
+            "| op | self CPU (ms) | % | calls |",
+            "|---|---|---|---|",
+        ]
+        out += [
+            f"| `{r['op']}` | {_f(r['self_cpu_ms'], 1)} | {_f(r['self_cpu_pct'], 1)} | {r['calls']} |" for r in rows
+        ]
     return out
 
 
@@ -77,8 +89,11 @@ def _measured(fig: dict) -> list[str]:
     if fig.get("shape"):
         lines += [f"Shape: {fig['shape']}", ""]
     if fig.get("sides"):
-        lines += ["Sides: " + "; ".join(f"`{k}` {v['visual_tokens']} visual tokens, seq {v['seq']}"
-                                        for k, v in fig["sides"].items()), ""]
+        lines += [
+            "Sides: "
+            + "; ".join(f"`{k}` {v['visual_tokens']} visual tokens, seq {v['seq']}" for k, v in fig["sides"].items()),
+            "",
+        ]
     lines += _ratio_table(fig) + [""]
     if "times_s" in fig:
         clock = "CPU time" if fig.get("clock") == "cpu" else "wall"
@@ -88,8 +103,11 @@ def _measured(fig: dict) -> list[str]:
         clock = "CPU time" if fig.get("clock") == "cpu" else "wall"
         lines += _times_table(f"decode (tokens per {clock} second)", "tok/s", fig["tokens_per_s"]) + [""]
     if "loss_abs_diff_before_training" in fig:
-        lines += [f"|loss(ours) − loss(HF)| on the same batch before any step: "
-                  f"{fig['loss_abs_diff_before_training']:.2e} (same weights, same maths).", ""]
+        lines += [
+            f"|loss(ours) − loss(HF)| on the same batch before any step: "
+            f"{fig['loss_abs_diff_before_training']:.2e} (same weights, same maths).",
+            "",
+        ]
     met = fig.get("goal_met")
     verdicts = [verdict(str(fig.get("goal", {}).get(k, "")), r) for k, r in fig.get("ratios", {}).items()]
     shaky = any("inconclusive" in v for v in verdicts)
@@ -106,14 +124,21 @@ def _recorded(fig: dict) -> list[str]:
         return lines + [f"Source `{fig.get('source')}`: {fig.get('status')}.", ""]
     lines += [f"Not re-measured here. Source: `{fig['source']}` (measured {fig.get('date')}).", ""]
     if fig["figure"] == "P2":
-        lines += ["| DCI feature path (batch 16, fp32, CLIP-L/336 shape, CPU) | carried / stock | tensor peak / stock "
-                  "| RSS peak / stock |", "|---|---|---|---|"]
-        lines += [f"| {k} | {_f(v['carried_ratio'])} | {_f(v['tensor_peak_ratio'])} | {_f(v['rss_peak_ratio'])} |"
-                  for k, v in fig["rows"].items()]
+        lines += [
+            "| DCI feature path (batch 16, fp32, CLIP-L/336 shape, CPU) | carried / stock | tensor peak / stock "
+            "| RSS peak / stock |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {k} | {_f(v['carried_ratio'])} | {_f(v['tensor_peak_ratio'])} | {_f(v['rss_peak_ratio'])} |"
+            for k, v in fig["rows"].items()
+        ]
     else:
         lines += ["| loader | samples/CPU-s vs baseline (median) | per-round ratios |", "|---|---|---|"]
-        lines += [f"| {k} | **{_f(r['median'])}×** | {', '.join(_f(x, 2) for x in r['per_round'])} |"
-                  for k, r in fig["ratios"].items()]
+        lines += [
+            f"| {k} | **{_f(r['median'])}×** | {', '.join(_f(x, 2) for x in r['per_round'])} |"
+            for k, r in fig["ratios"].items()
+        ]
         lines += ["", "| padding fraction | value |", "|---|---|"]
         lines += [f"| {k} | {_f(v * 100, 1)} % |" for k, v in fig["padding"].items()]
         lines += ["", f"Machine: {fig.get('machine')}, torch {fig.get('torch')}; command `{fig.get('command')}`."]
@@ -127,11 +152,17 @@ def _rates(fig: dict) -> list[str]:
     mfu = "n/a (CPU, or no --peak-device)" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
     t = fig["times_s"]["dci"]
     return [
-        f"### {fig['figure']}: {fig['title']}", "", f"Shape: {fig.get('shape')}", "",
-        "| tokens/s | samples/s | model TFLOP/s | MFU | step time median (min–max) | goal |", "|---|---|---|---|---|---|",
+        f"### {fig['figure']}: {fig['title']}",
+        "",
+        f"Shape: {fig.get('shape')}",
+        "",
+        "| tokens/s | samples/s | model TFLOP/s | MFU | step time median (min–max) | goal |",
+        "|---|---|---|---|---|---|",
         f"| {r['tokens_per_s']:.1f} | {r['samples_per_s']:.2f} | {r['model_tflops_per_s']:.4f} | {mfu} | "
         f"{_f(t['median'])} s ({_f(t['min'])}–{_f(t['max'])}) | {fig['goal']['mfu']} |",
-        "", "An absolute rate, not a ratio: on a shared CPU it is indicative only; the MFU goal concerns GPUs.", "",
+        "",
+        "An absolute rate, not a ratio: on a shared CPU it is indicative only; the MFU goal concerns GPUs.",
+        "",
     ]
 
 
@@ -170,9 +201,13 @@ def render(meta: dict[str, Any], figures: list[dict[str, Any]]) -> str:
     gpu_done = {f["figure"] for f in figures if f.get("device", "").startswith("cuda")}
     for key, what in GPU_FIGURES.items():
         lines.append(f"| {what} | {'measured above' if key in gpu_done else 'not yet measured'} |")
-    lines += ["", "`python -m dc.bench --mode full` implements them (cuda, bf16); it has not been run on a GPU yet, "
-              "and no number here is an estimate. P5's MFU needs `--peak-device`. Full-mode shapes "
-              "(`dc/bench/shapes.py`):", ""]
+    lines += [
+        "",
+        "`python -m dc.bench --mode full` implements them (cuda, bf16); it has not been run on a GPU yet, "
+        "and no number here is an estimate. P5's MFU needs `--peak-device`. Full-mode shapes "
+        "(`dc/bench/shapes.py`):",
+        "",
+    ]
     lines += [f"- {key}: {describe(shape)}" for key, shape in SHAPES["full"].items()]
     lines.append("")
     return "\n".join(lines)
@@ -181,10 +216,12 @@ def render(meta: dict[str, Any], figures: list[dict[str, Any]]) -> str:
 def describe(shape: FigureShape) -> str:
     """One line: the ViT, the LLM and the token budget of a figure."""
     v, m = shape.vit, shape.llm
-    return (f"ViT {v.num_layers}×{v.hidden_size} (MLP {v.mlp}, {v.heads} heads), image {v.image_size}/patch "
-            f"{v.patch_size} = {v.grid_tokens} patches, frozen; LLM Llama {m.num_layers}×{m.hidden_size} "
-            f"(MLP {m.mlp}, {m.heads} heads); batch {shape.batch}, seq {shape.seq}"
-            + (f", {shape.new_tokens} new tokens" if shape.new_tokens else ""))
+    return (
+        f"ViT {v.num_layers}×{v.hidden_size} (MLP {v.mlp}, {v.heads} heads), image {v.image_size}/patch "
+        f"{v.patch_size} = {v.grid_tokens} patches, frozen; LLM Llama {m.num_layers}×{m.hidden_size} "
+        f"(MLP {m.mlp}, {m.heads} heads); batch {shape.batch}, seq {shape.seq}"
+        + (f", {shape.new_tokens} new tokens" if shape.new_tokens else "")
+    )
 
 
 def write(out: Path, meta: dict[str, Any], figures: list[dict[str, Any]]) -> Path:

@@ -23,7 +23,7 @@ def _sync(device: torch.device) -> None:
 
 
 def stats(samples: list[float]) -> dict[str, float | list[float]]:
-    """min / median / max of a list of seconds (and the raw samples)."""
+    """Min / median / max of a list of seconds (and the raw samples)."""
     return {
         "min": min(samples),
         "median": statistics.median(samples),

@@ -165,8 +165,14 @@ class FixedCountSplice(nn.Module):
         super().__init__()
         self.vlm = vlm
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-                labels: torch.Tensor, **_: Any) -> Any:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor,
+        **_: Any,
+    ) -> Any:
         from dc.constants import IMAGE_TOKEN_INDEX
 
         vlm = self.vlm

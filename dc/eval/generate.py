@@ -1,5 +1,6 @@
 """Batched generation for evaluation: prompts built with the model's chat template, each visual input expanded to
-its own token count, left padding, the KV cache, and stopping on the template's end tokens."""
+its own token count, left padding, the KV cache, and stopping on the template's end tokens.
+"""
 
 from __future__ import annotations
 
@@ -67,8 +68,13 @@ def generate_texts(
             batch = collate(list(chunk))
             pixels = batch["pixel_values"].to(device, dtype) if batch["pixel_values"] is not None else None
             out = vlm.generate(
-                batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels, max_new_tokens, stop,
-                visual=batch["visual"], **generation,
+                batch["input_ids"].to(device),
+                batch["attention_mask"].to(device),
+                pixels,
+                max_new_tokens,
+                stop,
+                visual=batch["visual"],
+                **generation,
             )
             answers.extend(tok.decode(row, skip_special_tokens=True).strip() for row in out)
     finally:

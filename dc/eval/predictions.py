@@ -29,7 +29,8 @@ def _train_dataset(trainer: L.Trainer) -> Any:
 
 def pick_samples(dataset: Any, n: int) -> list[dict[str, Any]]:
     """The first `n` loadable single-image records: index, id, first question, its reference answer, image path and
-    the image as the dataset preprocesses it."""
+    the image as the dataset preprocesses it.
+    """
     picked: list[dict[str, Any]] = []
     records = getattr(dataset, "records", None)
     for index in range(len(records) if records is not None else 0):
@@ -43,15 +44,17 @@ def pick_samples(dataset: Any, n: int) -> list[dict[str, Any]]:
         item = dataset[index]
         if not isinstance(item, dict):  # a record the dataset skips (unreadable image, ...)
             continue
-        picked.append({
-            "pixel_values": item["pixel_values"],
-            "visual": item["visual"],
-            "index": index,
-            "id": record.get("id"),
-            "prompt": turns[0]["value"],
-            "reference": turns[1]["value"],
-            "image": Path(dataset.image_folder) / record["image"],
-        })
+        picked.append(
+            {
+                "pixel_values": item["pixel_values"],
+                "visual": item["visual"],
+                "index": index,
+                "id": record.get("id"),
+                "prompt": turns[0]["value"],
+                "reference": turns[1]["value"],
+                "image": Path(dataset.image_folder) / record["image"],
+            }
+        )
         if len(picked) == n:
             break
     return picked
@@ -77,7 +80,9 @@ class WandbPredictionTable(L.Callback):
     def _wandb(trainer: L.Trainer) -> WandbLogger | None:
         return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         logger = self._wandb(trainer)
         step = trainer.global_step
         if logger is None or step == 0 or step % self.every or step == self._last_step:
@@ -98,5 +103,8 @@ class WandbPredictionTable(L.Callback):
         if trainer.is_global_zero:
             import wandb
 
-            rows = [[step, s["id"], wandb.Image(str(s["image"])), s["prompt"], a, s["reference"]] for s, a in zip(samples, answers)]
+            rows = [
+                [step, s["id"], wandb.Image(str(s["image"])), s["prompt"], a, s["reference"]]
+                for s, a in zip(samples, answers)
+            ]
             logger.log_table(key="samples/predictions", columns=COLUMNS, data=rows, step=step)

@@ -26,7 +26,7 @@ from dc.eval.benchmarks.report import flatten_metrics, write_report
 from dc.eval.generate import VisualInput, generate_texts, prompt_sample
 from dc.models.vlm import VLM
 from dc.training.checkpoint import load_vlm
-from dc.utils.instantiate import instantiate, is_model_target, trusted_prefixes
+from dc.utils.instantiate import instantiate, model_targets, trusted_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,9 @@ def _benchmark(cfg: DictConfig) -> Benchmark:
 
 def run_benchmark(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """`python eval.py ckpt_path=... benchmark=<name>`: answers, result JSON + markdown table."""
-    vlm, model_cfg, _ = load_vlm(cfg.ckpt_path)
-    visual = build_visual_processor(model_cfg, aspect=str(cfg.image_aspect), allowed=is_model_target)
+    extra = cfg.get("extra_target_prefixes")
+    vlm, model_cfg, _ = load_vlm(cfg.ckpt_path, extra_prefixes=extra)
+    visual = build_visual_processor(model_cfg, aspect=str(cfg.image_aspect), allowed=model_targets(extra))
     bench = _benchmark(cfg)
     records, skips = bench.load()
     out_dir = Path(cfg.paths.output_dir)

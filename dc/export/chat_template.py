@@ -55,7 +55,8 @@ def lit(text: str) -> str:
 
 def _content(image_sep: str) -> str:
     """Jinja setting `text`: the content as one string (images as "<image>"), normalised as dc does, with
-    `image_sep` between `<image>` and the newline after it (see `image_separator`)."""
+    `image_sep` between `<image>` and the newline after it (see `image_separator`).
+    """
     sep = image_sep.replace("'", "\\'")
     return (
         "{%- if message['content'] is string -%}{%- set text = message['content'] -%}"

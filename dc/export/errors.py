@@ -1,5 +1,6 @@
 """The one error type of `dc.export`: a model that a stock class cannot hold exactly, or an import that cannot be
-mapped onto dc's configs without guessing."""
+mapped onto dc's configs without guessing.
+"""
 
 from __future__ import annotations
 

@@ -109,7 +109,7 @@ def _value(value: Any) -> str:
 
 
 def encoder_options(configs_dir: Path) -> dict[str, dict[str, Any]]:
-    """dc's encoder options: name → parsed YAML."""
+    """Dc's encoder options: name → parsed YAML."""
     paths = sorted((configs_dir / "encoder").glob("*.yaml"))
     return {p.stem: OmegaConf.to_container(OmegaConf.load(p), resolve=False) for p in paths}
 

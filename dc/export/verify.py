@@ -46,7 +46,7 @@ def probe_images(image_size: int) -> list[Image.Image]:
 
 
 def expand_image_ids(ids: list[int], image_id: int, count: int) -> list[int]:
-    """dc ids with each `IMAGE_TOKEN_INDEX` replaced by `count` copies of `image_id` (what a processor emits)."""
+    """Dc ids with each `IMAGE_TOKEN_INDEX` replaced by `count` copies of `image_id` (what a processor emits)."""
     out: list[int] = []
     for i in ids:
         out.extend([image_id] * count if i == IMAGE_TOKEN_INDEX else [i])

@@ -12,7 +12,7 @@ from dc.export.errors import ExportError
 
 
 def _no_init() -> AbstractContextManager:
-    """transformers' own switch that skips weight initialisation (allocation only), if this version has it."""
+    """Transformers' own switch that skips weight initialisation (allocation only), if this version has it."""
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # pragma: no cover - depends on the installed transformers
@@ -20,7 +20,9 @@ def _no_init() -> AbstractContextManager:
     return no_init_weights()
 
 
-def assemble(model_cls: type[PreTrainedModel], config: Any, state: dict[str, torch.Tensor], what: str) -> PreTrainedModel:
+def assemble(
+    model_cls: type[PreTrainedModel], config: Any, state: dict[str, torch.Tensor], what: str
+) -> PreTrainedModel:
     """`model_cls(config)` holding exactly `state` (tensors moved in, not copied), in eval mode.
 
     Non-persistent buffers (rotary frequencies, position ids) are the ones the constructor computed. The output

@@ -57,7 +57,7 @@ class StepCheckpoint(ModelCheckpoint):
 
 
 def collect_rng_states() -> dict[str, Any]:
-    """torch / CUDA / numpy / python RNG states as types `torch.load(weights_only=True)` accepts."""
+    """Torch / CUDA / numpy / python RNG states as types `torch.load(weights_only=True)` accepts."""
     import numpy as np
 
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -105,13 +105,21 @@ class RNGStateCheckpoint(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         states = state_dict.get("per_rank") or []
-        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        rank = (
+            torch.distributed.get_rank()
+            if torch.distributed.is_available() and torch.distributed.is_initialized()
+            else 0
+        )
         if len(states) > rank:
             self._pending = states[rank]
         else:
-            log.warning("checkpoint holds RNG states for %d ranks, this is rank %d: RNG not restored", len(states), rank)
+            log.warning(
+                "checkpoint holds RNG states for %d ranks, this is rank %d: RNG not restored", len(states), rank
+            )
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._pending is not None:
             state, self._pending = self._pending, None
             set_rng_states(state)
@@ -128,7 +136,9 @@ class CrashAtStep(L.Callback):
         self.step = step
         self.sig = sig
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step < self.step:
             return
         if self.sig == "raise":

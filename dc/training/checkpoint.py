@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from dc.models.builder import build_vlm
 from dc.models.vlm import VLM
 from dc.training.lora import LORA_KEY, apply_lora
-from dc.utils.instantiate import check_targets, is_model_target
+from dc.utils.instantiate import check_targets, model_targets
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,12 @@ def _no_interpolation(node: Any, where: str) -> None:
             _no_interpolation(v, f"{where}[{i}]")
 
 
-def checkpoint_config(ckpt: Mapping[str, Any], source: str = "checkpoint") -> tuple[DictConfig, DictConfig]:
+def checkpoint_config(
+    ckpt: Mapping[str, Any], source: str = "checkpoint", extra_prefixes: Sequence[str] | None = None
+) -> tuple[DictConfig, DictConfig]:
     """(model config, stage config) stored in a checkpoint, checked: only model targets, no interpolations.
+
+    `extra_prefixes` are the current command's `extra_target_prefixes` (the user's own model modules).
 
     Raises:
         UnsafeCheckpointError: a nested `_target_` outside the model allow-list, or an interpolation.
@@ -120,7 +124,7 @@ def checkpoint_config(ckpt: Mapping[str, Any], source: str = "checkpoint") -> tu
     _no_interpolation(model, f"{source}: model")
     _no_interpolation(stage, f"{source}: stage")
     try:
-        check_targets(model, is_model_target, f"{source}: stored model config")
+        check_targets(model, model_targets(extra_prefixes), f"{source}: stored model config")
     except ValueError as exc:
         raise UnsafeCheckpointError(str(exc)) from None
     if any(k in stage for k in ("_target_",)):
@@ -137,6 +141,7 @@ def load_vlm(
     *,
     map_location: str | torch.device = "cpu",
     model_overrides: Mapping[str, Any] | None = None,
+    extra_prefixes: Sequence[str] | None = None,
 ) -> tuple[VLM, DictConfig, DictConfig]:
     """Rebuild the VLM of a checkpoint for inference: config from the file, pretrained parts from their source.
 
@@ -145,20 +150,21 @@ def load_vlm(
         map_location: where the stored tensors are loaded.
         model_overrides: dotted keys of the model config to change before building (e.g.
             `{"llm.pretrained": "/local/vicuna"}` when the original hub id is not reachable).
+        extra_prefixes: target prefixes of the user's own model modules (`extra_target_prefixes`).
 
     Returns:
         (vlm in eval mode, model config, stage config).
     """
     ckpt = read_checkpoint(path, map_location)
-    model, stage = checkpoint_config(ckpt, str(path))
+    model, stage = checkpoint_config(ckpt, str(path), extra_prefixes)
     for key, value in (model_overrides or {}).items():
         OmegaConf.update(model, key, value, merge=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int((ckpt.get("hyper_parameters") or {}).get("seed", 0)))
-        vlm = build_vlm(model, allowed=is_model_target)
+        vlm = build_vlm(model, allowed=model_targets(extra_prefixes))
     if stage.get("lora"):
         apply_lora(vlm.llm, stage.lora)
-    state = {k[len("vlm."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("vlm.")}
+    state = {k[len("vlm.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("vlm.")}
     expected = ["vlm." + k for k in vlm.state_dict()]
     check_checkpoint_keys(expected, ckpt["state_dict"], model, stage)
     missing, unexpected = vlm.load_state_dict(state, strict=False)
@@ -169,7 +175,8 @@ def load_vlm(
 
 def resolve_ckpt_path(value: str | None, checkpoint_dir: str | Path) -> str | None:
     """`ckpt_path` as given: None; "last" (the run's `checkpoints/last.ckpt`, which must exist); "auto" (that
-    file when it exists, else a fresh start: for requeued jobs); or a path."""
+    file when it exists, else a fresh start: for requeued jobs); or a path.
+    """
     if value is None:
         return None
     last = Path(checkpoint_dir) / "last.ckpt"
@@ -181,6 +188,10 @@ def resolve_ckpt_path(value: str | None, checkpoint_dir: str | Path) -> str | No
         return None
     path = last if value == "last" else Path(value)
     if not path.exists():
-        hint = " (pass the old run's folder: hydra.run.dir=<run dir> or paths.output_dir=<run dir>)" if value == "last" else ""
+        hint = (
+            " (pass the old run's folder: hydra.run.dir=<run dir> or paths.output_dir=<run dir>)"
+            if value == "last"
+            else ""
+        )
         raise FileNotFoundError(f"ckpt_path={value}: {path} does not exist{hint}")
     return str(path)

@@ -41,8 +41,12 @@ class SkipSampler(DistributedSampler):
     """
 
     def __init__(self, inner: Sampler) -> None:
-        super().__init__(range(len(inner)), num_replicas=getattr(inner, "num_replicas", 1),
-                         rank=getattr(inner, "rank", 0), shuffle=False)
+        super().__init__(
+            range(len(inner)),
+            num_replicas=getattr(inner, "num_replicas", 1),
+            rank=getattr(inner, "rank", 0),
+            shuffle=False,
+        )
         self.inner = inner
         self.epoch = int(getattr(inner, "epoch", 0))
         self._skip = 0
@@ -92,8 +96,12 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self._epoch, "batches": self._yielded, "items_per_batch": self._items_per_batch,
-                "world_size": int(self.sampler.num_replicas)}
+        return {
+            "epoch": self._epoch,
+            "batches": self._yielded,
+            "items_per_batch": self._items_per_batch,
+            "world_size": int(self.sampler.num_replicas),
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         sampler: SkipSampler = self.sampler  # type: ignore[assignment]
@@ -133,10 +141,18 @@ def resumable_loader(loader: DataLoader, *, seed: int, num_replicas: int, rank: 
         return loader
     inner = loader.sampler
     if isinstance(inner, (RandomSampler, SequentialSampler)):
-        inner = DistributedSampler(loader.dataset, num_replicas=num_replicas, rank=rank,
-                                   shuffle=isinstance(inner, RandomSampler), seed=seed, drop_last=False)
+        inner = DistributedSampler(
+            loader.dataset,
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=isinstance(inner, RandomSampler),
+            seed=seed,
+            drop_last=False,
+        )
     elif not isinstance(inner, DistributedSampler):
-        log.warning("train sampler %s is not epoch-seeded: resuming restarts the epoch (not exact)", type(inner).__name__)
+        log.warning(
+            "train sampler %s is not epoch-seeded: resuming restarts the epoch (not exact)", type(inner).__name__
+        )
         return loader
     kwargs: dict[str, Any] = {
         "num_workers": loader.num_workers,

@@ -109,7 +109,9 @@ class VLMFSDPStrategy(FSDPStrategy):
         if self.cpu_ram_efficient_loading:
             kwargs["sync_module_states"] = True
             kwargs["param_init_fn"] = self._materialize_meta
-        mixed = MixedPrecision(param_dtype=_dtype(param_dtype), reduce_dtype=_dtype(reduce_dtype), buffer_dtype=_dtype(buffer_dtype))
+        mixed = MixedPrecision(
+            param_dtype=_dtype(param_dtype), reduce_dtype=_dtype(reduce_dtype), buffer_dtype=_dtype(buffer_dtype)
+        )
         super().__init__(
             sharding_strategy=sharding_strategy,
             mixed_precision=mixed,
@@ -141,9 +143,13 @@ class VLMFSDPStrategy(FSDPStrategy):
         self._activation_checkpointing_kwargs = (
             {"auto_wrap_policy": ModuleWrapPolicy(self.ac_classes)} if self.ac_classes else {}
         )
-        log.info("FSDP %s units %s, activation checkpointing on %s, use_orig_params=%s",
-                 self.sharding_strategy.name, sorted(c.__name__ for c in self.wrap_classes),
-                 sorted(c.__name__ for c in self.ac_classes), self.kwargs.get("use_orig_params"))
+        log.info(
+            "FSDP %s units %s, activation checkpointing on %s, use_orig_params=%s",
+            self.sharding_strategy.name,
+            sorted(c.__name__ for c in self.wrap_classes),
+            sorted(c.__name__ for c in self.ac_classes),
+            self.kwargs.get("use_orig_params"),
+        )
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
         self.configure_units(model)

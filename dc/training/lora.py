@@ -36,7 +36,9 @@ def lora_target_names(model: nn.Module, exclude: list[str] | tuple[str, ...] = (
         names.add(leaf)
     targets = sorted(names - skipped)
     if not targets:
-        raise ValueError(f"stage.lora: no nn.Linear targets left in {type(model).__name__} after excluding {sorted(skipped)}")
+        raise ValueError(
+            f"stage.lora: no nn.Linear targets left in {type(model).__name__} after excluding {sorted(skipped)}"
+        )
     return targets
 
 
@@ -61,8 +63,15 @@ def apply_lora(llm: nn.Module, cfg: Any) -> dict[str, int]:
     llm.model = get_peft_model(llm.model, lora_config(cfg, targets))
     adapters = sum(p.numel() for n, p in llm.named_parameters() if LORA_KEY in n)
     base = sum(p.numel() for n, p in llm.named_parameters() if LORA_KEY not in n)
-    log.info("LoRA r=%s alpha=%s dropout=%s on %s: %s adapter parameters over a frozen base of %s",
-             cfg.r, cfg.alpha, cfg.dropout, targets, f"{adapters:,}", f"{base:,}")
+    log.info(
+        "LoRA r=%s alpha=%s dropout=%s on %s: %s adapter parameters over a frozen base of %s",
+        cfg.r,
+        cfg.alpha,
+        cfg.dropout,
+        targets,
+        f"{adapters:,}",
+        f"{base:,}",
+    )
     return {"adapters": adapters, "base": base}
 
 
@@ -80,7 +89,8 @@ def merge_lora(llm: nn.Module) -> None:
 def export_lora(vlm: Any, out_dir: str | Path, merge: bool = False) -> Path:
     """Write a LoRA-trained VLM as `adapter/` (peft `save_pretrained`), `connector.pt` and, with `merge`, `llm/`
     (the merged HF model and tokenizer, loadable as `llm.pretrained`). Merge after consolidating an FSDP
-    checkpoint, on one process: peft does not support merging sharded models. `merge` modifies `vlm` in place."""
+    checkpoint, on one process: peft does not support merging sharded models. `merge` modifies `vlm` in place.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     llm = vlm.llm

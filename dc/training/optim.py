@@ -49,7 +49,9 @@ def param_groups(
     return list(groups.values())
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup over `ceil(warmup_ratio · total)` steps, then cosine decay to 0 (HF's schedule)."""
     warmup = math.ceil(total_steps * warmup_ratio)
 

@@ -137,7 +137,9 @@ class VLMThroughput(L.Callback):
         self.t0 = time.perf_counter()
         self._last_step = trainer.global_step
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         samples, tokens, images = batch_counts(batch)
         self.samples += samples
         self.tokens += tokens

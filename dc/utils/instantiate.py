@@ -64,6 +64,14 @@ def is_model_target(target: str) -> bool:
     return len(parts) == 2 and parts[0] == "transformers" and parts[1].endswith(_IMAGE_PROCESSOR_SUFFIXES)
 
 
+def model_targets(extra: Sequence[str] | None = None) -> Callable[[str], bool]:
+    """The allow-list for model configs read from a file: `is_model_target`, plus prefixes the *current* user
+    command adds (`extra_target_prefixes`; never a prefix read from the file itself).
+    """
+    prefixes = tuple(str(p) for p in (extra or ()))
+    return lambda target: is_model_target(target) or (bool(prefixes) and target.startswith(prefixes))
+
+
 def check_targets(cfg: Any, allowed: Callable[[str], bool], source: str = "config") -> None:
     """Raise `UntrustedTargetError` naming the first `_target_` that `allowed` refuses (nothing is imported)."""
     for path, target in iter_targets(cfg):

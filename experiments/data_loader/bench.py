@@ -30,7 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +47,23 @@ from dc.data.to_shards import convert
 from dc.models.llms.templates import VICUNA_SYSTEM, get_template
 from dc.models.llms.tiny_tokenizer import build_tiny_tokenizer
 
-CLIP_336 = dict(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True, resample=3,
-                image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711])
+CLIP_336 = dict(
+    size={"shortest_edge": 336},
+    crop_size={"height": 336, "width": 336},
+    do_center_crop=True,
+    resample=3,
+    image_mean=[0.48145466, 0.4578275, 0.40821073],
+    image_std=[0.26862954, 0.26130258, 0.27577711],
+)
 BATCH = 16
 VISUAL_TOKENS = 576
 
 QUESTION = "What is happening in this picture, and what objects can you see near the {} of the scene?"
-ANSWER = ("The image shows a busy {} scene with several people walking along the street while cars wait at the "
-          "traffic light. On the left there is a small cafe with tables outside, and a red bicycle leans against "
-          "a lamp post. The sky is overcast and the light suggests late afternoon.")
+ANSWER = (
+    "The image shows a busy {} scene with several people walking along the street while cars wait at the "
+    "traffic light. On the left there is a small cafe with tables outside, and a red bicycle leans against "
+    "a lamp post. The sky is overcast and the light suggests late afternoon."
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -69,8 +77,10 @@ def make_images(folder: Path, n: int, seed: int = 0) -> list[dict]:
     yy, xx = np.mgrid[0:480, 0:640]
     records = []
     for k in range(n):
-        base = np.stack([(xx * rng.uniform(0.1, 0.4) + yy * rng.uniform(0.1, 0.4) + rng.uniform(0, 255)) % 256
-                         for _ in range(3)], -1)
+        base = np.stack(
+            [(xx * rng.uniform(0.1, 0.4) + yy * rng.uniform(0.1, 0.4) + rng.uniform(0, 255)) % 256 for _ in range(3)],
+            -1,
+        )
         arr = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
         img = Image.fromarray(arr)
         draw = ImageDraw.Draw(img)
@@ -81,8 +91,12 @@ def make_images(folder: Path, n: int, seed: int = 0) -> list[dict]:
         name = f"{k:06d}.jpg"
         img.save(folder / name, quality=90)
         where = ("left", "right", "top", "bottom")[k % 4]
-        conv = [{"from": "human", "value": "<image>\n" + QUESTION.format(where)}, {"from": "gpt", "value": ANSWER.format("city")},
-                {"from": "human", "value": "Describe the colours."}, {"from": "gpt", "value": ANSWER.format("colourful")}]
+        conv = [
+            {"from": "human", "value": "<image>\n" + QUESTION.format(where)},
+            {"from": "gpt", "value": ANSWER.format("city")},
+            {"from": "human", "value": "Describe the colours."},
+            {"from": "gpt", "value": ANSWER.format("colourful")},
+        ]
         records.append({"id": f"img-{k}", "image": name, "conversations": conv})
     return records
 
@@ -142,9 +156,16 @@ class LlavaStyleDataset(Dataset):
 
 def llava_collate(pad_id: int):
     def collate(instances: list[dict]) -> dict:
-        ids = torch.nn.utils.rnn.pad_sequence([x["input_ids"] for x in instances], batch_first=True, padding_value=pad_id)
+        ids = torch.nn.utils.rnn.pad_sequence(
+            [x["input_ids"] for x in instances], batch_first=True, padding_value=pad_id
+        )
         labels = torch.nn.utils.rnn.pad_sequence([x["labels"] for x in instances], batch_first=True, padding_value=-100)
-        return {"input_ids": ids, "labels": labels, "attention_mask": ids.ne(pad_id), "images": torch.stack([x["image"] for x in instances])}
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "attention_mask": ids.ne(pad_id),
+            "images": torch.stack([x["image"] for x in instances]),
+        }
 
     return collate
 
@@ -221,26 +242,47 @@ def main() -> None:
     tok = build_tiny_tokenizer()
     template = get_template("vicuna_v1")
     proc = CLIPImageProcessor(**CLIP_336)
-    results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.platform(),
-                     "python": sys.version.split()[0], "torch": torch.__version__, "cpus": os.cpu_count(),
-                     "torch_threads": torch.get_num_threads(), "load_average_start": os.getloadavg()}
+    results: dict = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start": os.getloadavg(),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         records = make_images(root / "images", args.n_images)
         (root / "data.json").write_text(json.dumps(records))
         convert(root / "data.json", root / "images", root / "shards", max_size_mb=16, progress=False)
-        common = dict(tokenizer=tok, template=template, image_processor=ImagePreprocessor(proc, "pad"),
-                      num_visual_tokens=VISUAL_TOKENS, batch_size=BATCH, max_length=2048, group_by_modality_length=True)
+        common = dict(
+            tokenizer=tok,
+            template=template,
+            image_processor=ImagePreprocessor(proc, "pad"),
+            num_visual_tokens=VISUAL_TOKENS,
+            batch_size=BATCH,
+            max_length=2048,
+            group_by_modality_length=True,
+        )
 
         def loaders(workers: int) -> dict:
             return {
-                "baseline": lambda: DataLoader(LlavaStyleDataset(root / "data.json", root / "images", tok, proc),
-                                               batch_size=BATCH, shuffle=True, num_workers=workers,
-                                               collate_fn=llava_collate(tok.pad_token_id)),
-                "ours-json": lambda: _dm({**common, "num_workers": workers}, train_file=str(root / "data.json"),
-                                         image_folder=str(root / "images")),
-                "ours-shards": lambda: _dm({**common, "num_workers": workers}, format="shards",
-                                           shards=str(root / "shards"), shuffle_buffer=100),
+                "baseline": lambda: DataLoader(
+                    LlavaStyleDataset(root / "data.json", root / "images", tok, proc),
+                    batch_size=BATCH,
+                    shuffle=True,
+                    num_workers=workers,
+                    collate_fn=llava_collate(tok.pad_token_id),
+                ),
+                "ours-json": lambda: _dm(
+                    {**common, "num_workers": workers},
+                    train_file=str(root / "data.json"),
+                    image_folder=str(root / "images"),
+                ),
+                "ours-shards": lambda: _dm(
+                    {**common, "num_workers": workers}, format="shards", shards=str(root / "shards"), shuffle_buffer=100
+                ),
             }
 
         cpu: dict[str, list[float]] = {k: [] for k in loaders(0)}
@@ -252,8 +294,13 @@ def main() -> None:
                 wall[name].append(wall_throughput(make()))
             print(" | ".join(f"{k}: {cpu[k][-1]:.1f}/cpu-s {wall[k][-1]:.1f}/s" for k in cpu), flush=True)
         results["throughput"] = {
-            k: {"per_cpu_second": statistics.median(cpu[k]), "per_second_1_worker": statistics.median(wall[k]),
-                "cpu_runs": cpu[k], "wall_runs": wall[k]} for k in cpu
+            k: {
+                "per_cpu_second": statistics.median(cpu[k]),
+                "per_second_1_worker": statistics.median(wall[k]),
+                "cpu_runs": cpu[k],
+                "wall_runs": wall[k],
+            }
+            for k in cpu
         }
         results["mean_jpeg_kb"] = float(np.mean([p.stat().st_size for p in (root / "images").glob("*.jpg")]) / 1024)
 
@@ -264,14 +311,21 @@ def main() -> None:
         pad_common = {**common, "image_processor": small, "num_workers": 0}
         padding = {}
         for group in (True, False):
-            for fmt, kw in {"json": {"train_file": str(mix), "image_folder": str(mix.parent / "images")},
-                            "shards": {"format": "shards", "shards": str(shards)}}.items():
+            for fmt, kw in {
+                "json": {"train_file": str(mix), "image_folder": str(mix.parent / "images")},
+                "shards": {"format": "shards", "shards": str(shards)},
+            }.items():
                 frac, mixed = padding_fraction(_dm({**pad_common, "group_by_modality_length": group}, **kw))
                 padding[f"{fmt}/{'grouped' if group else 'plain'}"] = {"padding_fraction": frac, "mixed_batches": mixed}
                 print(f"padding {fmt} grouped={group}: {100 * frac:.1f} % ({mixed} mixed-modality batches)", flush=True)
         results["padding"] = padding
-        results["mix"] = {"instruct": 1000, "pretrain_captions": 1000, "text_only": 400, "visual_tokens": VISUAL_TOKENS,
-                          "batch_size": BATCH}
+        results["mix"] = {
+            "instruct": 1000,
+            "pretrain_captions": 1000,
+            "text_only": 400,
+            "visual_tokens": VISUAL_TOKENS,
+            "batch_size": BATCH,
+        }
     results["runtime_s"] = time.perf_counter() - start
     results["load_average_end"] = os.getloadavg()
     results["command"] = " ".join([".venv/bin/python", *sys.argv])
@@ -281,12 +335,16 @@ def main() -> None:
     print("\n| loader | samples / CPU-s (median) | vs baseline | samples/s, 1 worker, wall (median) | vs baseline |")
     print("|---|---|---|---|---|")
     for name, v in t.items():
-        print(f"| {name} | {v['per_cpu_second']:.1f} | {v['per_cpu_second'] / b['per_cpu_second']:.2f}x | "
-              f"{v['per_second_1_worker']:.1f} | {v['per_second_1_worker'] / b['per_second_1_worker']:.2f}x |")
+        print(
+            f"| {name} | {v['per_cpu_second']:.1f} | {v['per_cpu_second'] / b['per_cpu_second']:.2f}x | "
+            f"{v['per_second_1_worker']:.1f} | {v['per_second_1_worker'] / b['per_second_1_worker']:.2f}x |"
+        )
     print("\n| path | padding, grouped | padding, plain |\n|---|---|---|")
     for fmt in ("json", "shards"):
-        print(f"| {fmt} | {100 * padding[f'{fmt}/grouped']['padding_fraction']:.1f} % | "
-              f"{100 * padding[f'{fmt}/plain']['padding_fraction']:.1f} % |")
+        print(
+            f"| {fmt} | {100 * padding[f'{fmt}/grouped']['padding_fraction']:.1f} % | "
+            f"{100 * padding[f'{fmt}/plain']['padding_fraction']:.1f} % |"
+        )
     print(f"\n{results['runtime_s']:.0f} s")
 
 

@@ -106,8 +106,9 @@ def child(variant: str, batch: int) -> dict:
     from dc.models.encoders.base import EncoderLayout
     from dc.models.encoders.hf_vision import HFVisionEncoder
 
-    layout = EncoderLayout("clip_l336", num_layers=24, hidden_size=1024, image_size=336, patch_size=14,
-                           num_prefix_tokens=1)
+    layout = EncoderLayout(
+        "clip_l336", num_layers=24, hidden_size=1024, image_size=336, patch_size=14, num_prefix_tokens=1
+    )
     connector = DenseChannelIntegration(layout, 8, groups=[[0, 11], [12, 23]])  # projector unused here
     tower = dict(intermediate_size=4096, num_attention_heads=16)
     torch.manual_seed(0)
@@ -135,8 +136,11 @@ def child(variant: str, batch: int) -> dict:
     with torch.no_grad(), LiveTensorBytes(external) as tracker:
         if variant == "stock":
             hidden_states = model(pixels, output_hidden_states=True).hidden_states
-            after_encoder = {"tensor_peak": tracker.peak, "rss_peak": _status("VmHWM") - rss0,
-                             "states_kept": len(hidden_states)}
+            after_encoder = {
+                "tensor_peak": tracker.peak,
+                "rss_peak": _status("VmHWM") - rss0,
+                "states_kept": len(hidden_states),
+            }
             fused = connector.fuse_hidden_states(hidden_states)
         elif variant == "stock_mb4":
             fused = torch.empty(batch, 576, 3 * 1024)
@@ -185,26 +189,36 @@ def main() -> None:
     state = args.batch * 577 * 1024 * 4
     s = results["stock"]
     enc = s["after_encoder"]
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, "
-          f"{args.threads} threads; batch {args.batch}, fp32; one hidden state = {state / MiB:.1f} MiB")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, "
+        f"{args.threads} threads; batch {args.batch}, fp32; one hidden state = {state / MiB:.1f} MiB"
+    )
     print()
-    print("| DCI feature path | blocks run | carried (MiB) | tensor peak (MiB) | RSS peak (MiB) "
-          "| carried / stock | tensor / stock | RSS / stock | time (s) |")
+    print(
+        "| DCI feature path | blocks run | carried (MiB) | tensor peak (MiB) | RSS peak (MiB) "
+        "| carried / stock | tensor / stock | RSS / stock | time (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
 
     def row(name: str, r: dict, seconds: str) -> None:
         carried = r.get("carried_max", s["carried_max"])
-        print(f"| {name} | {r.get('blocks_run', s['blocks_run'])} | {carried / MiB:.0f} | "
-              f"{r['tensor_peak'] / MiB:.0f} | {r['rss_peak'] / MiB:.0f} | {carried / s['carried_max']:.3f} | "
-              f"{r['tensor_peak'] / s['tensor_peak']:.3f} | {r['rss_peak'] / s['rss_peak']:.3f} | {seconds} |")
+        print(
+            f"| {name} | {r.get('blocks_run', s['blocks_run'])} | {carried / MiB:.0f} | "
+            f"{r['tensor_peak'] / MiB:.0f} | {r['rss_peak'] / MiB:.0f} | {carried / s['carried_max']:.3f} | "
+            f"{r['tensor_peak'] / s['tensor_peak']:.3f} | {r['rss_peak'] / s['rss_peak']:.3f} | {seconds} |"
+        )
 
     row(f"stock, encoder only (`output_hidden_states=True`, {enc['states_kept']} states)", enc, "")
     row("stock + reference fusion (stack/mean/cat) = baseline", s, f"{s['seconds']:.1f}")
-    row("stock, 4 images at a time (micro-batching only)", results["stock_mb4"],
-        f"{results['stock_mb4']['seconds']:.1f}")
+    row(
+        "stock, 4 images at a time (micro-batching only)",
+        results["stock_mb4"],
+        f"{results['stock_mb4']['seconds']:.1f}",
+    )
     row("ours: running sums + fuse", results["ours"], f"{results['ours']['seconds']:.1f}")
     row("ours + `micro_batch=4`", results["ours_mb4"], f"{results['ours_mb4']['seconds']:.1f}")
+
 
 if __name__ == "__main__":
     main()

@@ -145,22 +145,38 @@ def main() -> None:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     results = {}
     for variant in VARIANTS:
-        cmd = [sys.executable, __file__, "--child", variant, "--tokens", str(args.tokens), "--dim", str(args.dim),
-               "--dtype", args.dtype, "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            variant,
+            "--tokens",
+            str(args.tokens),
+            "--dim",
+            str(args.dim),
+            "--dtype",
+            args.dtype,
+            "--threads",
+            str(args.threads),
+        ]
         out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
         results[variant] = json.loads(out.strip().splitlines()[-1])
         print(json.dumps(results[variant]), file=sys.stderr)
 
     elements = args.tokens * VOCAB
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads; "
-          f"T={args.tokens} tokens, V={VOCAB}, d={args.dim}, {args.dtype}, "
-          f"{results['dense']['supervised_rows']} supervised; T x V = {elements / 1e6:.0f} M elements")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads; "
+        f"T={args.tokens} tokens, V={VOCAB}, d={args.dim}, {args.dtype}, "
+        f"{results['dense']['supervised_rows']} supervised; T x V = {elements / 1e6:.0f} M elements"
+    )
     print()
     print("| variant | loss | tensor peak (MiB) | bytes / (T·V) | RSS peak (MiB) | RSS bytes / (T·V) | time (s) |")
     print("|---|---|---|---|---|---|---|")
     for variant, r in results.items():
-        print(f"| {variant} | {r['loss']:.5f} | {r['tensor_peak'] / MiB:.0f} | {r['tensor_peak'] / elements:.2f} | "
-              f"{r['rss_peak'] / MiB:.0f} | {r['rss_peak'] / elements:.2f} | {r['seconds']:.1f} |")
+        print(
+            f"| {variant} | {r['loss']:.5f} | {r['tensor_peak'] / MiB:.0f} | {r['tensor_peak'] / elements:.2f} | "
+            f"{r['rss_peak'] / MiB:.0f} | {r['rss_peak'] / elements:.2f} | {r['seconds']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

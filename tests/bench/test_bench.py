@@ -30,8 +30,26 @@ def _positive_finite(x: object) -> bool:
 
 def test_quick_tiny_p1_writes_markdown_and_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
-    assert main(["--mode", "quick", "--tiny", "--only", "P1,P2,P5,P6", "--warmup", "0", "--repeats", "1",
-                 "--threads", "1", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--mode",
+                "quick",
+                "--tiny",
+                "--only",
+                "P1,P2,P5,P6",
+                "--warmup",
+                "0",
+                "--repeats",
+                "1",
+                "--threads",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = json.loads(out.with_suffix(".json").read_text())
     for key in ("command", "date", "platform", "cpu_count", "device", "torch"):
         assert data["meta"][key] not in (None, "")

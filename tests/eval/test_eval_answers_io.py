@@ -46,18 +46,28 @@ def test_fragment_only_file_and_missing_file(tmp_path: Path) -> None:
 
 def test_reader_accepts_llava_lines_and_skips_damage(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
-    lines = ['{"question_id": 7, "text": "B"}', "not json", '{"id": "8"}', '{"id": "9", "text": "C"}',
-             '{"id": "9", "text": "D"}']
+    lines = [
+        '{"question_id": 7, "text": "B"}',
+        "not json",
+        '{"id": "8"}',
+        '{"id": "9", "text": "C"}',
+        '{"id": "9", "text": "D"}',
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     # int question_id becomes "7"; the damaged line and the line without text are skipped; last "9" wins.
     assert read_answers(path) == {"7": "B", "9": "D"}
 
 
 def test_write_report_json_and_markdown(tmp_path: Path) -> None:
-    res = {"benchmark": "gqa", "status": "ok", "main_metric": "accuracy", "metrics": {"accuracy": 62.5},
-           "breakdown": {"semantic": {"attr": 50.0}}, "counts": {"records": 8, "answered": 8, "missing": 0,
-                                                                 "skipped": {"missing_image": 1}, "skipped_total": 1},
-           "notes": []}
+    res = {
+        "benchmark": "gqa",
+        "status": "ok",
+        "main_metric": "accuracy",
+        "metrics": {"accuracy": 62.5},
+        "breakdown": {"semantic": {"attr": 50.0}},
+        "counts": {"records": 8, "answered": 8, "missing": 0, "skipped": {"missing_image": 1}, "skipped_total": 1},
+        "notes": [],
+    }
     j, m = report.write_report({"gqa": res}, tmp_path / "out", meta={"ckpt": "dc-7b"})
     assert json.loads(j.read_text())["results"]["gqa"]["metrics"]["accuracy"] == 62.5
     md = m.read_text()

@@ -6,16 +6,23 @@ import json
 
 import pytest
 
-from dc_testing import get_benchmark
 from dc.eval.benchmarks.judge import make_judge
 from dc.eval.benchmarks.llava_bench import RULE, SYSTEM, parse_review
 from dc.eval.benchmarks.mmvet import GRADER_PROMPT
 
+from dc_testing import get_benchmark
+
 
 def _mmvet(files, **options):
-    qs = [(0, "What is x in the equation?", "-1 <AND> -5", ["ocr", "math"]), (1, "What is this?", "a cat", ["rec"]),
-          (2, "Where is it?", "Paris", ["rec", "know"]), (3, "Who?", "Bob", ["rec"])]
-    files.jsonl("mm-vet/llava-mm-vet.jsonl", [{"question_id": i, "image": f"v1_{i}.png", "text": q} for i, q, _, _ in qs])
+    qs = [
+        (0, "What is x in the equation?", "-1 <AND> -5", ["ocr", "math"]),
+        (1, "What is this?", "a cat", ["rec"]),
+        (2, "Where is it?", "Paris", ["rec", "know"]),
+        (3, "Who?", "Bob", ["rec"]),
+    ]
+    files.jsonl(
+        "mm-vet/llava-mm-vet.jsonl", [{"question_id": i, "image": f"v1_{i}.png", "text": q} for i, q, _, _ in qs]
+    )
     for i, *_ in qs:
         files.image(f"mm-vet/images/v1_{i}.png")
     files.json("mm-vet/mm-vet.json", {f"v1_{i}": {"question": q, "answer": a, "capability": c} for i, q, a, c in qs})
@@ -40,14 +47,18 @@ def test_mmvet_without_judge_writes_requests(files, tmp_path, monkeypatch):
     assert first["body"]["model"] == "gpt-4-0613" and first["body"]["max_tokens"] == 3
     # Official query: prompt, newline, then "question | gt (with spaced <AND>) | prediction | ".
     assert first["body"]["messages"][0]["content"] == (
-        GRADER_PROMPT + "\nWhat is x in the equation? | -1  <AND>  -5 | x = -1 | ")
+        GRADER_PROMPT + "\nWhat is x in the equation? | -1  <AND>  -5 | x = -1 | "
+    )
 
 
 def test_mmvet_scores_from_replies(files, tmp_path):
     replies = tmp_path / "batch_output.jsonl"
-    lines = [{"custom_id": "v1_0", "response": {"body": {"choices": [{"message": {"content": "0.5"}}]}}},
-             {"custom_id": "v1_1", "content": "1.0"}, {"custom_id": "v1_2", "content": "0.2 partly"},
-             {"custom_id": "v1_3", "content": "N/A"}]
+    lines = [
+        {"custom_id": "v1_0", "response": {"body": {"choices": [{"message": {"content": "0.5"}}]}}},
+        {"custom_id": "v1_1", "content": "1.0"},
+        {"custom_id": "v1_2", "content": "0.2 partly"},
+        {"custom_id": "v1_3", "content": "N/A"},
+    ]
     replies.write_text("".join(json.dumps(x) + "\n" for x in lines))
     bench = _mmvet(files, judge_responses=str(replies))
     records, _ = bench.load()
@@ -84,10 +95,16 @@ def test_make_judge_needs_flag_and_key(monkeypatch):
 # ---------------------------------------------------------------- LLaVA-Bench
 def test_llava_bench_requests_and_relative_score(files, tmp_path):
     qs = [(0, "conv"), (1, "detail"), (2, "complex"), (3, "conv")]
-    files.jsonl("llava-bench-in-the-wild/questions.jsonl",
-                [{"question_id": i, "image": "001.jpg", "text": f"Question {i}?", "category": c} for i, c in qs])
-    files.jsonl("llava-bench-in-the-wild/context.jsonl", [{"id": "001", "image": "001.jpg", "caption": "A dog on grass."}])
-    files.jsonl("llava-bench-in-the-wild/answers_gpt4.jsonl", [{"question_id": i, "text": f"Reference {i}."} for i, _ in qs])
+    files.jsonl(
+        "llava-bench-in-the-wild/questions.jsonl",
+        [{"question_id": i, "image": "001.jpg", "text": f"Question {i}?", "category": c} for i, c in qs],
+    )
+    files.jsonl(
+        "llava-bench-in-the-wild/context.jsonl", [{"id": "001", "image": "001.jpg", "caption": "A dog on grass."}]
+    )
+    files.jsonl(
+        "llava-bench-in-the-wild/answers_gpt4.jsonl", [{"question_id": i, "text": f"Reference {i}."} for i, _ in qs]
+    )
     files.image("llava-bench-in-the-wild/images/001.jpg")
     answers = {str(i): f"Ours {i}." for i, _ in qs}
 
@@ -100,13 +117,22 @@ def test_llava_bench_requests_and_relative_score(files, tmp_path):
     assert req["body"]["messages"][0] == {"role": "system", "content": SYSTEM}
     assert req["body"]["messages"][1]["content"] == (
         "[Context]\nA dog on grass.\n\n[Question]\nQuestion 0?\n\n[Assistant 1]\nReference 0.\n\n[End of Assistant 1]\n\n"
-        f"[Assistant 2]\nOurs 0.\n\n[End of Assistant 2]\n\n[System]\n{RULE}\n\n")
+        f"[Assistant 2]\nOurs 0.\n\n[End of Assistant 2]\n\n[System]\n{RULE}\n\n"
+    )
     assert req["body"]["temperature"] == 0.2
 
     replies = tmp_path / "replies.jsonl"
-    replies.write_text("".join(json.dumps({"custom_id": c, "content": t}) + "\n" for c, t in
-                               [("0", "8 6\nAssistant 2 misses details."), ("1", "7, 7\nTie."), ("2", "9 3"),
-                                ("3", "Score: 8")]))
+    replies.write_text(
+        "".join(
+            json.dumps({"custom_id": c, "content": t}) + "\n"
+            for c, t in [
+                ("0", "8 6\nAssistant 2 misses details."),
+                ("1", "7, 7\nTie."),
+                ("2", "9 3"),
+                ("3", "Score: 8"),
+            ]
+        )
+    )
     bench = get_benchmark("llava_bench", root=files.root / "llava-bench-in-the-wild", judge_responses=str(replies))
     records, _ = bench.load()
     res = bench.score(records, answers)

@@ -8,13 +8,28 @@ import json
 
 import pytest
 
-from dc_testing import get_benchmark
 from dc.eval.benchmarks.choices import extract_letter, vlmevalkit_match
+
+from dc_testing import get_benchmark
 
 IMG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 MC_SUFFIX = "Answer with the option's letter from the given choices directly."
-COLS = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image", "source", "l2-category",
-        "comment", "split"]
+COLS = [
+    "index",
+    "question",
+    "hint",
+    "A",
+    "B",
+    "C",
+    "D",
+    "answer",
+    "category",
+    "image",
+    "source",
+    "l2-category",
+    "comment",
+    "split",
+]
 
 
 def write_tsv(path, rows):
@@ -65,12 +80,37 @@ def test_extract_letter_rules():
 
 def test_mmbench_generated_rotations(files, tmp_path):
     rows = [
-        {"index": 0, "question": "Which animal barks?", "A": "cat", "B": "dog", "C": "bird", "answer": "B",
-         "category": "x", "image": IMG},
-        {"index": 1, "question": "What color is the sky?", "A": "blue", "B": "green", "answer": "A",
-         "category": "x", "image": IMG},
-        {"index": 2, "question": "Pick four.", "hint": "Count carefully.\nLine two.", "A": "1", "B": "2", "C": "3", "D": "4",
-         "answer": "D", "category": "y", "image": IMG},
+        {
+            "index": 0,
+            "question": "Which animal barks?",
+            "A": "cat",
+            "B": "dog",
+            "C": "bird",
+            "answer": "B",
+            "category": "x",
+            "image": IMG,
+        },
+        {
+            "index": 1,
+            "question": "What color is the sky?",
+            "A": "blue",
+            "B": "green",
+            "answer": "A",
+            "category": "x",
+            "image": IMG,
+        },
+        {
+            "index": 2,
+            "question": "Pick four.",
+            "hint": "Count carefully.\nLine two.",
+            "A": "1",
+            "B": "2",
+            "C": "3",
+            "D": "4",
+            "answer": "D",
+            "category": "y",
+            "image": IMG,
+        },
         {"index": 3, "question": "Broken image", "A": "a", "B": "b", "answer": "A", "category": "y", "image": "!!!"},
         {"index": "x", "question": "Bad index", "A": "a", "B": "b", "answer": "A", "image": IMG},
     ]
@@ -89,9 +129,15 @@ def test_mmbench_generated_rotations(files, tmp_path):
     assert records[0].image.read_bytes() == base64.b64decode(IMG) and records[0].max_new_tokens == 1024
 
     answers = {
-        "0": "B", "1000000": "A", "2000000": "B",  # q0: right, right, wrong (B is "cat") -> circular fails
-        "1": "A", "1000001": "The answer is B",  # q1: right in both rotations -> circular passes
-        "2": "C", "1000002": "C", "2000002": "B", "3000002": "A",  # q2: first pass already wrong
+        "0": "B",
+        "1000000": "A",
+        "2000000": "B",  # q0: right, right, wrong (B is "cat") -> circular fails
+        "1": "A",
+        "1000001": "The answer is B",  # q1: right in both rotations -> circular passes
+        "2": "C",
+        "1000002": "C",
+        "2000002": "B",
+        "3000002": "A",  # q2: first pass already wrong
     }
     res = bench.score(records, answers)
     # plain (rotation 0 only): q0 ok, q1 ok, q2 wrong -> 2/3; circular: only q1 -> 1/3.
@@ -107,8 +153,10 @@ def test_mmbench_generated_rotations(files, tmp_path):
 
 
 def test_mmbench_scoring_rule_length_limit(files):
-    rows = [{"index": 0, "question": "Which animal barks?", "A": "cat", "B": "dog", "answer": "B", "image": IMG},
-            {"index": 1, "question": "Which animal meows?", "A": "cat", "B": "dog", "answer": "A", "image": IMG}]
+    rows = [
+        {"index": 0, "question": "Which animal barks?", "A": "cat", "B": "dog", "answer": "B", "image": IMG},
+        {"index": 1, "question": "Which animal meows?", "A": "cat", "B": "dog", "answer": "A", "image": IMG},
+    ]
     write_tsv(files.root / "mmbench/mmbench_dev_20230712.tsv", rows)
     answers = {"0": "The animal that barks in this picture is clearly the dog", "1": "A"}
     bench = get_benchmark("mmbench", root=files.root / "mmbench", circular=False)
@@ -125,8 +173,10 @@ def test_mmbench_scoring_rule_length_limit(files):
 
 
 def test_mmbench_file_with_circular_copies_and_cn(files):
-    rows = [{"index": 5, "question": "Q?", "A": "x", "B": "y", "answer": "A", "image": IMG},
-            {"index": 1000005, "question": "Q?", "A": "y", "B": "x", "answer": "B", "image": IMG}]
+    rows = [
+        {"index": 5, "question": "Q?", "A": "x", "B": "y", "answer": "A", "image": IMG},
+        {"index": 1000005, "question": "Q?", "A": "y", "B": "x", "answer": "B", "image": IMG},
+    ]
     write_tsv(files.root / "mmbench/mmbench_dev_cn_20231003.tsv", rows)
     bench = get_benchmark("mmbench", root=files.root / "mmbench", lang="cn")
     records, _ = bench.load()
@@ -141,18 +191,26 @@ def test_mmbench_file_with_circular_copies_and_cn(files):
 # ---------------------------------------------------------------- SEED
 def test_seed_letter_accuracy(files, tmp_path):
     opts = "\nA. a\nB. b\nC. c\nD. d\n" + MC_SUFFIX
-    rows = [{"question_id": q, "image": f"SEED-Bench-image/{q}.jpg", "text": f"Question {q}?{opts}"}
-            for q in ("1", "2", "4")]
+    rows = [
+        {"question_id": q, "image": f"SEED-Bench-image/{q}.jpg", "text": f"Question {q}?{opts}"}
+        for q in ("1", "2", "4")
+    ]
     rows.insert(2, {"question_id": "3", "image": "SEED-Bench-video-image/3.png", "text": f"Question 3?{opts}"})
     files.jsonl("seed_bench/llava-seed-bench.jsonl", rows)
     for r in rows:
         files.image(f"seed_bench/{r['image']}")
-    files.json("seed_bench/SEED-Bench.json", {
-        "question_type": {"Scene Understanding": 1, "Instance Identity": 2},
-        "questions": [{"question_id": "1", "answer": "A", "question_type_id": 1, "data_type": "image"},
-                      {"question_id": "2", "answer": "B", "question_type_id": 2, "data_type": "image"},
-                      {"question_id": "3", "answer": "C", "question_type_id": 1, "data_type": "video"},
-                      {"question_id": "4", "answer": "D", "question_type_id": 1, "data_type": "image"}]})
+    files.json(
+        "seed_bench/SEED-Bench.json",
+        {
+            "question_type": {"Scene Understanding": 1, "Instance Identity": 2},
+            "questions": [
+                {"question_id": "1", "answer": "A", "question_type_id": 1, "data_type": "image"},
+                {"question_id": "2", "answer": "B", "question_type_id": 2, "data_type": "image"},
+                {"question_id": "3", "answer": "C", "question_type_id": 1, "data_type": "video"},
+                {"question_id": "4", "answer": "D", "question_type_id": 1, "data_type": "image"},
+            ],
+        },
+    )
     bench = get_benchmark("seed", root=files.root / "seed_bench")
     records, _ = bench.load()
     assert records[0].prompt == f"<image>\nQuestion 1?{opts}"
@@ -160,13 +218,17 @@ def test_seed_letter_accuracy(files, tmp_path):
     res = bench.score(records, answers)
     # Official (exact text after model_vqa_loader's trim): only 1 is right; "B." and "(D) a cat" are not.
     assert res["metrics"] == pytest.approx({"accuracy": 25.0, "accuracy_image": 100 / 3, "accuracy_video": 0.0})
-    assert res["breakdown"]["question_type"] == pytest.approx({"Instance Identity": 0.0, "Scene Understanding": 100 / 3})
+    assert res["breakdown"]["question_type"] == pytest.approx(
+        {"Instance Identity": 0.0, "Scene Understanding": 100 / 3}
+    )
     assert res["options"] == {"scoring_rule": "official"}
     lenient = get_benchmark("seed", root=files.root / "seed_bench", scoring_rule="letter")
     res = lenient.score(records, answers)
     # Letter rule: right 1, 2, 4 (all image); wrong: 3 (video).
     assert res["metrics"] == pytest.approx({"accuracy": 75.0, "accuracy_image": 100.0, "accuracy_video": 0.0})
-    assert res["breakdown"]["question_type"] == pytest.approx({"Instance Identity": 100.0, "Scene Understanding": 200 / 3})
+    assert res["breakdown"]["question_type"] == pytest.approx(
+        {"Instance Identity": 100.0, "Scene Understanding": 200 / 3}
+    )
     assert res["options"] == {"scoring_rule": "letter"}
     [up] = bench.write_submission(records, answers, tmp_path)
     assert json.loads(up.read_text().splitlines()[1]) == {"question_id": "2", "prediction": "B."}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from dc_testing import get_benchmark
 from dc.eval.benchmarks.mme import mme_parse
 from dc.eval.benchmarks.pope import pope_yes_no
 from dc.eval.benchmarks.scienceqa import parse_sqa_letter
+
+from dc_testing import get_benchmark
 
 SUFFIX = "Answer the question using a single word or phrase."
 
@@ -24,22 +25,36 @@ def test_pope_answer_rule():
 
 def test_pope_per_split_metrics(files):
     # (split, object, label, answer)
-    items = [("random", "dog", "yes", "Yes, there is a dog."), ("random", "cat", "yes", "No."),
-             ("random", "car", "yes", "yes"), ("random", "bus", "no", "There is not a bus."),
-             ("random", "cup", "no", "Yes"), ("random", "tie", "no", "No, there is no tie."),
-             ("adversarial", "dog", "yes", "Yes."), ("adversarial", "cat", "no", "Yes"),
-             ("adversarial", "car", "no", "I do not see one"), ("adversarial", "bus", "yes", "Nope"),
-             ("popular", "dog", "yes", None)]
+    items = [
+        ("random", "dog", "yes", "Yes, there is a dog."),
+        ("random", "cat", "yes", "No."),
+        ("random", "car", "yes", "yes"),
+        ("random", "bus", "no", "There is not a bus."),
+        ("random", "cup", "no", "Yes"),
+        ("random", "tie", "no", "No, there is no tie."),
+        ("adversarial", "dog", "yes", "Yes."),
+        ("adversarial", "cat", "no", "Yes"),
+        ("adversarial", "car", "no", "I do not see one"),
+        ("adversarial", "bus", "yes", "Nope"),
+        ("popular", "dog", "yes", None),
+    ]
     rows, labels, answers = [], {"random": [], "adversarial": [], "popular": []}, {}
     for i, (split, obj, label, ans) in enumerate(items):
         q = f"Is there a {obj} in the image?"
-        rows.append({"question_id": i + 1, "image": f"COCO_val2014_{i:012d}.jpg", "text": f"{q}\n{SUFFIX}",
-                     "category": split})
+        rows.append(
+            {"question_id": i + 1, "image": f"COCO_val2014_{i:012d}.jpg", "text": f"{q}\n{SUFFIX}", "category": split}
+        )
         files.image(f"pope/val2014/COCO_val2014_{i:012d}.jpg")
         # One label file text differs from the question: the label is then taken by position.
         label_q = "Is there a cat in the imag?" if (split, obj) == ("random", "cat") else q
-        labels[split].append({"question_id": len(labels[split]) + 1, "image": f"COCO_val2014_{i:012d}.jpg",
-                              "text": label_q, "label": label})
+        labels[split].append(
+            {
+                "question_id": len(labels[split]) + 1,
+                "image": f"COCO_val2014_{i:012d}.jpg",
+                "text": label_q,
+                "label": label,
+            }
+        )
         if ans is not None:
             answers[str(i + 1)] = ans
     files.jsonl("pope/llava_pope_test.jsonl", rows)
@@ -86,9 +101,14 @@ def test_mme_periods_stay_in_the_official_reading():
 
 def test_mme_acc_and_acc_plus(files, tmp_path):
     yn = "Please answer yes or no."
-    q = {"dog": f"Is there a dog in this image? {yn}", "cat": f"Is there a cat in this image? {yn}",
-         "paint": f"Is this a painting? {yn}", "glass": f"Is this glassware? {yn}",
-         "cpp": f"Is this C++ code? {yn}", "py": f"Is this Python code? {yn}"}
+    q = {
+        "dog": f"Is there a dog in this image? {yn}",
+        "cat": f"Is there a cat in this image? {yn}",
+        "paint": f"Is this a painting? {yn}",
+        "glass": f"Is this glassware? {yn}",
+        "cpp": f"Is this C++ code? {yn}",
+        "py": f"Is this Python code? {yn}",
+    }
     base = "MME/MME_Benchmark_release_version"
     # existence (flat layout): two images, each with a yes- and a no-question.
     for stem in ("e1", "e2"):
@@ -101,12 +121,21 @@ def test_mme_acc_and_acc_plus(files, tmp_path):
     files.image(f"{base}/code_reasoning/c1.png")
     files.text(f"{base}/code_reasoning/c1.txt", f"{q['cpp']}\tYes\n{q['py']}\tNo\n")
     rows = []
-    for sub, img, key in [("existence", "e1.jpg", "dog"), ("existence", "e1.jpg", "cat"), ("existence", "e2.jpg", "dog"),
-                          ("existence", "e2.jpg", "cat"), ("artwork", "a1.jpg", "paint"), ("artwork", "a1.jpg", "glass"),
-                          ("code_reasoning", "c1.png", "cpp"), ("code_reasoning", "c1.png", "py")]:
+    for sub, img, key in [
+        ("existence", "e1.jpg", "dog"),
+        ("existence", "e1.jpg", "cat"),
+        ("existence", "e2.jpg", "dog"),
+        ("existence", "e2.jpg", "cat"),
+        ("artwork", "a1.jpg", "paint"),
+        ("artwork", "a1.jpg", "glass"),
+        ("code_reasoning", "c1.png", "cpp"),
+        ("code_reasoning", "c1.png", "py"),
+    ]:
         # code_reasoning rows drop MME's "Please answer yes or no." (LLaVA files may): still matched.
         text = q[key].replace(f" {yn}", "") if sub == "code_reasoning" else q[key]
-        rows.append({"question_id": f"{sub}/{img}", "image": f"{sub}/{img}", "text": f"{text}\n{SUFFIX}", "category": sub})
+        rows.append(
+            {"question_id": f"{sub}/{img}", "image": f"{sub}/{img}", "text": f"{text}\n{SUFFIX}", "category": sub}
+        )
     files.jsonl("MME/llava_mme.jsonl", rows)
     bench = get_benchmark("mme", root=files.root / "MME")
     records, skips = bench.load()
@@ -155,19 +184,29 @@ def _sqa(files, **options):
         return [{"from": "human", "value": text}, {"from": "gpt", "value": f"The answer is {ans}."}]
 
     q = "Context: N/A\nQuestion: Which is a mammal?\nOptions: (A) cat (B) fish"
-    items = [{"id": "p1", "image": "p1/image.png", "conversations": conv(f"<image>\n{q}", "A")},
-             {"id": "p2", "image": "p2/image.png", "conversations": conv(q, "B")},
-             {"id": "p3", "image": "p3/image.png", "conversations": conv(q, "C")},
-             {"id": "p4", "image": "p4/image.png", "conversations": conv(q, "A")},
-             {"id": "p5", "image": "p5/image.png", "conversations": conv(q, "A")},  # image file missing
-             {"id": "p6", "conversations": conv(q, "B")}]  # text-only question
+    items = [
+        {"id": "p1", "image": "p1/image.png", "conversations": conv(f"<image>\n{q}", "A")},
+        {"id": "p2", "image": "p2/image.png", "conversations": conv(q, "B")},
+        {"id": "p3", "image": "p3/image.png", "conversations": conv(q, "C")},
+        {"id": "p4", "image": "p4/image.png", "conversations": conv(q, "A")},
+        {"id": "p5", "image": "p5/image.png", "conversations": conv(q, "A")},  # image file missing
+        {"id": "p6", "conversations": conv(q, "B")},
+    ]  # text-only question
     for pid in ("p1", "p2", "p3", "p4"):
         files.image(f"scienceqa/images/test/{pid}/image.png")
     files.json("scienceqa/llava_test_CQM-A.json", items)
-    probs = {"p1": (0, 2, "natural science"), "p2": (1, 3, "natural science"), "p3": (2, 3, "social science"),
-             "p4": (0, 2, "language science"), "p5": (0, 2, "language science"), "p6": (1, 2, "social science")}
-    files.json("scienceqa/problems.json", {p: {"answer": a, "choices": [f"c{i}" for i in range(n)], "subject": s}
-                                           for p, (a, n, s) in probs.items()})
+    probs = {
+        "p1": (0, 2, "natural science"),
+        "p2": (1, 3, "natural science"),
+        "p3": (2, 3, "social science"),
+        "p4": (0, 2, "language science"),
+        "p5": (0, 2, "language science"),
+        "p6": (1, 2, "social science"),
+    }
+    files.json(
+        "scienceqa/problems.json",
+        {p: {"answer": a, "choices": [f"c{i}" for i in range(n)], "subject": s} for p, (a, n, s) in probs.items()},
+    )
     return get_benchmark("scienceqa", root=files.root / "scienceqa", **options)
 
 
@@ -179,13 +218,16 @@ def test_sqa_img_accuracy(files):
     records, skips = bench.load()
     assert [r.id for r in records] == ["p1", "p2", "p3", "p4"] and [s.reason for s in skips] == ["missing_image"]
     suffix = "Answer with the option's letter from the given choices directly."
-    assert records[0].prompt == f"<image>\nContext: N/A\nQuestion: Which is a mammal?\nOptions: (A) cat (B) fish\n{suffix}"
+    assert (
+        records[0].prompt == f"<image>\nContext: N/A\nQuestion: Which is a mammal?\nOptions: (A) cat (B) fish\n{suffix}"
+    )
     assert records[0].max_new_tokens == 1024
     res = bench.score(records, ANSWERS)
     # p1, p2, p3 right; p4 answers "C" but has only two choices -> wrong.
     assert res["metrics"]["img_accuracy"] == pytest.approx(75.0)
-    assert res["breakdown"]["subject"] == pytest.approx({"language science": 0.0, "natural science": 100.0,
-                                                         "social science": 100.0})
+    assert res["breakdown"]["subject"] == pytest.approx(
+        {"language science": 0.0, "natural science": 100.0, "social science": 100.0}
+    )
 
 
 def test_sqa_all_questions(files):

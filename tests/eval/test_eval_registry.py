@@ -7,17 +7,33 @@ import importlib
 import inspect
 
 import pytest
-from dc_testing import benchmark_classes, config_options, get_benchmark, load_option
 from omegaconf import OmegaConf
 
 from dc.eval.benchmarks.base import Benchmark
 
+from dc_testing import benchmark_classes, config_options, get_benchmark, load_option
+
 # max_new_tokens per benchmark, from reference-spec §7 (video: §6).
-SPEC_MAX_NEW_TOKENS = {"gqa": 128, "vqav2": 128, "textvqa": 128, "pope": 128, "mme": 128, "scienceqa": 1024,
-                       "mmbench": 1024, "mmmu": 128, "mathvista": 1024, "seed": 128, "llava_bench": 1024, "mmvet": 1024,
-                       # video (reference-spec §6.4): the Dense Connector's 512
-                       "msvd_qa": 512, "msrvtt_qa": 512, "activitynet_qa": 512, "videochatgpt": 512,
-                       "synthetic": 8}
+SPEC_MAX_NEW_TOKENS = {
+    "gqa": 128,
+    "vqav2": 128,
+    "textvqa": 128,
+    "pope": 128,
+    "mme": 128,
+    "scienceqa": 1024,
+    "mmbench": 1024,
+    "mmmu": 128,
+    "mathvista": 1024,
+    "seed": 128,
+    "llava_bench": 1024,
+    "mmvet": 1024,
+    # video (reference-spec §6.4): the Dense Connector's 512
+    "msvd_qa": 512,
+    "msrvtt_qa": 512,
+    "activitynet_qa": 512,
+    "videochatgpt": 512,
+    "synthetic": 8,
+}
 
 
 def test_registry_names_and_budgets():
@@ -33,12 +49,17 @@ def test_config_keys_are_the_options_with_their_defaults(name):
     """The YAML lists every keyword option of the class with the class's own default (plus root and limit)."""
     node = OmegaConf.to_container(load_option("benchmark", name), resolve=False)
     cls = benchmark_classes()[name]
-    own = {p: v.default for p, v in inspect.signature(cls.__init__).parameters.items()
-           if v.kind is inspect.Parameter.KEYWORD_ONLY}
+    own = {
+        p: v.default
+        for p, v in inspect.signature(cls.__init__).parameters.items()
+        if v.kind is inspect.Parameter.KEYWORD_ONLY
+    }
     assert set(node) == {"_target_", "root", "check_images", "limit"} | set(own)
     for key, default in own.items():
         value = node[key]
-        assert (list(value) if isinstance(value, list) else value) == (list(default) if isinstance(default, tuple) else default), key
+        assert (list(value) if isinstance(value, list) else value) == (
+            list(default) if isinstance(default, tuple) else default
+        ), key
 
 
 @pytest.mark.parametrize("name", sorted(set(SPEC_MAX_NEW_TOKENS) - {"synthetic"}))
@@ -55,8 +76,10 @@ def test_bad_options_are_named(tmp_path):
 
 
 def test_limit_and_greedy_default(files):
-    files.jsonl("gqa/llava_gqa_testdev_balanced.jsonl",
-                [{"question_id": str(i), "image": "a.jpg", "text": "Q?"} for i in range(5)])
+    files.jsonl(
+        "gqa/llava_gqa_testdev_balanced.jsonl",
+        [{"question_id": str(i), "image": "a.jpg", "text": "Q?"} for i in range(5)],
+    )
     files.image("gqa/data/images/a.jpg")
     bench = get_benchmark("gqa", root=files.root / "gqa", limit=2)
     records, _ = bench.load()

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from dc.eval.benchmarks.vqa_eval import (normalize_answer, process_digit_article, process_punctuation, vqa_accuracy,
-                                         vqav2_accuracy)
+from dc.eval.benchmarks.vqa_eval import (
+    normalize_answer,
+    process_digit_article,
+    process_punctuation,
+    vqa_accuracy,
+    vqav2_accuracy,
+)
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from dc_testing import compose_config
 from dc.eval.generate import generate_texts, prompt_sample
 from dc.models.builder import build_vlm
 from dc.models.visual import VisualMeta
 from dc.pipeline import evaluate, train
+
+from dc_testing import compose_config
 
 
 @pytest.fixture
@@ -80,7 +81,13 @@ def test_train_then_eval_gqa_format_with_resume_and_bad_image(train_cfg, tmp_pat
     n_good = len(questions) - len(bad_ids)
     assert n_good > 0
     out = tmp_path / "eval"
-    overrides = [f"ckpt_path={ckpt}", "benchmark=gqa", f"benchmark.root={gqa_root}", f"paths.output_dir={out}", "batch_size=3"]
+    overrides = [
+        f"ckpt_path={ckpt}",
+        "benchmark=gqa",
+        f"benchmark.root={gqa_root}",
+        f"paths.output_dir={out}",
+        "batch_size=3",
+    ]
     metrics, objs = evaluate(compose_config("eval", overrides))
     answers = [json.loads(line) for line in (out / "gqa_answers.jsonl").read_text().splitlines()]
     assert len(answers) == n_good and not bad_ids & {a["id"] for a in answers}
@@ -108,8 +115,14 @@ def test_eval_metrics_go_to_wandb_offline(train_cfg, tmp_path: Path, monkeypatch
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     out = tmp_path / "eval"
     root = Path(cfg.data.image_folder).parent
-    overrides = [f"ckpt_path={ckpt}", f"paths.output_dir={out}", "limit=4", "wandb.enabled=true",
-                 "benchmark.blank_control=false", f"benchmark.root={root}"]
+    overrides = [
+        f"ckpt_path={ckpt}",
+        f"paths.output_dir={out}",
+        "limit=4",
+        "wandb.enabled=true",
+        "benchmark.blank_control=false",
+        f"benchmark.root={root}",
+    ]
     metrics, objs = evaluate(compose_config("eval", overrides))
     assert wandb.run is None  # finished
     assert objs["wandb_summary"]["synthetic/accuracy"] == metrics["synthetic/accuracy"]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from dc_testing import compose_config
 from PIL import Image
 from tokenizers import (
     Regex,
@@ -29,6 +28,8 @@ from dc.models.builder import build_vlm
 from dc.models.llms.templates.llama3 import LLAMA_3_SYSTEM
 from dc.models.llms.templates.vicuna import VICUNA_SYSTEM
 from dc.models.vlm import VLM
+
+from dc_testing import compose_config
 
 QUESTIONS = ["What is in the image?", "Describe the picture in one word.", "Is there a red square?"]
 CORPUS = [VICUNA_SYSTEM, LLAMA_3_SYSTEM, "USER: ASSISTANT: system user assistant", *QUESTIONS, "A red square.", "\n"]

@@ -6,6 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from dc.constants import IMAGE_TOKEN_INDEX
+from dc.export.errors import ExportError
+from dc.export.hf_llava import to_hf_llava
+from dc.models.llms.templates.llama3 import LLAMA_3_SYSTEM
+from dc.models.llms.templates.vicuna import VICUNA_SYSTEM, VicunaV1
+
 from export_helpers import (
     QUESTIONS,
     llama2_tokenizer,
@@ -14,12 +21,6 @@ from export_helpers import (
     saved,
     tiny_vlm,
 )
-
-from dc.constants import IMAGE_TOKEN_INDEX
-from dc.export.errors import ExportError
-from dc.export.hf_llava import to_hf_llava
-from dc.models.llms.templates.llama3 import LLAMA_3_SYSTEM
-from dc.models.llms.templates.vicuna import VICUNA_SYSTEM, VicunaV1
 
 
 @pytest.fixture(autouse=True, scope="module")

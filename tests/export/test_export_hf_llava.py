@@ -9,11 +9,8 @@ import json
 
 import pytest
 import torch
-from export_helpers import QUESTIONS, probe_image, tiny_vlm
 from omegaconf import OmegaConf
 from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-from dc_testing import make_template
 
 from dc.constants import IMAGE_TOKEN_INDEX
 from dc.data.image import ImagePreprocessor
@@ -22,6 +19,9 @@ from dc.export.hf_llava import save_hf_llava, to_hf_llava
 from dc.export.verify import check_outputs, probe_images
 from dc.training.lora import apply_lora
 from dc.utils.instantiate import instantiate
+
+from dc_testing import make_template
+from export_helpers import QUESTIONS, probe_image, tiny_vlm
 
 # (encoder, connector) -> (vision_feature_layer, strategy, image tokens, exported vision depth), from the spec:
 # CLIP-L layout 24 blocks (final = index 23, CLS dropped, 3x3 grid); SigLIP 27 blocks (final = index 26, 7x7 grid).

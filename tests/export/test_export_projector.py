@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from export_helpers import tiny_cfg, tiny_vlm
 
 from dc.export.errors import ExportError
 from dc.export.hf_llava import export_blockers, to_hf_llava
 from dc.export.projector import expand_first_linear, export_projector
 from dc.models.builder import build_connector
+
+from export_helpers import tiny_cfg, tiny_vlm
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from export_helpers import llama3_tokenizer, mlp2x_gelu, reference_features, tiny_cfg
 from safetensors.torch import load_file
 from transformers import (
     CLIPVisionConfig,
@@ -22,12 +21,14 @@ from transformers import (
 )
 
 from dc.constants import IMAGE_TOKEN_INDEX
+from dc.data.tiny_tokenizer import build_tiny_tokenizer
 from dc.export.errors import ExportError
 from dc.export.hf_llava import save_hf_llava, to_hf_llava
 from dc.export.reference import import_reference
 from dc.export.reference_writer import write_reference_dir
 from dc.models.builder import build_vlm
-from dc.data.tiny_tokenizer import build_tiny_tokenizer
+
+from export_helpers import llama3_tokenizer, mlp2x_gelu, reference_features, tiny_cfg
 
 D, D_LLM = 64, 128
 TOWERS = {  # the tiny_clip / tiny_siglip layouts: real depths and grids, tiny width

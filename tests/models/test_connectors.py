@@ -137,8 +137,14 @@ def test_gradients_reach_the_projector_and_never_the_frozen_encoder(connector):
 
     n_vis, vocab, side = vlm.num_visual_tokens, vlm.llm.model.config.vocab_size, vlm.encoder.layout.image_size
     g = torch.Generator().manual_seed(1)
-    ids = torch.cat([torch.randint(4, vocab, (2, 3), generator=g), torch.full((2, n_vis), IMAGE_TOKEN_INDEX),
-                     torch.randint(4, vocab, (2, 6), generator=g)], dim=1)
+    ids = torch.cat(
+        [
+            torch.randint(4, vocab, (2, 3), generator=g),
+            torch.full((2, n_vis), IMAGE_TOKEN_INDEX),
+            torch.randint(4, vocab, (2, 6), generator=g),
+        ],
+        dim=1,
+    )
     labels = ids.masked_fill(ids == IMAGE_TOKEN_INDEX, IGNORE_INDEX)
     pixels = torch.randn(2, 3, side, side, generator=g)
     loss = vlm(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels, labels=labels).loss
@@ -229,8 +235,9 @@ def test_sweep_overrides_compose_and_validate():
     """What `train.py -m connector=sti,sci 'connector.layers=[7,15],[11,23]'` composes for each job."""
     for connector in ("sti", "sci"):
         for layers in ("[7,15]", "[11,23]"):
-            conn = build_connector(cfg_for("encoder=tiny_clip", "llm=tiny", f"connector={connector}",
-                                           f"connector.layers={layers}"))
+            conn = build_connector(
+                cfg_for("encoder=tiny_clip", "llm=tiny", f"connector={connector}", f"connector.layers={layers}")
+            )
             assert conn.taps == [(23,)] + [(int(i),) for i in layers.strip("[]").split(",")]
 
 
@@ -279,8 +286,9 @@ def test_siglip_27x27_goes_to_14x14():
     maps = to_maps(x, 27, 27)
     win = [(i * 27 // 14, -(-(i + 1) * 27 // 14)) for i in range(14)]
     assert win[0] == (0, 2) and win[-1] == (25, 27)
-    hand = torch.stack([torch.stack([maps[:, :, r0:r1, c0:c1].mean(dim=(2, 3)) for c0, c1 in win], -1)
-                        for r0, r1 in win], -2)
+    hand = torch.stack(
+        [torch.stack([maps[:, :, r0:r1, c0:c1].mean(dim=(2, 3)) for c0, c1 in win], -1) for r0, r1 in win], -2
+    )
     torch.testing.assert_close(Downsample((27, 27), mode="avgpool", factor=2)(x), from_maps(hand))
     # an explicit size overrides the factor (e.g. 13x13 if that is preferred)
     assert Downsample((27, 27), size=[13, 13]).num_tokens(729) == 169
@@ -319,11 +327,24 @@ def test_pre_and_post_projector_positions():
 def test_dci_efficient_config_is_dci_plus_bilinear_pre_projector():
     cfg = cfg_for("encoder=tiny_clip", "llm=tiny", "connector=dci_efficient")
     assert cfg.connector.downsample == {"mode": "bilinear", "factor": 2, "size": None, "position": "pre"}
-    post = build_connector(cfg_for("encoder=clip_l336", "llm=tiny", "connector=dci_efficient",
-                                   "connector.downsample.position=post", "connector.downsample.mode=avgpool"))
+    post = build_connector(
+        cfg_for(
+            "encoder=clip_l336",
+            "llm=tiny",
+            "connector=dci_efficient",
+            "connector.downsample.position=post",
+            "connector.downsample.mode=avgpool",
+        )
+    )
     assert (post.downsample.position, post.downsample.mode, post.num_visual_tokens()) == ("post", "avgpool", 144)
-    sti = build_connector(cfg_for("encoder=clip_l336", "llm=tiny", "connector=sti",
-                                  "connector.downsample={mode: bilinear, factor: 2, size: null, position: pre}"))
+    sti = build_connector(
+        cfg_for(
+            "encoder=clip_l336",
+            "llm=tiny",
+            "connector=sti",
+            "connector.downsample={mode: bilinear, factor: 2, size: null, position: pre}",
+        )
+    )
     assert sti.num_visual_tokens() == 144 + 144
 
 

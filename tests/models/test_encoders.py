@@ -128,8 +128,9 @@ def test_dci_never_keeps_all_hidden_states(encoder):
 # --- HF pretrained path, offline: a saved tiny checkpoint with a text tower, like the hub repos --------------
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_hf_pretrained_path_truncates_and_matches_stock(tmp_path, family):
-    vision = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=6,
-                  image_size=28, patch_size=7)
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=6, image_size=28, patch_size=7
+    )
     text = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=1, vocab_size=99)
     torch.manual_seed(0)
     if family == "clip":
@@ -182,14 +183,22 @@ def test_timm_taps_follow_the_hf_index_convention():
 
     # The same mapping against timm's own API on the full-depth model carrying these weights:
     # forward_intermediates(indices=[i - 1], norm=False) returns HF index i.
-    full = timm.create_model("vit_large_patch14_clip_quickgelu_336", pretrained=False, num_classes=0,
-                             embed_dim=lay.hidden_size, depth=24, img_size=lay.image_size, patch_size=lay.patch_size,
-                             **cfg_for("encoder=tiny_timm").encoder.model.model_kwargs).eval()
+    full = timm.create_model(
+        "vit_large_patch14_clip_quickgelu_336",
+        pretrained=False,
+        num_classes=0,
+        embed_dim=lay.hidden_size,
+        depth=24,
+        img_size=lay.image_size,
+        patch_size=lay.patch_size,
+        **cfg_for("encoder=tiny_timm").encoder.model.model_kwargs,
+    ).eval()
     missing, _ = full.load_state_dict(m.state_dict(), strict=False)
     assert all(k.startswith(("blocks.23.", "norm.")) for k in missing)
     with torch.no_grad():
-        inter = full.forward_intermediates(pixels, indices=[6, 14, 22], norm=False, output_fmt="NLC",
-                                           intermediates_only=True)
+        inter = full.forward_intermediates(
+            pixels, indices=[6, 14, 22], norm=False, output_fmt="NLC", intermediates_only=True
+        )
     for got, index in zip(inter, (7, 15, 23), strict=True):
         torch.testing.assert_close(got, states[index], atol=1e-6, rtol=1e-6)
 
@@ -198,18 +207,35 @@ def test_timm_pretrained_path_offline(tmp_path):
     """`pretrained=True` with a local file loads into the full model, checks the layout, then prunes."""
     cfg = cfg_for("encoder=tiny_timm").encoder
     layout = encoder_layout(cfg)
-    kwargs = dict(embed_dim=layout.hidden_size, depth=24, img_size=layout.image_size, patch_size=layout.patch_size,
-                  **cfg.model.model_kwargs)
+    kwargs = dict(
+        embed_dim=layout.hidden_size,
+        depth=24,
+        img_size=layout.image_size,
+        patch_size=layout.patch_size,
+        **cfg.model.model_kwargs,
+    )
     full = timm.create_model("vit_large_patch14_clip_quickgelu_336", pretrained=False, num_classes=0, **kwargs)
     torch.save(full.state_dict(), tmp_path / "w.pth")
-    enc = TimmViTEncoder(layout, DCI_CLIP, model_name="vit_large_patch14_clip_quickgelu_336", pretrained=True,
-                         pretrained_file=os.fspath(tmp_path / "w.pth"), model_kwargs=kwargs)
+    enc = TimmViTEncoder(
+        layout,
+        DCI_CLIP,
+        model_name="vit_large_patch14_clip_quickgelu_336",
+        pretrained=True,
+        pretrained_file=os.fspath(tmp_path / "w.pth"),
+        model_kwargs=kwargs,
+    )
     assert len(enc.model.blocks) == 23
     reference = full.state_dict()
     assert all(torch.equal(v, reference[k]) for k, v in enc.model.state_dict().items())
     with pytest.raises(ValueError, match="encoder.layout.num_layers=24 does not match"):
-        TimmViTEncoder(layout, DCI_CLIP, model_name="vit_large_patch14_clip_quickgelu_336", pretrained=True,
-                       pretrained_file=os.fspath(tmp_path / "w.pth"), model_kwargs={**kwargs, "depth": 12})
+        TimmViTEncoder(
+            layout,
+            DCI_CLIP,
+            model_name="vit_large_patch14_clip_quickgelu_336",
+            pretrained=True,
+            pretrained_file=os.fspath(tmp_path / "w.pth"),
+            model_kwargs={**kwargs, "depth": 12},
+        )
 
 
 def test_timm_clip_l336_config_points_at_the_quickgelu_openai_weights():
@@ -221,7 +247,11 @@ def test_timm_clip_l336_config_points_at_the_quickgelu_openai_weights():
     with torch.device("meta"):
         model = timm.create_model("vit_large_patch14_clip_quickgelu_336", pretrained=False, num_classes=0)
     assert (len(model.blocks), model.embed_dim, model.patch_embed.img_size, model.num_prefix_tokens) == (
-        24, 1024, (336, 336), 1)
+        24,
+        1024,
+        (336, 336),
+        1,
+    )
 
 
 # --- micro-batching: same taps, fewer images in flight ---------------------------------------------------
@@ -244,5 +274,10 @@ def test_micro_batch_gives_the_same_taps(freeze):
 @pytest.mark.parametrize("value", [0, -1, 2.0, True, "4"])
 def test_micro_batch_is_validated(value):
     with pytest.raises(ValueError, match="encoder.model.micro_batch="):
-        HFVisionEncoder(EncoderLayout("t", 2, 8, 16, 8, 1), [(2,)], family="clip", micro_batch=value,
-                        config={"intermediate_size": 16, "num_attention_heads": 2})
+        HFVisionEncoder(
+            EncoderLayout("t", 2, 8, 16, 8, 1),
+            [(2,)],
+            family="clip",
+            micro_batch=value,
+            config={"intermediate_size": 16, "num_attention_heads": 2},
+        )

@@ -70,18 +70,21 @@ def stock_tower(family: str) -> torch.nn.Module:
 
 def tiny_layout(family: str) -> EncoderLayout:
     if family == "clip":
-        return EncoderLayout("clip_real_grid", num_layers=24, hidden_size=WIDTH, image_size=336, patch_size=14,
-                             num_prefix_tokens=1)
-    return EncoderLayout("siglip_real_grid", num_layers=27, hidden_size=WIDTH, image_size=384, patch_size=14,
-                         num_prefix_tokens=0)
+        return EncoderLayout(
+            "clip_real_grid", num_layers=24, hidden_size=WIDTH, image_size=336, patch_size=14, num_prefix_tokens=1
+        )
+    return EncoderLayout(
+        "siglip_real_grid", num_layers=27, hidden_size=WIDTH, image_size=384, patch_size=14, num_prefix_tokens=0
+    )
 
 
 def reference_fusion(kind: str, hidden_states: tuple[torch.Tensor, ...], ref: dict) -> torch.Tensor:
     """reference-spec §2, written out: drop the prefix, pick / average states, concatenate."""
-    h = [s[:, ref["prefix"]:] for s in hidden_states]
+    h = [s[:, ref["prefix"] :] for s in hidden_states]
     x = h[ref["final"]]
     a, b = (h[i] for i in ref["layers"])
     if kind == "sti":
+
         def pool8(t: torch.Tensor) -> torch.Tensor:  # AvgPool1d(8, 8) over raster-order tokens, tail dropped
             bsz, n, d = t.shape
             return t[:, : n // 8 * 8].reshape(bsz, n // 8, 8, d).mean(dim=2)
@@ -185,8 +188,10 @@ def test_shape_table_numbers():
 def test_sci_equals_stock_hf_llava():
     """SCI (CLIP layout) = `LlavaForConditionalGeneration(vision_feature_layer=[-2, 7, 15], "default")`."""
     with initialize_config_dir(config_dir=os.fspath(CONFIGS), version_base="1.3"):
-        cfg = compose("train", overrides=["encoder=tiny_clip", "connector=sci", "llm=tiny",
-                                          "paths.output_dir=/tmp/dc-test", "run_name=x"])
+        cfg = compose(
+            "train",
+            overrides=["encoder=tiny_clip", "connector=sci", "llm=tiny", "paths.output_dir=/tmp/dc-test", "run_name=x"],
+        )
     torch.manual_seed(0)
     vlm = build_vlm(cfg).eval()
     n_img = vlm.num_visual_tokens

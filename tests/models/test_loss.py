@@ -291,8 +291,9 @@ def test_causal_lm_loss_bf16_and_inference_mode():
 
 def test_causal_lm_loss_lora():
     model = tiny("llama")
-    config = LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
-                        init_lora_weights=False)  # random B too, so both adapter matrices get gradients
+    config = LoraConfig(
+        r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
+    )  # random B too, so both adapter matrices get gradients
     peft_model = get_peft_model(model, config)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)

@@ -67,7 +67,6 @@ def reference_mining(m: PatchInfoMining, low: torch.Tensor, aux: torch.Tensor, r
     return out
 
 
-
 # --- which aux positions each token sees ----------------------------------------------------------------------
 def test_region_positions_small_by_hand():
     # 2x3 tokens over a 4x6 map: each token owns a 2x2 block; flat index = y * 6 + x.

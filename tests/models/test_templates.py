@@ -17,12 +17,13 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import CodeGenTokenizerFast, LlamaTokenizerFast, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from dc.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from dc_testing import config_options, make_template, tiny_tokenizer as build_tiny_tokenizer
-
 from dc.models.llms.templates import ChatTemplate, normalize_image_placeholder
 from dc.models.llms.templates.chatml import CHATML_SYSTEM
 from dc.models.llms.templates.llama3 import LLAMA_3_SYSTEM
 from dc.models.llms.templates.vicuna import VICUNA_SYSTEM
+
+from dc_testing import config_options, make_template
+from dc_testing import tiny_tokenizer as build_tiny_tokenizer
 
 TEMPLATES = config_options("llm/template")  # the registry is the config folder
 get_template = make_template
@@ -428,15 +429,17 @@ def test_interleaved_images_keep_their_places():
     """Two images: each tag stays where the text puts it (the second in a later turn), one slot each."""
     tok, template = tiny_tokenizer(), get_template("vicuna_v1")
     conversation = [
-        {"from": "human", "value": f"Compare <image> and"},
+        {"from": "human", "value": "Compare <image> and"},
         {"from": "gpt", "value": REPLIES[0]},
         {"from": "human", "value": "this one: <image>"},
         {"from": "gpt", "value": REPLIES[1]},
     ]
     ids = strip_bos(template, tok, template.encode(conversation, tok).input_ids)
     text = decode_with_images(tok, ids)
-    assert text == (f"{VICUNA_SYSTEM} USER: Compare <image> and ASSISTANT: {REPLIES[0]}</s>"
-                    f"USER: this one: <image> ASSISTANT: {REPLIES[1]}</s>")
+    assert text == (
+        f"{VICUNA_SYSTEM} USER: Compare <image> and ASSISTANT: {REPLIES[0]}</s>"
+        f"USER: this one: <image> ASSISTANT: {REPLIES[1]}</s>"
+    )
     assert ids.count(IMAGE_TOKEN_INDEX) == 2
 
 

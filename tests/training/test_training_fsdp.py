@@ -14,18 +14,27 @@ from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from dc_testing import make_module
-
 from dc.lit_module import DCModule
 from dc.models.builder import build_vlm
 from dc.training.fsdp import LoraWrapPolicy, VLMFSDPStrategy
 from dc.utils.instantiate import instantiate
+
+from dc_testing import make_module
 from train_helpers import compose_config, single_thread  # noqa: F401
 
 
 def _cfg(tmp: Path, data_dir: Path, *overrides: str):
-    return compose_config("train", ["debug=fast", "trainer=fsdp", f"paths.output_dir={tmp}",
-                                    f"paths.data_dir={data_dir}", "run_name=fsdp", *overrides])
+    return compose_config(
+        "train",
+        [
+            "debug=fast",
+            "trainer=fsdp",
+            f"paths.output_dir={tmp}",
+            f"paths.data_dir={data_dir}",
+            "run_name=fsdp",
+            *overrides,
+        ],
+    )
 
 
 def _strategy_and_module(cfg) -> tuple[VLMFSDPStrategy, DCModule]:
@@ -48,14 +57,18 @@ def _own_params(module: nn.Module, units: set[nn.Module]) -> list[nn.Parameter]:
     return out
 
 
-@pytest.mark.parametrize("stage,sharding", [("pretrain", ShardingStrategy.SHARD_GRAD_OP), ("finetune", ShardingStrategy.FULL_SHARD)])
+@pytest.mark.parametrize(
+    "stage,sharding", [("pretrain", ShardingStrategy.SHARD_GRAD_OP), ("finetune", ShardingStrategy.FULL_SHARD)]
+)
 def test_full_model_strategy(stage: str, sharding: ShardingStrategy, tmp_path: Path, data_dir: Path) -> None:
     cfg = _cfg(tmp_path, data_dir, f"stage={stage}")
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
     strategy, module = _strategy_and_module(cfg)
     assert isinstance(strategy, VLMFSDPStrategy)
     assert strategy.sharding_strategy == sharding
-    assert strategy.mixed_precision == MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16, buffer_dtype=torch.bfloat16)
+    assert strategy.mixed_precision == MixedPrecision(
+        param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16, buffer_dtype=torch.bfloat16
+    )
     assert strategy.kwargs["use_orig_params"] is True  # frozen + trainable parameters may share the root unit
     assert strategy.kwargs["sync_module_states"] is True and callable(strategy.kwargs["param_init_fn"])
     assert strategy.kwargs["limit_all_gathers"] is True
@@ -82,7 +95,9 @@ def test_lora_strategy_follows_peft_fsdp_guide(tmp_path: Path, data_dir: Path) -
     assert isinstance(policy, LoraWrapPolicy)
     assert policy.module_classes == {LlamaDecoderLayer, CLIPEncoderLayer, type(module.vlm.connector)}
     units = set(policy._run_policy(module, set(), {})) | {module}
-    lora_leaves = {m for n, m in module.named_modules() if isinstance(m, nn.Linear) and (".lora_A." in n or ".lora_B." in n)}
+    lora_leaves = {
+        m for n, m in module.named_modules() if isinstance(m, nn.Linear) and (".lora_A." in n or ".lora_B." in n)
+    }
     assert len(lora_leaves) == 2 * 7 * module.model_cfg.llm.config.num_hidden_layers  # A and B on 7 Linears per layer
     assert lora_leaves <= units
     # use_orig_params=False needs every flat parameter uniformly trainable or frozen
@@ -92,9 +107,16 @@ def test_lora_strategy_follows_peft_fsdp_guide(tmp_path: Path, data_dir: Path) -
 
 
 def test_strategy_options_and_errors(tmp_path: Path, data_dir: Path) -> None:
-    cfg = _cfg(tmp_path, data_dir, "stage=finetune", "trainer.strategy.reduce_dtype=float32",
-               "trainer.strategy.activation_checkpointing=false", "trainer.strategy.state_dict_type=sharded",
-               "trainer.strategy.cpu_ram_efficient_loading=false", "trainer.strategy.wrap_vision_blocks=false")
+    cfg = _cfg(
+        tmp_path,
+        data_dir,
+        "stage=finetune",
+        "trainer.strategy.reduce_dtype=float32",
+        "trainer.strategy.activation_checkpointing=false",
+        "trainer.strategy.state_dict_type=sharded",
+        "trainer.strategy.cpu_ram_efficient_loading=false",
+        "trainer.strategy.wrap_vision_blocks=false",
+    )
     strategy, module = _strategy_and_module(cfg)
     assert strategy.mixed_precision.reduce_dtype == torch.float32
     assert strategy._activation_checkpointing_kwargs == {}
@@ -120,11 +142,22 @@ def test_meta_materialisation_only_touches_meta_modules() -> None:
 
 def test_nonzero_ranks_build_the_pretrained_llm_on_meta(tmp_path: Path, data_dir: Path) -> None:
     """`cpu_ram_efficient_loading`: same parameter names, shapes and dtypes as the real build, LLM on meta."""
-    base = compose_config("train", ["debug=fast", f"paths.output_dir={tmp_path}", f"paths.data_dir={data_dir}", "run_name=x"])
+    base = compose_config(
+        "train", ["debug=fast", f"paths.output_dir={tmp_path}", f"paths.data_dir={data_dir}", "run_name=x"]
+    )
     torch.manual_seed(0)
     build_vlm(base).llm.model.save_pretrained(tmp_path / "llm")
-    cfg = compose_config("train", ["debug=fast", f"paths.output_dir={tmp_path}", f"paths.data_dir={data_dir}",
-                                   "run_name=x", f"llm.pretrained={tmp_path / 'llm'}", "llm.config={}"])
+    cfg = compose_config(
+        "train",
+        [
+            "debug=fast",
+            f"paths.output_dir={tmp_path}",
+            f"paths.data_dir={data_dir}",
+            "run_name=x",
+            f"llm.pretrained={tmp_path / 'llm'}",
+            "llm.config={}",
+        ],
+    )
     real, meta = build_vlm(cfg), build_vlm(cfg, llm_on_meta=True)
     shapes = lambda m: {k: (tuple(v.shape), v.dtype) for k, v in m.state_dict().items()}  # noqa: E731
     assert shapes(real) == shapes(meta)

@@ -10,13 +10,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from dc_testing import make_module
-
-from dc.lit_module import DCModule
 from dc.pipeline import train
 from dc.training.callbacks import StepCheckpoint
 from dc.training.checkpoint import resolve_ckpt_path
 from dc.training.data import ResumableDataLoader, SkipSampler, resumable_loader
+
+from dc_testing import make_module
 from train_helpers import (  # noqa: F401 - single_thread is an autouse fixture
     assert_same_tensors,
     compose_config,
@@ -31,9 +30,18 @@ from train_helpers import (  # noqa: F401 - single_thread is an autouse fixture
 # checkpoint (epoch 0, 2 batches consumed). The straight and the resumed runs run in this process (imports are
 # the slow part on a shared 2-core box); the killed one in a subprocess.
 RUN = [
-    "debug=fast", "stage=finetune", "data.prepare.n_instruct=16", "data.batch_size=4", "stage.global_batch_size=8",
-    "trainer.max_steps=3", "trainer.max_epochs=-1", "callbacks.checkpoint.every_n_train_steps=1",
-    "trainer.deterministic=true", "logger=[]", "trainer.enable_progress_bar=false", "run_name=resume",
+    "debug=fast",
+    "stage=finetune",
+    "data.prepare.n_instruct=16",
+    "data.batch_size=4",
+    "stage.global_batch_size=8",
+    "trainer.max_steps=3",
+    "trainer.max_epochs=-1",
+    "callbacks.checkpoint.every_n_train_steps=1",
+    "trainer.deterministic=true",
+    "logger=[]",
+    "trainer.enable_progress_bar=false",
+    "run_name=resume",
 ]
 
 
@@ -49,12 +57,15 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path: Path, data_dir: Path,
 
     train(compose_config("train", [*common, f"paths.output_dir={straight}"]))
 
-    killed = run_train_py([*common, "+callbacks.crash._target_=dc.training.callbacks.CrashAtStep",
-                           "+callbacks.crash.step=1"], crashed)
+    killed = run_train_py(
+        [*common, "+callbacks.crash._target_=dc.training.callbacks.CrashAtStep", "+callbacks.crash.step=1"], crashed
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     mid = load_ckpt(crashed / "checkpoints" / "last.ckpt")
     assert mid["global_step"] == 1
-    assert mid["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": 2, "items_per_batch": 1, "world_size": 1}]
+    assert mid["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 0, "batches": 2, "items_per_batch": 1, "world_size": 1}
+    ]
 
     _, objects = train(compose_config("train", [*common, f"paths.output_dir={crashed}", "ckpt_path=last"]))
     loader = objects["trainer"].train_dataloader
@@ -63,13 +74,17 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path: Path, data_dir: Path,
     a = load_ckpt(straight / "checkpoints" / "last.ckpt")
     b = load_ckpt(crashed / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 3
-    assert a["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 2, "items_per_batch": 1, "world_size": 1}]
+    assert a["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 1, "batches": 2, "items_per_batch": 1, "world_size": 1}
+    ]
     assert_same_tensors(a["state_dict"], b["state_dict"])
     assert_same_tensors(flatten_optimizer(a["optimizer_states"][0]), flatten_optimizer(b["optimizer_states"][0]))
     assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == 3
     init = make_module(compose_config("train", [*common, f"paths.output_dir={tmp_path / 'init'}"]))
     init.configure_model()
-    changed = [k for k, v in init.state_dict().items() if k.startswith("vlm.llm.") and not torch.equal(v, a["state_dict"][k])]
+    changed = [
+        k for k, v in init.state_dict().items() if k.startswith("vlm.llm.") and not torch.equal(v, a["state_dict"][k])
+    ]
     assert changed  # the LLM did train: equality above is not vacuous
 
 
@@ -92,7 +107,9 @@ def test_loader_state_skips_consumed_batches_and_keeps_epoch_order() -> None:
     state = loader.state_dict()
     assert state == {"epoch": 1, "batches": 2, "items_per_batch": 3, "world_size": 1}
 
-    fresh = resumable_loader(DataLoader(data, batch_size=3, shuffle=True, drop_last=True), seed=7, num_replicas=1, rank=0)
+    fresh = resumable_loader(
+        DataLoader(data, batch_size=3, shuffle=True, drop_last=True), seed=7, num_replicas=1, rank=0
+    )
     fresh.load_state_dict(state)
     rest = _batches(fresh)
     assert consumed + rest == full
@@ -121,7 +138,10 @@ def test_batch_sampler_loader_skips_whole_batches() -> None:
 
     make = lambda: resumable_loader(  # noqa: E731
         DataLoader(Data(), sampler=BatchIndices(range(12), num_replicas=1, rank=0, seed=3), batch_size=None),
-        seed=0, num_replicas=1, rank=0)
+        seed=0,
+        num_replicas=1,
+        rank=0,
+    )
     full = _batches(make())
     resumed = make()
     resumed.load_state_dict({"epoch": 0, "batches": 1, "items_per_batch": 1})
@@ -129,8 +149,9 @@ def test_batch_sampler_loader_skips_whole_batches() -> None:
 
 
 def test_random_sampler_is_replaced_by_a_seeded_one() -> None:
-    loader = resumable_loader(DataLoader(list(range(8)), batch_size=2, sampler=RandomSampler(range(8))),
-                              seed=1, num_replicas=2, rank=1)
+    loader = resumable_loader(
+        DataLoader(list(range(8)), batch_size=2, sampler=RandomSampler(range(8))), seed=1, num_replicas=2, rank=1
+    )
     assert isinstance(loader.sampler.inner, DistributedSampler)
     assert loader.sampler.inner.rank == 1 and loader.sampler.inner.num_replicas == 2
 

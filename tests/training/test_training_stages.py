@@ -9,22 +9,31 @@ from pathlib import Path
 import pytest
 import torch
 
-from dc_testing import make_module
-
 from dc.models.builder import build_vlm
 from dc.pipeline import build_datamodule, train
 from dc.training.checkpoint import load_vlm
 from dc.training.lora import LORA_KEY, export_lora, lora_target_names, merge_lora
+
+from dc_testing import make_module
 from train_helpers import compose_config, load_ckpt, single_thread  # noqa: F401
 
 LLAMA_LINEARS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
 
 def _cfg(tmp: Path, data_dir: Path, *overrides: str):
-    return compose_config("train", [
-        "debug=fast", f"paths.output_dir={tmp}", f"paths.data_dir={data_dir}", "run_name=stage", "logger=[]",
-        "trainer.enable_progress_bar=false", "trainer.max_steps=2", *overrides,
-    ])
+    return compose_config(
+        "train",
+        [
+            "debug=fast",
+            f"paths.output_dir={tmp}",
+            f"paths.data_dir={data_dir}",
+            "run_name=stage",
+            "logger=[]",
+            "trainer.enable_progress_bar=false",
+            "trainer.max_steps=2",
+            *overrides,
+        ],
+    )
 
 
 def _fresh_state(cfg) -> dict[str, torch.Tensor]:
@@ -48,8 +57,12 @@ def _logits(module, batch: dict) -> torch.Tensor:
     vlm = getattr(module, "vlm", module)
     vlm.eval()
     with torch.no_grad():
-        return vlm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   pixel_values=batch["pixel_values"], visual=batch["visual"]).logits
+        return vlm(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            visual=batch["visual"],
+        ).logits
 
 
 def _batch(cfg) -> dict:
@@ -76,12 +89,19 @@ def test_lora_targets_every_llm_linear_but_lm_head(tmp_path: Path, data_dir: Pat
 
 
 def test_lora_stage_base_frozen_saved_reloaded_merged(tmp_path: Path, data_dir: Path, pretrained_llm: Path) -> None:
-    cfg = _cfg(tmp_path, data_dir, "stage=lora", f"llm.pretrained={pretrained_llm}", "llm.config={}",
-               "stage.lr=1e-2", "stage.connector_lr=1e-2")  # large LRs so the adapters visibly matter
+    cfg = _cfg(
+        tmp_path,
+        data_dir,
+        "stage=lora",
+        f"llm.pretrained={pretrained_llm}",
+        "llm.config={}",
+        "stage.lr=1e-2",
+        "stage.connector_lr=1e-2",
+    )  # large LRs so the adapters visibly matter
     assert cfg.stage.lora.r == 128 and cfg.stage.lora.alpha == 256
     before = _fresh_state(cfg)
     _, objects = train(cfg)
-    module: DCModule = objects["module"]
+    module = objects["module"]
     after = module.state_dict()
 
     # base LLM (and encoder) untouched; adapters and connector trained
@@ -130,7 +150,13 @@ def test_stage_recipes() -> None:
     pre = compose_config("train", ["stage=pretrain", "run_name=x", "paths.output_dir=/tmp/unused"]).stage
     fin = compose_config("train", ["stage=finetune", "run_name=x", "paths.output_dir=/tmp/unused"]).stage
     lora = compose_config("train", ["stage=lora", "run_name=x", "paths.output_dir=/tmp/unused"]).stage
-    assert (list(pre.train), pre.lr, pre.global_batch_size, pre.warmup_ratio, pre.weight_decay) == (["connector"], 1e-3, 256, 0.03, 0.0)
+    assert (list(pre.train), pre.lr, pre.global_batch_size, pre.warmup_ratio, pre.weight_decay) == (
+        ["connector"],
+        1e-3,
+        256,
+        0.03,
+        0.0,
+    )
     assert (list(fin.train), fin.lr, fin.global_batch_size) == (["connector", "llm"], 2e-5, 128)
     assert (list(lora.train), lora.lr, lora.connector_lr, lora.global_batch_size) == (["connector"], 2e-4, 2e-5, 128)
     assert (lora.lora.r, lora.lora.alpha, lora.lora.dropout) == (128, 256, 0.05)

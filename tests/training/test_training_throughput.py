@@ -7,20 +7,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from dc_testing import make_module
-
-from dc.lit_module import DCModule
 from dc.training.lora import LORA_KEY
 from dc.training.throughput import PEAK_BF16_FLOPS, FlopsSpec, VLMThroughput, batch_counts, resolve_peak_flops
+
+from dc_testing import make_module
 from train_helpers import compose_config, single_thread  # noqa: F401
 
 
 def test_stage1_flops_by_hand() -> None:
     # frozen encoder 100 params, 17 tokens/image; trained connector 10 params, 16 visual tokens/image;
     # frozen LLM 1000 params (no input embedding). Batch: 50 non-pad tokens, 2 images.
-    spec = FlopsSpec(encoder_params=100, encoder_trained=False, encoder_tokens_per_image=17,
-                     connector_params=10, connector_trained=True, visual_tokens_per_image=16,
-                     llm_params=1000, llm_trained_params=0)
+    spec = FlopsSpec(
+        encoder_params=100,
+        encoder_trained=False,
+        encoder_tokens_per_image=17,
+        connector_params=10,
+        connector_trained=True,
+        visual_tokens_per_image=16,
+        llm_params=1000,
+        llm_trained_params=0,
+    )
     # encoder forward only: 2·100·(2·17) = 6,800; connector fwd + weight grads: 4·10·(2·16) = 1,280
     # (no activation grads: nothing upstream trains); frozen LLM fwd + activation backprop: 4·1000·50 = 200,000
     assert spec.batch_flops(tokens=50, images=2) == 6_800 + 1_280 + 200_000
@@ -39,8 +45,11 @@ def test_stage2_and_lora_flops_by_hand() -> None:
 def test_window_metrics_and_mfu_by_hand() -> None:
     cb = VLMThroughput(device=None, peak_flops=1e6)
     cb.spec = FlopsSpec(0, False, 1, 0, True, 1, llm_params=1000, llm_trained_params=1000)
-    batch = {"input_ids": torch.zeros(4, 10, dtype=torch.long), "attention_mask": torch.tensor([[1] * 10, [1] * 6 + [0] * 4,
-             [1] * 10, [1] * 4 + [0] * 6]), "pixel_values": torch.zeros(3, 3, 8, 8)}
+    batch = {
+        "input_ids": torch.zeros(4, 10, dtype=torch.long),
+        "attention_mask": torch.tensor([[1] * 10, [1] * 6 + [0] * 4, [1] * 10, [1] * 4 + [0] * 6]),
+        "pixel_values": torch.zeros(3, 3, 8, 8),
+    }
     assert batch_counts(batch) == (4, 30, 3)
     samples, tokens, images = batch_counts(batch)
     cb.samples, cb.tokens, cb.images, cb.flops = samples, tokens, images, cb.spec.batch_flops(tokens, images)
@@ -62,8 +71,10 @@ def test_peak_table_is_explicit() -> None:
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune", "lora"])
 def test_spec_counts_match_the_tiny_model(stage: str, tmp_path: Path, data_dir: Path) -> None:
-    cfg = compose_config("train", ["debug=fast", f"stage={stage}", f"paths.output_dir={tmp_path}",
-                                   f"paths.data_dir={data_dir}", "run_name=x"])
+    cfg = compose_config(
+        "train",
+        ["debug=fast", f"stage={stage}", f"paths.output_dir={tmp_path}", f"paths.data_dir={data_dir}", "run_name=x"],
+    )
     module = make_module(cfg)
     module.configure_model()
     vlm, spec = module.vlm, module.flops_spec

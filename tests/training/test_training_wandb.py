@@ -10,9 +10,10 @@ import pytest
 import wandb
 from omegaconf import OmegaConf
 
+from dc.eval.predictions import COLUMNS
 from dc.pipeline import train
 from dc.training.loggers import wandb_has_credentials, wandb_kwargs
-from dc.eval.predictions import COLUMNS
+
 from train_helpers import compose_config, single_thread  # noqa: F401
 
 NODE = OmegaConf.create({"_target_": "lightning.pytorch.loggers.WandbLogger", "group": None})
@@ -26,7 +27,9 @@ def no_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc
 
 
-def test_offline_without_credentials_and_stable_id(no_credentials: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_without_credentials_and_stable_id(
+    no_credentials: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert not wandb_has_credentials()
     first = wandb_kwargs(NODE, tmp_path / "run", resuming=False)
     assert first["offline"] is True
@@ -46,24 +49,46 @@ def test_offline_without_credentials_and_stable_id(no_credentials: None, tmp_pat
 
 
 def _cfg(out: Path, data_dir: Path, *overrides: str):
-    return compose_config("train", [
-        "debug=fast", "stage=pretrain", "logger=wandb", f"paths.output_dir={out}", f"paths.data_dir={data_dir}",
-        "run_name=wb", "trainer.enable_progress_bar=false", "trainer.max_steps=2", *overrides,
-    ])
+    return compose_config(
+        "train",
+        [
+            "debug=fast",
+            "stage=pretrain",
+            "logger=wandb",
+            f"paths.output_dir={out}",
+            f"paths.data_dir={data_dir}",
+            "run_name=wb",
+            "trainer.enable_progress_bar=false",
+            "trainer.max_steps=2",
+            *overrides,
+        ],
+    )
 
 
-def test_failed_run_is_finished_and_the_next_run_is_new(no_credentials: None, tmp_path: Path, data_dir: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_run_is_finished_and_the_next_run_is_new(
+    no_credentials: None, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_RUN_GROUP", "sweep-x")
-    crash = ["+callbacks.crash._target_=dc.training.callbacks.CrashAtStep", "+callbacks.crash.step=1", "+callbacks.crash.sig=raise"]
+    crash = [
+        "+callbacks.crash._target_=dc.training.callbacks.CrashAtStep",
+        "+callbacks.crash.step=1",
+        "+callbacks.crash.sig=raise",
+    ]
     with pytest.raises(RuntimeError, match="simulated failure"):
         train(_cfg(tmp_path / "failed", data_dir, *crash))
     assert wandb.run is None  # finished despite the exception
     failed_id = (tmp_path / "failed" / "wandb_id.txt").read_text()
 
-    _, objects = train(_cfg(tmp_path / "ok", data_dir, "callbacks.predictions.every_n_steps=1",
-                            "callbacks.predictions.max_new_tokens=4", "callbacks.predictions.num_samples=2"))
+    _, objects = train(
+        _cfg(
+            tmp_path / "ok",
+            data_dir,
+            "callbacks.predictions.every_n_steps=1",
+            "callbacks.predictions.max_new_tokens=4",
+            "callbacks.predictions.num_samples=2",
+        )
+    )
     assert wandb.run is None
     run = objects["trainer"].logger.experiment
     assert run.id == (tmp_path / "ok" / "wandb_id.txt").read_text() != failed_id
@@ -72,7 +97,9 @@ def test_failed_run_is_finished_and_the_next_run_is_new(no_credentials: None, tm
     logged = run.config.as_dict()["cfg"]
     assert logged["stage"]["name"] == "pretrain" and logged["run_name"] == "wb"  # the full resolved config
     assert logged["paths"]["output_dir"] == str(tmp_path / "ok")
-    tables = sorted((tmp_path / "ok" / "wandb").glob("offline-run-*/files/media/table/samples/predictions_*.table.json"))
+    tables = sorted(
+        (tmp_path / "ok" / "wandb").glob("offline-run-*/files/media/table/samples/predictions_*.table.json")
+    )
     assert len(tables) == 2  # steps 1 and 2
     table = json.loads(tables[-1].read_text())
     assert table["columns"] == COLUMNS and len(table["data"]) == 2

@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = str(ROOT / "configs")
@@ -35,7 +33,13 @@ from dc_testing import compose_config  # noqa: E402,F401 - one composition helpe
 
 def run_train_py(overrides: list[str], run_dir: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python train.py <overrides> hydra.run.dir=<run_dir>` from the repo root (no wandb, offline hub)."""
-    env = {**os.environ, **THREAD_ENV, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        **THREAD_ENV,
+        "WANDB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     cmd = [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 

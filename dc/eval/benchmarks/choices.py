@@ -26,8 +26,12 @@ from collections.abc import Mapping, Sequence
 _LEADING = re.compile(r"^\s*\(?([A-Z])(?:[.:)]|\s*$)")
 _SPLIT_CHARS = ".()[],:;!*#{}"
 _API_FAILURE = "Failed to obtain answer via API"
-REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
-            "I'm sorry, but without the image provided", "Cannot determine the answer")
+REFUSALS = (
+    "Sorry, I can't help with images of people yet.",
+    "I can't process this file.",
+    "I'm sorry, but without the image provided",
+    "Cannot determine the answer",
+)
 
 
 def letters_for(n: int) -> list[str]:
@@ -75,9 +79,7 @@ def vlmevalkit_match(answer: str, options: Mapping[str, str], *, length_limit: b
     return _match_text(answer, options, letters, length_limit)
 
 
-def extract_letter(
-    answer: str, letters: Sequence[str], options: Mapping[str, str] | None = None
-) -> str | None:
+def extract_letter(answer: str, letters: Sequence[str], options: Mapping[str, str] | None = None) -> str | None:
     """Lenient letter extraction (module docstring; not an official rule).
 
     Args:

@@ -34,8 +34,9 @@ Messages = list[dict[str, str]]
 JudgeFn = Callable[[Messages, float, int], str]  # (messages, temperature, max_tokens) -> reply text
 
 
-def batch_line(custom_id: str, messages: Messages, *, model: str, temperature: float,
-               max_tokens: int) -> dict[str, Any]:
+def batch_line(
+    custom_id: str, messages: Messages, *, model: str, temperature: float, max_tokens: int
+) -> dict[str, Any]:
     """One OpenAI Batch API request object."""
     return {
         "custom_id": custom_id,
@@ -88,17 +89,28 @@ class ChatJudge:
         max_retries: Retries on network/rate-limit errors (exponential back-off).
     """
 
-    def __init__(self, model: str, api_key: str, *, base_url: str = "https://api.openai.com/v1",
-                 timeout: float = 60.0, max_retries: int = 5) -> None:
+    def __init__(
+        self,
+        model: str,
+        api_key: str,
+        *,
+        base_url: str = "https://api.openai.com/v1",
+        timeout: float = 60.0,
+        max_retries: int = 5,
+    ) -> None:
         self.model, self._key, self.base_url = model, api_key, base_url.rstrip("/")
         self.timeout, self.max_retries = timeout, max_retries
 
     def __call__(self, messages: Messages, temperature: float, max_tokens: int) -> str:
-        body = json.dumps({"model": self.model, "messages": messages, "temperature": temperature,
-                           "max_tokens": max_tokens}).encode()
-        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "Authorization": f"Bearer {self._key}"})
+        body = json.dumps(
+            {"model": self.model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
+        ).encode()
+        req = urllib.request.Request(
+            f"{self.base_url}/chat/completions",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._key}"},
+        )
         for attempt in range(self.max_retries + 1):
             try:
                 with urllib.request.urlopen(req, timeout=self.timeout) as resp:
@@ -111,8 +123,9 @@ class ChatJudge:
         raise RuntimeError("unreachable")
 
 
-def make_judge(use_judge: bool, model: str, api_key_env: str = "OPENAI_API_KEY",
-               base_url: str = "https://api.openai.com/v1") -> tuple[JudgeFn | None, str | None]:
+def make_judge(
+    use_judge: bool, model: str, api_key_env: str = "OPENAI_API_KEY", base_url: str = "https://api.openai.com/v1"
+) -> tuple[JudgeFn | None, str | None]:
     """Build the live judge if it is enabled and its key is set.
 
     Returns:

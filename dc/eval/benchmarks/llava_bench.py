@@ -25,22 +25,32 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dc.eval.benchmarks.base import (Benchmark, EvalRecord, IdAllocator, Skip, build_result, load_json, read_jsonl,
-                                     with_image_token)
+from dc.eval.benchmarks.base import (
+    Benchmark,
+    EvalRecord,
+    IdAllocator,
+    Skip,
+    build_result,
+    load_json,
+    read_jsonl,
+    with_image_token,
+)
 from dc.eval.benchmarks.judge import batch_line, collect_replies, make_judge, write_requests
 from dc.eval.benchmarks.report import atomic_write_text
 
 SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 # LLaVA's rule.json uses the same text for llava_bench_conv / _detail / _complex.
-RULE = ("We would like to request your feedback on the performance of two AI assistants in response to the user "
-        "question displayed above. The user asks the question on observing an image. For your reference, the visual "
-        "content in the image is represented with a few sentences describing the image. \nPlease rate the "
-        "helpfulness, relevance, accuracy, level of details of their responses. Each assistant receives an overall "
-        "score on a scale of 1 to 10, where a higher score indicates better overall performance.\nPlease first "
-        "output a single line containing only two values indicating the scores for Assistant 1 and 2, respectively. "
-        "The two scores are separated by a space.\nIn the subsequent line, please provide a comprehensive "
-        "explanation of your evaluation, avoiding any potential bias and ensuring that the order in which the "
-        "responses were presented does not affect your judgment.")
+RULE = (
+    "We would like to request your feedback on the performance of two AI assistants in response to the user "
+    "question displayed above. The user asks the question on observing an image. For your reference, the visual "
+    "content in the image is represented with a few sentences describing the image. \nPlease rate the "
+    "helpfulness, relevance, accuracy, level of details of their responses. Each assistant receives an overall "
+    "score on a scale of 1 to 10, where a higher score indicates better overall performance.\nPlease first "
+    "output a single line containing only two values indicating the scores for Assistant 1 and 2, respectively. "
+    "The two scores are separated by a space.\nIn the subsequent line, please provide a comprehensive "
+    "explanation of your evaluation, avoiding any potential bias and ensuring that the order in which the "
+    "responses were presented does not affect your judgment."
+)
 
 
 def parse_review(reply: str) -> tuple[float, float] | None:
@@ -74,10 +84,21 @@ class LLaVABench(Benchmark):
     prompt_suffix = None
     max_new_tokens = 1024
 
-    def __init__(self, root: str | Path, *, question_file: str = "questions.jsonl", context_file: str = "context.jsonl",
-                 reference_file: str = "answers_gpt4.jsonl", image_folder: str = "images", rule_file: str | None = None,
-                 use_judge: bool = False, judge_model: str = "gpt-4-0314", judge_api_key_env: str = "OPENAI_API_KEY",
-                 judge_responses: str | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        question_file: str = "questions.jsonl",
+        context_file: str = "context.jsonl",
+        reference_file: str = "answers_gpt4.jsonl",
+        image_folder: str = "images",
+        rule_file: str | None = None,
+        use_judge: bool = False,
+        judge_model: str = "gpt-4-0314",
+        judge_api_key_env: str = "OPENAI_API_KEY",
+        judge_responses: str | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(root, **kw)
         self.question_file = self.root / question_file
         self.context_file = self.root / context_file
@@ -101,12 +122,17 @@ class LLaVABench(Benchmark):
             if image is None:
                 continue
             cap = captions.get(obj["image"], {}).get("caption")
-            meta = {"question_id": obj["question_id"], "question": obj["text"], "category": obj.get("category", "conv"),
-                    # A list caption is joined by lines; a string is used as is.
-                    "caption": "\n".join(cap) if isinstance(cap, list) else cap,
-                    "reference": refs.get(qid, {}).get("text")}
-            records.append(EvalRecord(new_id(qid), with_image_token(obj["text"].strip()), image,
-                                      self.max_new_tokens, meta))
+            meta = {
+                "question_id": obj["question_id"],
+                "question": obj["text"],
+                "category": obj.get("category", "conv"),
+                # A list caption is joined by lines; a string is used as is.
+                "caption": "\n".join(cap) if isinstance(cap, list) else cap,
+                "reference": refs.get(qid, {}).get("text"),
+            }
+            records.append(
+                EvalRecord(new_id(qid), with_image_token(obj["text"].strip()), image, self.max_new_tokens, meta)
+            )
         return records, skips
 
     def judge_requests(self, records: Sequence[EvalRecord], answers: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -118,15 +144,23 @@ class LLaVABench(Benchmark):
                 continue
             rule = self.rules.get(f"llava_bench_{m['category']}", {"role": "Assistant", "prompt": RULE})
             role = rule["role"]
-            content = (f"[Context]\n{m['caption']}\n\n[Question]\n{m['question']}\n\n"
-                       f"[{role} 1]\n{m['reference']}\n\n[End of {role} 1]\n\n"
-                       f"[{role} 2]\n{answers[r.id]}\n\n[End of {role} 2]\n\n[System]\n{rule['prompt']}\n\n")
-            out[r.id] = batch_line(r.id, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}],
-                                   model=self.judge_model, temperature=0.2, max_tokens=1024)
+            content = (
+                f"[Context]\n{m['caption']}\n\n[Question]\n{m['question']}\n\n"
+                f"[{role} 1]\n{m['reference']}\n\n[End of {role} 1]\n\n"
+                f"[{role} 2]\n{answers[r.id]}\n\n[End of {role} 2]\n\n[System]\n{rule['prompt']}\n\n"
+            )
+            out[r.id] = batch_line(
+                r.id,
+                [{"role": "system", "content": SYSTEM}, {"role": "user", "content": content}],
+                model=self.judge_model,
+                temperature=0.2,
+                max_tokens=1024,
+            )
         return out
 
-    def score(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-              skips: Sequence[Skip] | None = None) -> dict[str, Any]:
+    def score(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], skips: Sequence[Skip] | None = None
+    ) -> dict[str, Any]:
         skips = self._skips(skips)
         requests = self.judge_requests(records, answers)
         replies = collect_replies(requests, judge=self.judge, responses_file=self.judge_responses)
@@ -134,10 +168,20 @@ class LLaVABench(Benchmark):
         notes = [self.judge_note] if self.judge_note else []
         pairs = {rid: p for rid, p in reviews.items() if p is not None}
         if not pairs:
-            notes.append("scoring needs the GPT-4 judge: run llava_bench_judge_requests.jsonl (write_submission) and "
-                         "pass the output as judge_responses, or set use_judge=True with the API key")
-            return build_result(self.name, records=records, answers=answers, skips=skips, metrics={},
-                                main_metric=None, status="needs_judge", notes=notes)
+            notes.append(
+                "scoring needs the GPT-4 judge: run llava_bench_judge_requests.jsonl (write_submission) and "
+                "pass the output as judge_responses, or set use_judge=True with the API key"
+            )
+            return build_result(
+                self.name,
+                records=records,
+                answers=answers,
+                skips=skips,
+                metrics={},
+                main_metric=None,
+                status="needs_judge",
+                notes=notes,
+            )
         skips += [Skip(rid, "judge_unparsable") for rid, p in reviews.items() if p is None]
         by_id = {r.id: r for r in records}
         groups: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -149,16 +193,27 @@ class LLaVABench(Benchmark):
             ref = sum(p[0] for p in ps) / len(ps)
             return 100.0 * (sum(p[1] for p in ps) / len(ps)) / ref if ref else 0.0
 
-        return build_result(self.name, records=records, answers=answers, skips=skips,
-                            metrics={"relative_score": relative(groups.pop("all"))}, main_metric="relative_score",
-                            breakdown={"category": {k: relative(v) for k, v in sorted(groups.items())}}, notes=notes)
+        return build_result(
+            self.name,
+            records=records,
+            answers=answers,
+            skips=skips,
+            metrics={"relative_score": relative(groups.pop("all"))},
+            main_metric="relative_score",
+            breakdown={"category": {k: relative(v) for k, v in sorted(groups.items())}},
+            notes=notes,
+        )
 
-    def write_submission(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-                         out_dir: str | Path) -> list[Path]:
+    def write_submission(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], out_dir: str | Path
+    ) -> list[Path]:
         """LLaVA-format answer file and ``llava_bench_judge_requests.jsonl``."""
         out = Path(out_dir)
-        rows = [{"question_id": r.meta["question_id"], "prompt": r.meta["question"], "text": answers[r.id]}
-                for r in records if r.id in answers]
+        rows = [
+            {"question_id": r.meta["question_id"], "prompt": r.meta["question"], "text": answers[r.id]}
+            for r in records
+            if r.id in answers
+        ]
         ans = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         paths = [atomic_write_text(out / "llava_bench_answers.jsonl", ans)]
         requests = self.judge_requests(records, answers)

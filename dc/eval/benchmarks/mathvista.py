@@ -37,28 +37,39 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dc.eval.benchmarks.base import (Benchmark, EvalRecord, IdAllocator, Skip, build_result, first_existing,
-                                     load_json, pct, with_image_token)
+from dc.eval.benchmarks.base import (
+    Benchmark,
+    EvalRecord,
+    IdAllocator,
+    Skip,
+    build_result,
+    first_existing,
+    load_json,
+    pct,
+    with_image_token,
+)
 from dc.eval.benchmarks.judge import batch_line, collect_replies, make_judge
 from dc.eval.benchmarks.mathvista_extract import normalize_extraction, quick_extract, rule_extract
 from dc.eval.benchmarks.report import atomic_write_json
 
 HINTS = {
     "multi_choice": "Hint: Please answer the question and provide the correct option letter, "
-                    "e.g., A, B, C, D, at the end.",
+    "e.g., A, B, C, D, at the end.",
     "integer": "Hint: Please answer the question requiring an integer answer and provide the final value, "
-               "e.g., 1, 2, 3, at the end.",
+    "e.g., 1, 2, 3, at the end.",
     "float1": "Hint: Please answer the question requiring a floating-point number with one decimal place and "
-              "provide the final value, e.g., 1.2, 1.3, 1.4, at the end.",
+    "provide the final value, e.g., 1.2, 1.3, 1.4, at the end.",
     "float2": "Hint: Please answer the question requiring a floating-point number with two decimal places and "
-              "provide the final value, e.g., 1.23, 1.34, 1.45, at the end.",
+    "provide the final value, e.g., 1.23, 1.34, 1.45, at the end.",
     "list": "Hint: Please answer the question requiring a Python list as an answer and provide the final list, "
-            "e.g., [1, 2, 3], [1.2, 1.3, 1.4], at the end.",
+    "e.g., [1, 2, 3], [1.2, 1.3, 1.4], at the end.",
 }
 _REQUIRED = ("question", "answer", "question_type", "answer_type")
-_EXTRACT_INSTRUCTION = ("Extract the final answer from the model response below. Reply with the answer only: "
-                        "an option letter for multiple choice, a number for numeric questions, a Python list "
-                        "for list questions.")
+_EXTRACT_INSTRUCTION = (
+    "Extract the final answer from the model response below. Reply with the answer only: "
+    "an option letter for multiple choice, a number for numeric questions, a Python list "
+    "for list questions."
+)
 
 
 def build_query(problem: Mapping[str, Any]) -> str:
@@ -97,13 +108,24 @@ class MathVista(Benchmark):
     prompt_suffix = None
     max_new_tokens = 1024
 
-    def __init__(self, root: str | Path, *, data_file: str | None = None, use_judge: bool = False,
-                 judge_model: str = "gpt-4-0613", judge_api_key_env: str = "OPENAI_API_KEY",
-                 judge_responses: str | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        data_file: str | None = None,
+        use_judge: bool = False,
+        judge_model: str = "gpt-4-0613",
+        judge_api_key_env: str = "OPENAI_API_KEY",
+        judge_responses: str | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(root, **kw)
-        self.data_file = (self.root / data_file if data_file else
-                          first_existing(self.root / "annot_testmini.json", self.root / "testmini.json")
-                          or self.root / "annot_testmini.json")
+        self.data_file = (
+            self.root / data_file
+            if data_file
+            else first_existing(self.root / "annot_testmini.json", self.root / "testmini.json")
+            or self.root / "annot_testmini.json"
+        )
         self.judge_model = judge_model
         self.judge, self.judge_note = make_judge(use_judge, judge_model, judge_api_key_env)
         self.judge_responses = Path(judge_responses) if judge_responses else None
@@ -136,8 +158,9 @@ class MathVista(Benchmark):
             response = answers.get(r.id, "")
             if quick_extract(response, r.meta) is None:
                 msg = f"{_EXTRACT_INSTRUCTION}\n\n{r.meta['query']}\n\nModel response: {response}\n\nExtracted answer:"
-                out[r.id] = batch_line(r.id, [{"role": "user", "content": msg}], model=self.judge_model,
-                                       temperature=0.0, max_tokens=64)
+                out[r.id] = batch_line(
+                    r.id, [{"role": "user", "content": msg}], model=self.judge_model, temperature=0.0, max_tokens=64
+                )
         return out
 
     @staticmethod
@@ -150,13 +173,15 @@ class MathVista(Benchmark):
             return replies[record.id].strip(), "judge"
         return rule_extract(response, record.meta), "rule"
 
-    def score(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-              skips: Sequence[Skip] | None = None) -> dict[str, Any]:
+    def score(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], skips: Sequence[Skip] | None = None
+    ) -> dict[str, Any]:
         skips = self._skips(skips)
         replies: dict[str, str] = {}
         if self.judge is not None or self.judge_responses is not None:
-            replies = collect_replies(self.judge_requests(records, answers), judge=self.judge,
-                                      responses_file=self.judge_responses)
+            replies = collect_replies(
+                self.judge_requests(records, answers), judge=self.judge, responses_file=self.judge_responses
+            )
         hits: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         methods: dict[str, int] = defaultdict(int)
         for r in records:
@@ -173,19 +198,29 @@ class MathVista(Benchmark):
         metric = "accuracy" if judged else "accuracy_rule_based"
         notes = [f"answer extraction: {dict(methods)} (official numbers use GPT extraction)"]
         if not judged:
-            notes.append("headline metric is accuracy_rule_based: answers the quick checks left open were "
-                         "extracted by rules, not by the judge")
+            notes.append(
+                "headline metric is accuracy_rule_based: answers the quick checks left open were "
+                "extracted by rules, not by the judge"
+            )
         if self.judge_note:
             notes.append(self.judge_note)
         all_hits = hits.pop("all", {}).get("all", [])
         breakdown = {g: {k: pct(sum(v), len(v)) for k, v in sorted(d.items())} for g, d in hits.items()}
-        return build_result(self.name, records=records, answers=answers, skips=skips,
-                            metrics={metric: pct(sum(all_hits), len(all_hits))}, main_metric=metric,
-                            breakdown=breakdown, notes=notes,
-                            options={"answer_extraction": "judge" if judged else "rule_based"})
+        return build_result(
+            self.name,
+            records=records,
+            answers=answers,
+            skips=skips,
+            metrics={metric: pct(sum(all_hits), len(all_hits))},
+            main_metric=metric,
+            breakdown=breakdown,
+            notes=notes,
+            options={"answer_extraction": "judge" if judged else "rule_based"},
+        )
 
-    def write_submission(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-                         out_dir: str | Path) -> list[Path]:
+    def write_submission(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], out_dir: str | Path
+    ) -> list[Path]:
         """``{pid: problem fields + query + response}``: the input of MathVista's official extract_answer.py."""
         out = {r.meta["pid"]: {**r.meta, "response": answers.get(r.id, "")} for r in records}
         return [atomic_write_json(Path(out_dir) / "mathvista_testmini_responses.json", out)]

@@ -40,8 +40,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dc.eval.benchmarks.base import (OPTION_LETTER_SUFFIX, Benchmark, EvalRecord, Skip, build_result, pct,
-                                     with_image_token)
+from dc.eval.benchmarks.base import (
+    OPTION_LETTER_SUFFIX,
+    Benchmark,
+    EvalRecord,
+    Skip,
+    build_result,
+    pct,
+    with_image_token,
+)
 from dc.eval.benchmarks.choices import vlmevalkit_match
 from dc.eval.benchmarks.report import atomic_write_text
 
@@ -88,8 +95,17 @@ class MMBench(Benchmark):
     prompt_suffix = OPTION_LETTER_SUFFIX
     max_new_tokens = 1024
 
-    def __init__(self, root: str | Path, *, lang: str = "en", question_file: str | None = None, circular: bool = True,
-                 image_cache_dir: str | None = None, scoring_rule: str = "official", **kw: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        lang: str = "en",
+        question_file: str | None = None,
+        circular: bool = True,
+        image_cache_dir: str | None = None,
+        scoring_rule: str = "official",
+        **kw: Any,
+    ) -> None:
         super().__init__(root, **kw)
         if lang not in _FILES:
             raise ValueError(f"mmbench.lang must be one of {sorted(_FILES)}, got {lang!r}")
@@ -108,16 +124,24 @@ class MMBench(Benchmark):
             # Default quoting: pandas-written TSVs quote cells that contain newlines or tabs.
             return list(csv.DictReader(f, delimiter="\t"))
 
-    def _record(self, index: int, row: dict[str, str], options: list[str], answer: str | None,
-                image: Path) -> EvalRecord:
+    def _record(
+        self, index: int, row: dict[str, str], options: list[str], answer: str | None, image: Path
+    ) -> EvalRecord:
         question = row.get("question", "")
         if not is_none(row.get("hint")):
             question = f"{row['hint']}\n{question}"
         for letter, opt in zip(_LETTERS, options):
             question += f"\n{letter}. {opt}"
-        meta = {"index": index, "group": index % ROTATION_STRIDE, "rotation": index // ROTATION_STRIDE,
-                "options": dict(zip(_LETTERS, options)), "answer": answer, "question": row.get("question", ""),
-                "category": row.get("category"), "l2_category": row.get("l2-category")}
+        meta = {
+            "index": index,
+            "group": index % ROTATION_STRIDE,
+            "rotation": index // ROTATION_STRIDE,
+            "options": dict(zip(_LETTERS, options)),
+            "answer": answer,
+            "question": row.get("question", ""),
+            "category": row.get("category"),
+            "l2_category": row.get("l2-category"),
+        }
         prompt = with_image_token(f"{question}\n{self.suffix}")
         return EvalRecord(str(index), prompt, image, self.max_new_tokens, meta)
 
@@ -158,8 +182,9 @@ class MMBench(Benchmark):
                     records.append(self._record(index + k * ROTATION_STRIDE, row, rotated, ans_k, image))
         return records, skips
 
-    def score(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-              skips: Sequence[Skip] | None = None) -> dict[str, Any]:
+    def score(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], skips: Sequence[Skip] | None = None
+    ) -> dict[str, Any]:
         skips = self._skips(skips)
         skips += [Skip(r.id, "no_ground_truth") for r in records if not r.meta.get("answer")]
         groups: dict[int, list[int]] = defaultdict(list)
@@ -168,16 +193,25 @@ class MMBench(Benchmark):
         for r in records:
             if not r.meta.get("answer"):
                 continue
-            pred = vlmevalkit_match(answers.get(r.id, ""), r.meta["options"],
-                                    length_limit=self.scoring_rule == "length_limit")
+            pred = vlmevalkit_match(
+                answers.get(r.id, ""), r.meta["options"], length_limit=self.scoring_rule == "length_limit"
+            )
             ok = int(pred == r.meta["answer"])
             groups[r.meta["group"]].append(ok)
             group_meta.setdefault(r.meta["group"], r.meta)
             if r.meta["rotation"] == 0:
                 plain.append(ok)
         if not groups:
-            return build_result(self.name, records=records, answers=answers, skips=skips, metrics={},
-                                main_metric=None, status="no_ground_truth", notes=["no 'answer' column values"])
+            return build_result(
+                self.name,
+                records=records,
+                answers=answers,
+                skips=skips,
+                metrics={},
+                main_metric=None,
+                status="no_ground_truth",
+                notes=["no 'answer' column values"],
+            )
         circ = {g: int(all(v)) for g, v in groups.items()}
         breakdown: dict[str, dict[str, float]] = {}
         for field in ("category", "l2_category"):
@@ -187,24 +221,42 @@ class MMBench(Benchmark):
                     acc[group_meta[g][field]].append(ok)
             if acc:
                 breakdown[field] = {k: pct(sum(v), len(v)) for k, v in sorted(acc.items())}
-        metrics = {"accuracy_circular": pct(sum(circ.values()), len(circ)),
-                   "accuracy_plain": pct(sum(plain), len(plain))}
-        return build_result(self.name, records=records, answers=answers, skips=skips, metrics=metrics,
-                            main_metric="accuracy_circular" if self.circular else "accuracy_plain",
-                            breakdown=breakdown, notes=[f"answer matching: VLMEvalKit rules, {self.scoring_rule}"],
-                            options={"scoring_rule": self.scoring_rule})
+        metrics = {
+            "accuracy_circular": pct(sum(circ.values()), len(circ)),
+            "accuracy_plain": pct(sum(plain), len(plain)),
+        }
+        return build_result(
+            self.name,
+            records=records,
+            answers=answers,
+            skips=skips,
+            metrics=metrics,
+            main_metric="accuracy_circular" if self.circular else "accuracy_plain",
+            breakdown=breakdown,
+            notes=[f"answer matching: VLMEvalKit rules, {self.scoring_rule}"],
+            options={"scoring_rule": self.scoring_rule},
+        )
 
-    def write_submission(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-                         out_dir: str | Path) -> list[Path]:
+    def write_submission(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], out_dir: str | Path
+    ) -> list[Path]:
         """LLaVA's upload table (index, question, A-D, answer, prediction) as ``.tsv`` and ``.jsonl``."""
         cols = ["index", "question", *_LETTERS, "answer", "prediction", "category", "l2-category"]
         rows = []
         for r in records:
             m = r.meta
             opts = {k: m["options"].get(k, "") for k in _LETTERS}
-            rows.append({"index": m["index"], "question": m["question"], **opts,
-                         "answer": m.get("answer") or "", "prediction": answers.get(r.id, ""),
-                         "category": m.get("category") or "", "l2-category": m.get("l2_category") or ""})
+            rows.append(
+                {
+                    "index": m["index"],
+                    "question": m["question"],
+                    **opts,
+                    "answer": m.get("answer") or "",
+                    "prediction": answers.get(r.id, ""),
+                    "category": m.get("category") or "",
+                    "l2-category": m.get("l2_category") or "",
+                }
+            )
 
         def cell(v: Any) -> str:
             return " ".join(str(v).split())  # tabs/newlines would break the TSV

@@ -36,8 +36,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dc.eval.benchmarks.base import (SHORT_ANSWER_SUFFIX, Benchmark, EvalRecord, IdAllocator, Skip, build_result,
-                                     first_existing, with_image_token, with_suffix)
+from dc.eval.benchmarks.base import (
+    SHORT_ANSWER_SUFFIX,
+    Benchmark,
+    EvalRecord,
+    IdAllocator,
+    Skip,
+    build_result,
+    first_existing,
+    with_image_token,
+    with_suffix,
+)
 from dc.eval.benchmarks.report import atomic_write_text
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
@@ -86,9 +95,15 @@ class MME(Benchmark):
     prompt_suffix = SHORT_ANSWER_SUFFIX
     max_new_tokens = 128
 
-    def __init__(self, root: str | Path, *, question_file: str = "llava_mme.jsonl",
-                 benchmark_dir: str = "MME_Benchmark_release_version", scoring_rule: str = "official",
-                 **kw: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        question_file: str = "llava_mme.jsonl",
+        benchmark_dir: str = "MME_Benchmark_release_version",
+        scoring_rule: str = "official",
+        **kw: Any,
+    ) -> None:
         super().__init__(root, **kw)
         if scoring_rule not in SCORING_RULES:
             raise ValueError(f"mme.scoring_rule must be one of {SCORING_RULES}, got {scoring_rule!r}")
@@ -131,14 +146,27 @@ class MME(Benchmark):
             if _YES_NO not in question:
                 question = f"{question} {_YES_NO}"
             key = cache.setdefault((subtask, stem), self._answer_key(subtask, stem))
-            meta = {"question_id": qid, "subtask": subtask, "image_stem": stem, "question": question,
-                    "label": key.get(_norm_q(question))}
-            records.append(EvalRecord(rid, with_image_token(with_suffix(obj["text"], self.prompt_suffix)), image,
-                                      self.max_new_tokens, meta))
+            meta = {
+                "question_id": qid,
+                "subtask": subtask,
+                "image_stem": stem,
+                "question": question,
+                "label": key.get(_norm_q(question)),
+            }
+            records.append(
+                EvalRecord(
+                    rid,
+                    with_image_token(with_suffix(obj["text"], self.prompt_suffix)),
+                    image,
+                    self.max_new_tokens,
+                    meta,
+                )
+            )
         return records, skips
 
-    def score(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-              skips: Sequence[Skip] | None = None) -> dict[str, Any]:
+    def score(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], skips: Sequence[Skip] | None = None
+    ) -> dict[str, Any]:
         skips = self._skips(skips)
         skips += [Skip(r.id, "no_ground_truth") for r in records if r.meta.get("label") not in ("yes", "no")]
         per_q: dict[str, list[int]] = defaultdict(list)
@@ -151,9 +179,16 @@ class MME(Benchmark):
             per_q[r.meta["subtask"]].append(ok)
             per_img[r.meta["subtask"]][r.meta["image_stem"]].append(ok)
         if not per_q:
-            return build_result(self.name, records=records, answers=answers, skips=skips, metrics={},
-                                main_metric=None, status="no_ground_truth",
-                                notes=["no answer key matched (MME_Benchmark_release_version missing?)"])
+            return build_result(
+                self.name,
+                records=records,
+                answers=answers,
+                skips=skips,
+                metrics={},
+                main_metric=None,
+                status="no_ground_truth",
+                notes=["no answer key matched (MME_Benchmark_release_version missing?)"],
+            )
         breakdown: dict[str, dict[str, float]] = {}
         for sub, oks in per_q.items():
             imgs = per_img[sub].values()
@@ -166,13 +201,21 @@ class MME(Benchmark):
         absent = [s for s in PERCEPTION + COGNITION if s not in breakdown]
         if absent:
             notes.append(f"subtasks without scored questions (totals exclude them): {absent}")
-        return build_result(self.name, records=records, answers=answers, skips=skips,
-                            metrics={"perception": perception, "cognition": cognition, "total": perception + cognition},
-                            main_metric="perception", breakdown={"subtask": dict(sorted(breakdown.items()))},
-                            notes=notes, options={"scoring_rule": self.scoring_rule})
+        return build_result(
+            self.name,
+            records=records,
+            answers=answers,
+            skips=skips,
+            metrics={"perception": perception, "cognition": cognition, "total": perception + cognition},
+            main_metric="perception",
+            breakdown={"subtask": dict(sorted(breakdown.items()))},
+            notes=notes,
+            options={"scoring_rule": self.scoring_rule},
+        )
 
-    def write_submission(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-                         out_dir: str | Path) -> list[Path]:
+    def write_submission(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], out_dir: str | Path
+    ) -> list[Path]:
         """Per-subtask ``<subtask>.txt`` in the official eval_tool format: image, question, gt, prediction."""
         rows: dict[str, list[str]] = defaultdict(list)
         for r in records:

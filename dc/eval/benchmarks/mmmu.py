@@ -50,8 +50,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dc.eval.benchmarks.base import (OPTION_LETTER_SUFFIX, SHORT_ANSWER_SUFFIX, Benchmark, EvalRecord, IdAllocator,
-                                     Skip, build_result, load_json, pct, read_jsonl, with_image_token)
+from dc.eval.benchmarks.base import (
+    OPTION_LETTER_SUFFIX,
+    SHORT_ANSWER_SUFFIX,
+    Benchmark,
+    EvalRecord,
+    IdAllocator,
+    Skip,
+    build_result,
+    load_json,
+    pct,
+    read_jsonl,
+    with_image_token,
+)
 from dc.eval.benchmarks.choices import letters_for
 from dc.eval.benchmarks.mmmu_parse import judge_open, parse_multi_choice, parse_open
 
@@ -59,11 +70,23 @@ DISCIPLINES = {
     "Art and Design": ["Art", "Art_Theory", "Design", "Music"],
     "Business": ["Accounting", "Economics", "Finance", "Manage", "Marketing"],
     "Science": ["Biology", "Chemistry", "Geography", "Math", "Physics"],
-    "Health and Medicine": ["Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine",
-                            "Pharmacy", "Public_Health"],
+    "Health and Medicine": [
+        "Basic_Medical_Science",
+        "Clinical_Medicine",
+        "Diagnostics_and_Laboratory_Medicine",
+        "Pharmacy",
+        "Public_Health",
+    ],
     "Humanities and Social Science": ["History", "Literature", "Sociology", "Psychology"],
-    "Tech and Engineering": ["Agriculture", "Architecture_and_Engineering", "Computer_Science", "Electronics",
-                             "Energy_and_Power", "Materials", "Mechanical_Engineering"],
+    "Tech and Engineering": [
+        "Agriculture",
+        "Architecture_and_Engineering",
+        "Computer_Science",
+        "Electronics",
+        "Energy_and_Power",
+        "Materials",
+        "Mechanical_Engineering",
+    ],
 }
 SUBJECT_TO_DISCIPLINE = {s: d for d, subs in DISCIPLINES.items() for s in subs}
 INVALID_OPEN = "INVALID GENERATION FOR MULTIPLE IMAGE INPUTS"
@@ -102,8 +125,9 @@ class MMMU(Benchmark):
     max_new_tokens = 128
     generation_kwargs = {"do_sample": True, "temperature": 1.0, "top_p": None, "num_beams": 5, "seed": 42}
 
-    def __init__(self, root: str | Path, *, data_file: str = "validation.jsonl", option_image_rule: str = "official",
-                 **kw: Any) -> None:
+    def __init__(
+        self, root: str | Path, *, data_file: str = "validation.jsonl", option_image_rule: str = "official", **kw: Any
+    ) -> None:
         super().__init__(root, **kw)
         if option_image_rule not in OPTION_IMAGE_RULES:
             raise ValueError(f"mmmu.option_image_rule must be one of {OPTION_IMAGE_RULES}, got {option_image_rule!r}")
@@ -133,8 +157,12 @@ class MMMU(Benchmark):
                 skips.append(Skip(str(s.get("id", f"row:{n}")), "missing_field", "id/question/question_type/options"))
                 continue
             sid = str(s["id"])
-            meta: dict[str, Any] = {"question_id": sid, "question_type": qtype, "subject": subject_of(sid),
-                                    "answer": _literal(s.get("answer"))}
+            meta: dict[str, Any] = {
+                "question_id": sid,
+                "question_type": qtype,
+                "subject": subject_of(sid),
+                "answer": _literal(s.get("answer")),
+            }
             if qtype == "multiple-choice":
                 letters = letters_for(len(options))
                 meta["options"] = dict(zip(letters, map(str, options)))
@@ -171,8 +199,9 @@ class MMMU(Benchmark):
             answer = INVALID_OPEN
         return judge_open(m["answer"], parse_open(answer))
 
-    def score(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-              skips: Sequence[Skip] | None = None) -> dict[str, Any]:
+    def score(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], skips: Sequence[Skip] | None = None
+    ) -> dict[str, Any]:
         skips = self._skips(skips)
         skips += [Skip(r.id, "no_ground_truth") for r in records if r.meta.get("answer") in (None, "", [])]
         hits: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
@@ -185,13 +214,29 @@ class MMMU(Benchmark):
             hits["subject"][r.meta["subject"]].append(ok)
             hits["discipline"][SUBJECT_TO_DISCIPLINE.get(r.meta["subject"], "unknown")].append(ok)
         if not hits:
-            return build_result(self.name, records=records, answers=answers, skips=skips, metrics={},
-                                main_metric=None, status="no_ground_truth", notes=["no answers in the data file"])
+            return build_result(
+                self.name,
+                records=records,
+                answers=answers,
+                skips=skips,
+                metrics={},
+                main_metric=None,
+                status="no_ground_truth",
+                notes=["no answers in the data file"],
+            )
         breakdown = {g: {k: pct(sum(v), len(v)) for k, v in sorted(d.items())} for g, d in hits.items() if g != "all"}
         all_hits = hits["all"]["all"]
-        return build_result(self.name, records=records, answers=answers, skips=skips,
-                            metrics={"accuracy": pct(sum(all_hits), len(all_hits))}, main_metric="accuracy",
-                            breakdown=breakdown,
-                            notes=["unparsable multiple-choice answers get a random letter seeded by the sample id",
-                                   f"option image rule: {self.option_image_rule}"],
-                            options={"option_image_rule": self.option_image_rule})
+        return build_result(
+            self.name,
+            records=records,
+            answers=answers,
+            skips=skips,
+            metrics={"accuracy": pct(sum(all_hits), len(all_hits))},
+            main_metric="accuracy",
+            breakdown=breakdown,
+            notes=[
+                "unparsable multiple-choice answers get a random letter seeded by the sample id",
+                f"option image rule: {self.option_image_rule}",
+            ],
+            options={"option_image_rule": self.option_image_rule},
+        )

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dc.eval.benchmarks.base import (Benchmark, EvalRecord, IdAllocator, Skip, build_result, load_json, with_image_token)
+from dc.eval.benchmarks.base import Benchmark, EvalRecord, IdAllocator, Skip, build_result, load_json, with_image_token
 from dc.eval.benchmarks.judge import batch_line, collect_replies, make_judge, write_requests
 from dc.eval.benchmarks.report import atomic_write_json
 
@@ -92,9 +92,19 @@ class MMVet(Benchmark):
     prompt_suffix = None
     max_new_tokens = 1024
 
-    def __init__(self, root: str | Path, *, question_file: str = "llava-mm-vet.jsonl", image_folder: str = "images",
-                 gt_file: str = "mm-vet.json", use_judge: bool = False, judge_model: str = "gpt-4-0613",
-                 judge_api_key_env: str = "OPENAI_API_KEY", judge_responses: str | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        question_file: str = "llava-mm-vet.jsonl",
+        image_folder: str = "images",
+        gt_file: str = "mm-vet.json",
+        use_judge: bool = False,
+        judge_model: str = "gpt-4-0613",
+        judge_api_key_env: str = "OPENAI_API_KEY",
+        judge_responses: str | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(root, **kw)
         self.question_file = self.root / question_file
         self.image_folder = self.root / image_folder
@@ -113,10 +123,15 @@ class MMVet(Benchmark):
             if image is None:
                 continue
             g = gt.get(key, {})
-            meta = {"key": key, "question": g.get("question", obj["text"]), "answer": g.get("answer"),
-                    "capability": list(g.get("capability", []))}
-            records.append(EvalRecord(new_id(key), with_image_token(obj["text"].strip()), image,
-                                      self.max_new_tokens, meta))
+            meta = {
+                "key": key,
+                "question": g.get("question", obj["text"]),
+                "answer": g.get("answer"),
+                "capability": list(g.get("capability", [])),
+            }
+            records.append(
+                EvalRecord(new_id(key), with_image_token(obj["text"].strip()), image, self.max_new_tokens, meta)
+            )
         return records, skips
 
     def judge_requests(self, records: Sequence[EvalRecord], answers: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -127,12 +142,14 @@ class MMVet(Benchmark):
                 continue
             gt = r.meta["answer"].replace("<AND>", " <AND> ").replace("<OR>", " <OR> ")
             content = GRADER_PROMPT + "\n" + " | ".join([r.meta["question"], gt, answers[r.id], ""])
-            out[r.id] = batch_line(r.id, [{"role": "user", "content": content}], model=self.judge_model,
-                                   temperature=0.0, max_tokens=3)
+            out[r.id] = batch_line(
+                r.id, [{"role": "user", "content": content}], model=self.judge_model, temperature=0.0, max_tokens=3
+            )
         return out
 
-    def score(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-              skips: Sequence[Skip] | None = None) -> dict[str, Any]:
+    def score(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], skips: Sequence[Skip] | None = None
+    ) -> dict[str, Any]:
         skips = self._skips(skips)
         requests = self.judge_requests(records, answers)
         replies = collect_replies(requests, judge=self.judge, responses_file=self.judge_responses)
@@ -140,11 +157,21 @@ class MMVet(Benchmark):
         graded = {rid: g for rid, g in grades.items() if g is not None}
         notes = [self.judge_note] if self.judge_note else []
         if not graded:
-            notes.append("scoring needs the GPT grader: run mmvet_judge_requests.jsonl (write_submission) and pass "
-                         "the output as judge_responses, or set use_judge=True with the API key; or upload "
-                         "mmvet_results.json to the official evaluator")
-            return build_result(self.name, records=records, answers=answers, skips=skips, metrics={},
-                                main_metric=None, status="needs_judge", notes=notes)
+            notes.append(
+                "scoring needs the GPT grader: run mmvet_judge_requests.jsonl (write_submission) and pass "
+                "the output as judge_responses, or set use_judge=True with the API key; or upload "
+                "mmvet_results.json to the official evaluator"
+            )
+            return build_result(
+                self.name,
+                records=records,
+                answers=answers,
+                skips=skips,
+                metrics={},
+                main_metric=None,
+                status="needs_judge",
+                notes=notes,
+            )
         skips += [Skip(rid, "judge_unparsable") for rid, g in grades.items() if g is None]
         caps: dict[str, list[float]] = defaultdict(list)
         by_id = {r.id: r for r in records}
@@ -153,17 +180,27 @@ class MMVet(Benchmark):
                 caps[c].append(g)
         if len(graded) < len(requests):
             notes.append(f"only {len(graded)} of {len(requests)} answers have a grade")
-        return build_result(self.name, records=records, answers=answers, skips=skips,
-                            metrics={"total": 100.0 * sum(graded.values()) / len(graded)}, main_metric="total",
-                            breakdown={"capability": {c: 100.0 * sum(v) / len(v) for c, v in sorted(caps.items())}},
-                            notes=notes)
+        return build_result(
+            self.name,
+            records=records,
+            answers=answers,
+            skips=skips,
+            metrics={"total": 100.0 * sum(graded.values()) / len(graded)},
+            main_metric="total",
+            breakdown={"capability": {c: 100.0 * sum(v) / len(v) for c, v in sorted(caps.items())}},
+            notes=notes,
+        )
 
-    def write_submission(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-                         out_dir: str | Path) -> list[Path]:
+    def write_submission(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], out_dir: str | Path
+    ) -> list[Path]:
         """``mmvet_results.json`` and, with ground truth, ``mmvet_judge_requests.jsonl``."""
         out = Path(out_dir)
-        paths = [atomic_write_json(out / "mmvet_results.json",
-                                   {r.meta["key"]: answers[r.id] for r in records if r.id in answers})]
+        paths = [
+            atomic_write_json(
+                out / "mmvet_results.json", {r.meta["key"]: answers[r.id] for r in records if r.id in answers}
+            )
+        ]
         requests = self.judge_requests(records, answers)
         if requests:
             paths.append(write_requests(out / "mmvet_judge_requests.jsonl", requests.values()))

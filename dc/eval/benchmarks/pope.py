@@ -23,8 +23,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dc.eval.benchmarks.base import (SHORT_ANSWER_SUFFIX, Benchmark, EvalRecord, IdAllocator, Skip, build_result,
-                                     pct, read_jsonl, with_image_token, with_suffix)
+from dc.eval.benchmarks.base import (
+    SHORT_ANSWER_SUFFIX,
+    Benchmark,
+    EvalRecord,
+    IdAllocator,
+    Skip,
+    build_result,
+    pct,
+    read_jsonl,
+    with_image_token,
+    with_suffix,
+)
 
 SPLITS = ("adversarial", "popular", "random")
 
@@ -46,8 +56,18 @@ def pope_metrics(preds: Sequence[str], labels: Sequence[str]) -> dict[str, float
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     n = len(preds)
-    return {"accuracy": pct(tp + tn, n), "precision": 100 * precision, "recall": 100 * recall, "f1": 100 * f1,
-            "yes_ratio": pct(tp + fp, n), "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": n}
+    return {
+        "accuracy": pct(tp + tn, n),
+        "precision": 100 * precision,
+        "recall": 100 * recall,
+        "f1": 100 * f1,
+        "yes_ratio": pct(tp + fp, n),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "n": n,
+    }
 
 
 class POPE(Benchmark):
@@ -66,8 +86,16 @@ class POPE(Benchmark):
     prompt_suffix = SHORT_ANSWER_SUFFIX
     max_new_tokens = 128
 
-    def __init__(self, root: str | Path, *, question_file: str = "llava_pope_test.jsonl", image_folder: str = "val2014",
-                 annotation_dir: str = "coco", splits: Sequence[str] = SPLITS, **kw: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        question_file: str = "llava_pope_test.jsonl",
+        image_folder: str = "val2014",
+        annotation_dir: str = "coco",
+        splits: Sequence[str] = SPLITS,
+        **kw: Any,
+    ) -> None:
         super().__init__(root, **kw)
         bad = sorted(set(splits) - set(SPLITS))
         if bad:
@@ -110,26 +138,51 @@ class POPE(Benchmark):
             if label is None and pos < len(in_order):
                 label = in_order[pos]
             meta = {"question_id": obj["question_id"], "split": split, "label": label}
-            records.append(EvalRecord(new_id(qid), with_image_token(with_suffix(obj["text"], self.prompt_suffix)),
-                                      image, self.max_new_tokens, meta))
+            records.append(
+                EvalRecord(
+                    new_id(qid),
+                    with_image_token(with_suffix(obj["text"], self.prompt_suffix)),
+                    image,
+                    self.max_new_tokens,
+                    meta,
+                )
+            )
         return records, skips
 
-    def score(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-              skips: Sequence[Skip] | None = None) -> dict[str, Any]:
+    def score(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], skips: Sequence[Skip] | None = None
+    ) -> dict[str, Any]:
         skips = self._skips(skips)
         skips += [Skip(r.id, "no_ground_truth") for r in records if r.meta.get("label") not in ("yes", "no")]
         breakdown: dict[str, Any] = {}
         for split in self.splits:
-            rs = [r for r in records if r.meta["split"] == split and r.meta.get("label") in ("yes", "no")
-                  and r.id in answers]
+            rs = [
+                r
+                for r in records
+                if r.meta["split"] == split and r.meta.get("label") in ("yes", "no") and r.id in answers
+            ]
             if rs:
                 breakdown[split] = pope_metrics([pope_yes_no(answers[r.id]) for r in rs], [r.meta["label"] for r in rs])
         if not breakdown:
-            return build_result(self.name, records=records, answers=answers, skips=skips, metrics={},
-                                main_metric=None, status="no_ground_truth",
-                                notes=["no labelled, answered questions (coco/coco_pope_*.json missing?)"])
+            return build_result(
+                self.name,
+                records=records,
+                answers=answers,
+                skips=skips,
+                metrics={},
+                main_metric=None,
+                status="no_ground_truth",
+                notes=["no labelled, answered questions (coco/coco_pope_*.json missing?)"],
+            )
         keys = ("f1", "accuracy", "precision", "recall", "yes_ratio")
         metrics = {k: sum(b[k] for b in breakdown.values()) / len(breakdown) for k in keys}
-        return build_result(self.name, records=records, answers=answers, skips=skips, metrics=metrics,
-                            main_metric="f1", breakdown={"split": breakdown},
-                            notes=[f"metrics are the mean over splits {sorted(breakdown)}"])
+        return build_result(
+            self.name,
+            records=records,
+            answers=answers,
+            skips=skips,
+            metrics=metrics,
+            main_metric="f1",
+            breakdown={"split": breakdown},
+            notes=[f"metrics are the mean over splits {sorted(breakdown)}"],
+        )

@@ -63,8 +63,12 @@ def _fmt(v: Any) -> str:
     return f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
-def results_markdown(results: Mapping[str, Mapping[str, Any]], *, title: str = "Evaluation results",
-                     meta: Mapping[str, Any] | None = None) -> str:
+def results_markdown(
+    results: Mapping[str, Mapping[str, Any]],
+    *,
+    title: str = "Evaluation results",
+    meta: Mapping[str, Any] | None = None,
+) -> str:
     """Render ``{benchmark: result}`` as markdown.
 
     A summary table comes first, then one table per benchmark with its headline metrics and the
@@ -76,12 +80,14 @@ def results_markdown(results: Mapping[str, Mapping[str, Any]], *, title: str = "
         meta: Extra key/values listed under the heading (checkpoint, config); machine and date are
             always added so a reader knows where the numbers came from.
     """
-    info = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.node(),
-            **dict(meta or {})}
+    info = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.node(), **dict(meta or {})}
     lines = [f"# {title}", ""]
     lines += [f"- **{k}**: {v}" for k, v in info.items()]
-    lines += ["", "| benchmark | status | main metric | value | records | answered | skipped |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| benchmark | status | main metric | value | records | answered | skipped |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, res in results.items():
         main = res.get("main_metric")
         value = res.get("metrics", {}).get(main) if main else None
@@ -105,8 +111,14 @@ def results_markdown(results: Mapping[str, Mapping[str, Any]], *, title: str = "
     return "\n".join(lines) + "\n"
 
 
-def write_report(results: Mapping[str, Mapping[str, Any]], out_dir: str | Path, *, stem: str = "results",
-                 title: str = "Evaluation results", meta: Mapping[str, Any] | None = None) -> tuple[Path, Path]:
+def write_report(
+    results: Mapping[str, Mapping[str, Any]],
+    out_dir: str | Path,
+    *,
+    stem: str = "results",
+    title: str = "Evaluation results",
+    meta: Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
     """Write ``{stem}.json`` and ``{stem}.md`` into ``out_dir`` atomically.
 
     Returns:

@@ -24,8 +24,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dc.eval.benchmarks.base import (IMAGE_TOKEN, OPTION_LETTER_SUFFIX, Benchmark, EvalRecord, IdAllocator, Skip,
-                                     build_result, load_json, pct, with_image_token)
+from dc.eval.benchmarks.base import (
+    IMAGE_TOKEN,
+    OPTION_LETTER_SUFFIX,
+    Benchmark,
+    EvalRecord,
+    IdAllocator,
+    Skip,
+    build_result,
+    load_json,
+    pct,
+    with_image_token,
+)
 
 OPTIONS = ("A", "B", "C", "D", "E")
 _ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
@@ -58,9 +68,16 @@ class ScienceQA(Benchmark):
     prompt_suffix = OPTION_LETTER_SUFFIX
     max_new_tokens = 1024
 
-    def __init__(self, root: str | Path, *, question_file: str = "llava_test_CQM-A.json",
-                 image_folder: str = "images/test", problems_file: str = "problems.json", img_only: bool = True,
-                 **kw: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        question_file: str = "llava_test_CQM-A.json",
+        image_folder: str = "images/test",
+        problems_file: str = "problems.json",
+        img_only: bool = True,
+        **kw: Any,
+    ) -> None:
         super().__init__(root, **kw)
         self.question_file = self.root / question_file
         self.image_folder = self.root / image_folder
@@ -89,25 +106,38 @@ class ScienceQA(Benchmark):
             meta: dict[str, Any] = {"question_id": pid, "has_image": has_image}
             prob = problems.get(pid)
             if prob is not None:
-                meta.update(answer=OPTIONS[prob["answer"]], num_choices=len(prob["choices"]),
-                            subject=prob.get("subject"))
+                meta.update(
+                    answer=OPTIONS[prob["answer"]], num_choices=len(prob["choices"]), subject=prob.get("subject")
+                )
             else:  # fall back to the gpt turn of the LLaVA file ("The answer is X.")
                 gpt = item["conversations"][1]["value"] if len(item["conversations"]) > 1 else ""
                 letter = parse_sqa_letter(gpt)
                 if letter is not None:
                     meta["answer"] = letter
-            records.append(EvalRecord(new_id(pid), with_image_token(prompt) if has_image else prompt, image,
-                                      self.max_new_tokens, meta))
+            records.append(
+                EvalRecord(
+                    new_id(pid), with_image_token(prompt) if has_image else prompt, image, self.max_new_tokens, meta
+                )
+            )
         return records, skips
 
-    def score(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-              skips: Sequence[Skip] | None = None) -> dict[str, Any]:
+    def score(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], skips: Sequence[Skip] | None = None
+    ) -> dict[str, Any]:
         skips = self._skips(skips)
         scored = [r for r in records if r.meta.get("answer")]
         skips += [Skip(r.id, "no_ground_truth") for r in records if not r.meta.get("answer")]
         if not scored:
-            return build_result(self.name, records=records, answers=answers, skips=skips, metrics={},
-                                main_metric=None, status="no_ground_truth", notes=["problems.json not found"])
+            return build_result(
+                self.name,
+                records=records,
+                answers=answers,
+                skips=skips,
+                metrics={},
+                main_metric=None,
+                status="no_ground_truth",
+                notes=["problems.json not found"],
+            )
         hits: dict[str, list[int]] = defaultdict(list)
         for r in scored:
             letter = parse_sqa_letter(answers.get(r.id, ""))
@@ -118,9 +148,19 @@ class ScienceQA(Benchmark):
                 hits["img"].append(ok)
             if r.meta.get("subject"):
                 hits[f"subject:{r.meta['subject']}"].append(ok)
-        metrics = {"img_accuracy": pct(sum(hits["img"]), len(hits["img"])),
-                   "accuracy": pct(sum(hits["all"]), len(hits["all"]))}
-        subjects = {k.split(":", 1)[1]: pct(sum(v), len(v))
-                    for k, v in sorted(hits.items()) if k.startswith("subject:")}
-        return build_result(self.name, records=records, answers=answers, skips=skips, metrics=metrics,
-                            main_metric="img_accuracy", breakdown={"subject": subjects} if subjects else {})
+        metrics = {
+            "img_accuracy": pct(sum(hits["img"]), len(hits["img"])),
+            "accuracy": pct(sum(hits["all"]), len(hits["all"])),
+        }
+        subjects = {
+            k.split(":", 1)[1]: pct(sum(v), len(v)) for k, v in sorted(hits.items()) if k.startswith("subject:")
+        }
+        return build_result(
+            self.name,
+            records=records,
+            answers=answers,
+            skips=skips,
+            metrics=metrics,
+            main_metric="img_accuracy",
+            breakdown={"subject": subjects} if subjects else {},
+        )

@@ -29,8 +29,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dc.eval.benchmarks.base import (OPTION_LETTER_SUFFIX, Benchmark, EvalRecord, IdAllocator, Skip, build_result,
-                                     load_json, pct, with_image_token, with_suffix)
+from dc.eval.benchmarks.base import (
+    OPTION_LETTER_SUFFIX,
+    Benchmark,
+    EvalRecord,
+    IdAllocator,
+    Skip,
+    build_result,
+    load_json,
+    pct,
+    with_image_token,
+    with_suffix,
+)
 from dc.eval.benchmarks.choices import extract_letter
 from dc.eval.benchmarks.report import atomic_write_text
 
@@ -56,9 +66,17 @@ class SEEDBench(Benchmark):
     prompt_suffix = OPTION_LETTER_SUFFIX
     max_new_tokens = 128
 
-    def __init__(self, root: str | Path, *, question_file: str = "llava-seed-bench.jsonl",
-                 annotation_file: str = "SEED-Bench.json", image_folder: str = ".", data_type: str = "all",
-                 scoring_rule: str = "official", **kw: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        question_file: str = "llava-seed-bench.jsonl",
+        annotation_file: str = "SEED-Bench.json",
+        image_folder: str = ".",
+        data_type: str = "all",
+        scoring_rule: str = "official",
+        **kw: Any,
+    ) -> None:
         super().__init__(root, **kw)
         if data_type not in _DATA_TYPES:
             raise ValueError(f"seed.data_type must be one of {_DATA_TYPES}, got {data_type!r}")
@@ -88,10 +106,21 @@ class SEEDBench(Benchmark):
             if image is None:
                 continue
             tid = q.get("question_type_id")
-            meta = {"question_id": obj["question_id"], "answer": q.get("answer"), "data_type": q.get("data_type"),
-                    "question_type": type_names.get(int(tid), str(tid)) if tid is not None else None}
-            records.append(EvalRecord(new_id(qid), with_image_token(with_suffix(obj["text"], self.prompt_suffix)),
-                                      image, self.max_new_tokens, meta))
+            meta = {
+                "question_id": obj["question_id"],
+                "answer": q.get("answer"),
+                "data_type": q.get("data_type"),
+                "question_type": type_names.get(int(tid), str(tid)) if tid is not None else None,
+            }
+            records.append(
+                EvalRecord(
+                    new_id(qid),
+                    with_image_token(with_suffix(obj["text"], self.prompt_suffix)),
+                    image,
+                    self.max_new_tokens,
+                    meta,
+                )
+            )
         return records, skips
 
     def read_answer(self, answer: str) -> str | None:
@@ -100,8 +129,9 @@ class SEEDBench(Benchmark):
             return extract_letter(answer, _LETTERS)
         return answer.strip()
 
-    def score(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-              skips: Sequence[Skip] | None = None) -> dict[str, Any]:
+    def score(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], skips: Sequence[Skip] | None = None
+    ) -> dict[str, Any]:
         skips = self._skips(skips)
         skips += [Skip(r.id, "no_ground_truth") for r in records if not r.meta.get("answer")]
         hits: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
@@ -113,19 +143,42 @@ class SEEDBench(Benchmark):
             hits["data_type"][r.meta.get("data_type") or "unknown"].append(ok)
             hits["question_type"][r.meta.get("question_type") or "unknown"].append(ok)
         if not hits:
-            return build_result(self.name, records=records, answers=answers, skips=skips, metrics={},
-                                main_metric=None, status="no_ground_truth", notes=["SEED-Bench.json not found"])
+            return build_result(
+                self.name,
+                records=records,
+                answers=answers,
+                skips=skips,
+                metrics={},
+                main_metric=None,
+                status="no_ground_truth",
+                notes=["SEED-Bench.json not found"],
+            )
         dt = hits["data_type"]
-        metrics = {f"accuracy_{k}" if k != "all" else "accuracy": pct(sum(dt[k]), len(dt[k]))
-                   for k in ("all", "image", "video") if dt.get(k)}
+        metrics = {
+            f"accuracy_{k}" if k != "all" else "accuracy": pct(sum(dt[k]), len(dt[k]))
+            for k in ("all", "image", "video")
+            if dt.get(k)
+        }
         breakdown = {"question_type": {k: pct(sum(v), len(v)) for k, v in sorted(hits["question_type"].items())}}
-        return build_result(self.name, records=records, answers=answers, skips=skips, metrics=metrics,
-                            main_metric="accuracy", breakdown=breakdown, notes=[f"scoring rule: {self.scoring_rule}"],
-                            options={"scoring_rule": self.scoring_rule})
+        return build_result(
+            self.name,
+            records=records,
+            answers=answers,
+            skips=skips,
+            metrics=metrics,
+            main_metric="accuracy",
+            breakdown=breakdown,
+            notes=[f"scoring rule: {self.scoring_rule}"],
+            options={"scoring_rule": self.scoring_rule},
+        )
 
-    def write_submission(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-                         out_dir: str | Path) -> list[Path]:
+    def write_submission(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], out_dir: str | Path
+    ) -> list[Path]:
         """LLaVA's upload JSONL: ``{"question_id", "prediction"}`` per answered question."""
-        lines = [json.dumps({"question_id": r.meta["question_id"], "prediction": answers[r.id]}, ensure_ascii=False)
-                 for r in records if r.id in answers]
+        lines = [
+            json.dumps({"question_id": r.meta["question_id"], "prediction": answers[r.id]}, ensure_ascii=False)
+            for r in records
+            if r.id in answers
+        ]
         return [atomic_write_text(Path(out_dir) / "seed_bench_upload.jsonl", "".join(x + "\n" for x in lines))]

@@ -43,8 +43,13 @@ class SyntheticQA(Benchmark):
     max_new_tokens = 8
 
     def __init__(
-        self, root: str | Path, *, question_file: str = "eval.jsonl", max_new_tokens: int = 8,
-        blank_control: bool = True, **kw: Any,
+        self,
+        root: str | Path,
+        *,
+        question_file: str = "eval.jsonl",
+        max_new_tokens: int = 8,
+        blank_control: bool = True,
+        **kw: Any,
     ) -> None:
         super().__init__(root, **kw)
         self.question_file = self.root / question_file
@@ -76,7 +81,9 @@ class SyntheticQA(Benchmark):
         n = result["counts"]["answered"]
         lines = [f"held-out accuracy: {m['accuracy']:.1f} %  ({n} questions; chance 25 %)"]
         if "blank_accuracy" in m:
-            lines.append(f"blank-image accuracy: {m['blank_accuracy']:.1f} %  (same model, blank canvas instead of the scene)")
+            lines.append(
+                f"blank-image accuracy: {m['blank_accuracy']:.1f} %  (same model, blank canvas instead of the scene)"
+            )
         return "\n".join(lines)
 
     def score(
@@ -92,5 +99,12 @@ class SyntheticQA(Benchmark):
         per_category = {k: pct(sum(v), len(v)) for k, v in sorted(hits.items()) if k != "all"}
         metrics = {"accuracy": pct(sum(hits["all"]), len(hits["all"]))}
         metrics.update({f"accuracy_{k}": v for k, v in per_category.items()})
-        return build_result(self.name, records=records, answers=answers, skips=self._skips(skips), metrics=metrics,
-                            main_metric="accuracy", notes=["chance: 25 % (colour, shape, count), 11 % (position)"])
+        return build_result(
+            self.name,
+            records=records,
+            answers=answers,
+            skips=self._skips(skips),
+            metrics=metrics,
+            main_metric="accuracy",
+            notes=["chance: 25 % (colour, shape, count), 11 % (position)"],
+        )

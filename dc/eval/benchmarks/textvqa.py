@@ -25,8 +25,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dc.eval.benchmarks.base import (SHORT_ANSWER_SUFFIX, Benchmark, EvalRecord, IdAllocator, Skip, build_result,
-                                     load_json, pct, with_image_token, with_suffix)
+from dc.eval.benchmarks.base import (
+    SHORT_ANSWER_SUFFIX,
+    Benchmark,
+    EvalRecord,
+    IdAllocator,
+    Skip,
+    build_result,
+    load_json,
+    pct,
+    with_image_token,
+    with_suffix,
+)
 from dc.eval.benchmarks.vqa_eval import vqa_accuracy
 
 OCR_PREFIX = "Reference OCR token:"
@@ -56,9 +66,16 @@ class TextVQA(Benchmark):
     prompt_suffix = SHORT_ANSWER_SUFFIX
     max_new_tokens = 128
 
-    def __init__(self, root: str | Path, *, ocr: bool = True, question_file: str = "llava_textvqa_val_v051_ocr.jsonl",
-                 image_folder: str = "train_images", annotation_file: str = "TextVQA_0.5.1_val.json",
-                 **kw: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        ocr: bool = True,
+        question_file: str = "llava_textvqa_val_v051_ocr.jsonl",
+        image_folder: str = "train_images",
+        annotation_file: str = "TextVQA_0.5.1_val.json",
+        **kw: Any,
+    ) -> None:
         super().__init__(root, **kw)
         self.ocr = ocr
         self.question_file = self.root / question_file
@@ -84,20 +101,37 @@ class TextVQA(Benchmark):
             ann = gt.get((image_id, question.lower()))
             if ann is not None:
                 meta.update(answers=list(ann["answers"]), textvqa_question_id=ann.get("question_id"))
-            records.append(EvalRecord(rid, with_image_token(with_suffix(body, self.prompt_suffix)), image,
-                                      self.max_new_tokens, meta))
+            records.append(
+                EvalRecord(
+                    rid, with_image_token(with_suffix(body, self.prompt_suffix)), image, self.max_new_tokens, meta
+                )
+            )
         return records, skips
 
-    def score(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-              skips: Sequence[Skip] | None = None) -> dict[str, Any]:
+    def score(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], skips: Sequence[Skip] | None = None
+    ) -> dict[str, Any]:
         skips = self._skips(skips)
         scored = [r for r in records if r.meta.get("answers")]
         skips += [Skip(r.id, "no_ground_truth") for r in records if not r.meta.get("answers")]
         if not scored:
-            return build_result(self.name, records=records, answers=answers, skips=skips, metrics={},
-                                main_metric=None, status="no_ground_truth",
-                                notes=[f"no annotation matched ({self.annotation_file.name} missing?)"])
+            return build_result(
+                self.name,
+                records=records,
+                answers=answers,
+                skips=skips,
+                metrics={},
+                main_metric=None,
+                status="no_ground_truth",
+                notes=[f"no annotation matched ({self.annotation_file.name} missing?)"],
+            )
         accs = [vqa_accuracy(answers.get(r.id, ""), r.meta["answers"]) for r in scored]
-        return build_result(self.name, records=records, answers=answers, skips=skips,
-                            metrics={"accuracy": pct(sum(accs), len(accs))}, main_metric="accuracy",
-                            notes=[f"OCR tokens in prompt: {self.ocr}"])
+        return build_result(
+            self.name,
+            records=records,
+            answers=answers,
+            skips=skips,
+            metrics={"accuracy": pct(sum(accs), len(accs))},
+            main_metric="accuracy",
+            notes=[f"OCR tokens in prompt: {self.ocr}"],
+        )

@@ -49,6 +49,7 @@ QA_USER = (
     "For example, your response should look like this: {{'pred': 'yes', 'score': 4.8}}."
 )
 
+
 # -- Video-ChatGPT generative benchmark: evaluate_benchmark_{1..5}_*.py (DC scripts/v1_5/eval/video/gpt_eval/).
 def _tail(what: str) -> str:
     """The shared end of the five criterion prompts; braces doubled for the later `str.format`."""
@@ -118,18 +119,26 @@ BENCH_SYSTEM = {
     ),
 }
 BENCH_USER = {
-    "correctness": _PAIR + (
+    "correctness": _PAIR
+    + (
         "Provide your evaluation only as a factual accuracy score where the factual accuracy score is an integer value between 0 and 5, with 5 indicating the highest level of factual consistency. "
-    ) + _tail("the factual accuracy score"),
-    "detail": _PAIR + (
+    )
+    + _tail("the factual accuracy score"),
+    "detail": _PAIR
+    + (
         "Provide your evaluation only as a detail orientation score where the detail orientation score is an integer value between 0 and 5, with 5 indicating the highest level of detail orientation. "
-    ) + _tail("the detail orientation score"),
-    "context": _PAIR + (
+    )
+    + _tail("the detail orientation score"),
+    "context": _PAIR
+    + (
         "Provide your evaluation only as a contextual understanding score where the contextual understanding score is an integer value between 0 and 5, with 5 indicating the highest level of contextual understanding. "
-    ) + _tail("contextual understanding score"),
-    "temporal": _PAIR + (
+    )
+    + _tail("contextual understanding score"),
+    "temporal": _PAIR
+    + (
         "Provide your evaluation only as a temporal accuracy score where the temporal accuracy score is an integer value between 0 and 5, with 5 indicating the highest level of temporal consistency. "
-    ) + _tail("the temporal accuracy score"),
+    )
+    + _tail("the temporal accuracy score"),
     "consistency": (
         "Please evaluate the following video-based question-answer pair:\n\n"
         "Question 1: {question1}\n"
@@ -138,7 +147,8 @@ BENCH_USER = {
         "Predicted Answer to Question 1: {pred1}\n"
         "Predicted Answer to Question 2: {pred2}\n\n"
         "Provide your evaluation only as a consistency score where the consistency score is an integer value between 0 and 5, with 5 indicating the highest level of consistency. "
-    ) + _tail("the consistency score"),
+    )
+    + _tail("the consistency score"),
 }
 """User-message templates (`str.format` fields: question, answer, pred; consistency: question1/2, answer, pred1/2)."""
 
@@ -151,20 +161,25 @@ def qa_messages(question: str, answer: str, pred: str) -> list[dict[str, str]]:
 
 def bench_messages(criterion: str, **fields: str) -> list[dict[str, str]]:
     """The generative-benchmark judge messages for one criterion (fields as in `BENCH_USER`)."""
-    return [{"role": "system", "content": BENCH_SYSTEM[criterion]},
-            {"role": "user", "content": BENCH_USER[criterion].format(**fields)}]
+    return [
+        {"role": "system", "content": BENCH_SYSTEM[criterion]},
+        {"role": "user", "content": BENCH_USER[criterion].format(**fields)},
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # Reply parsing
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     \s*(?:
       (?P<str>'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")
     | (?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)
     | (?P<name>True|False|None)\b
     | (?P<punct>[{}:,])
-    )""", re.VERBOSE)
+    )""",
+    re.VERBOSE,
+)
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "0": "\0"}
 _NAMES: dict[str, Any] = {"True": True, "False": False, "None": None}
 

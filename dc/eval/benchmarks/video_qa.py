@@ -35,12 +35,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from dc.eval.benchmarks.base import (IMAGE_TOKEN, Benchmark, EvalRecord, IdAllocator, Skip, build_result, load_json,
-                                     pct)
+from dc.eval.benchmarks.base import IMAGE_TOKEN, Benchmark, EvalRecord, IdAllocator, Skip, build_result, load_json, pct
 from dc.eval.benchmarks.judge import batch_line, collect_replies, make_judge, write_requests
 from dc.eval.benchmarks.report import atomic_write_text
-from dc.eval.benchmarks.video_judge import (DEFAULT_JUDGE_MAX_TOKENS, DEFAULT_JUDGE_MODEL, DEFAULT_JUDGE_TEMPERATURE,
-                                            mean, parse_judge_dict, qa_messages, reply_score, reply_verdict)
+from dc.eval.benchmarks.video_judge import (
+    DEFAULT_JUDGE_MAX_TOKENS,
+    DEFAULT_JUDGE_MODEL,
+    DEFAULT_JUDGE_TEMPERATURE,
+    mean,
+    parse_judge_dict,
+    qa_messages,
+    reply_score,
+    reply_verdict,
+)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv")  # the reference scripts' list, in their order
 
@@ -55,8 +62,9 @@ class VideoLocator:
         check: When False, return the first candidate path without touching the disk.
     """
 
-    def __init__(self, folder: Path, prefix: str = "", extensions: Sequence[str] = VIDEO_EXTENSIONS,
-                 check: bool = True) -> None:
+    def __init__(
+        self, folder: Path, prefix: str = "", extensions: Sequence[str] = VIDEO_EXTENSIONS, check: bool = True
+    ) -> None:
         self.folder, self.prefix, self.extensions, self.check = folder, prefix, tuple(extensions), check
         self._cache: dict[str, Path | None] = {}
 
@@ -115,20 +123,35 @@ class VideoQA(Benchmark):
     default_video_folder: ClassVar[str] = "videos"
     default_video_prefix: ClassVar[str] = ""
 
-    def __init__(self, root: str | Path, *, question_file: str = "test_q.json", answer_file: str = "test_a.json",
-                 video_folder: str | None = None, video_prefix: str | None = None,
-                 video_extensions: Sequence[str] = VIDEO_EXTENSIONS, num_frames: int = 8,
-                 max_new_tokens: int | None = None, use_judge: bool = False, judge_model: str = DEFAULT_JUDGE_MODEL,
-                 judge_api_key_env: str = "OPENAI_API_KEY", judge_responses: str | None = None,
-                 judge_temperature: float = DEFAULT_JUDGE_TEMPERATURE, **kw: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        question_file: str = "test_q.json",
+        answer_file: str = "test_a.json",
+        video_folder: str | None = None,
+        video_prefix: str | None = None,
+        video_extensions: Sequence[str] = VIDEO_EXTENSIONS,
+        num_frames: int = 8,
+        max_new_tokens: int | None = None,
+        use_judge: bool = False,
+        judge_model: str = DEFAULT_JUDGE_MODEL,
+        judge_api_key_env: str = "OPENAI_API_KEY",
+        judge_responses: str | None = None,
+        judge_temperature: float = DEFAULT_JUDGE_TEMPERATURE,
+        **kw: Any,
+    ) -> None:
         super().__init__(root, **kw)
         if num_frames <= 0:
             raise ValueError(f"{self.name}: num_frames must be positive, got {num_frames}")
         self.question_file = self.root / question_file
         self.answer_file = self.root / answer_file
-        self.videos = VideoLocator(self.root / (video_folder if video_folder is not None else self.default_video_folder),
-                                   self.default_video_prefix if video_prefix is None else video_prefix,
-                                   video_extensions, self.check_images)
+        self.videos = VideoLocator(
+            self.root / (video_folder if video_folder is not None else self.default_video_folder),
+            self.default_video_prefix if video_prefix is None else video_prefix,
+            video_extensions,
+            self.check_images,
+        )
         self.num_frames = num_frames
         if max_new_tokens is not None:
             self.max_new_tokens = int(max_new_tokens)
@@ -155,21 +178,36 @@ class VideoQA(Benchmark):
             if video is None:
                 skips.append(Skip(qid, "missing_video", self.videos.describe(str(q["video_name"]))))
                 continue
-            meta = {"question_id": q["question_id"], "video_name": q["video_name"], "question": q["question"],
-                    "answer": a["answer"], "type": a.get("type"), "num_frames": self.num_frames}
-            records.append(EvalRecord(new_id(qid), video_prompt(str(q["question"])), None, self.max_new_tokens,
-                                      meta, video=video))
+            meta = {
+                "question_id": q["question_id"],
+                "video_name": q["video_name"],
+                "question": q["question"],
+                "answer": a["answer"],
+                "type": a.get("type"),
+                "num_frames": self.num_frames,
+            }
+            records.append(
+                EvalRecord(new_id(qid), video_prompt(str(q["question"])), None, self.max_new_tokens, meta, video=video)
+            )
         return records, skips
 
     def judge_requests(self, records: Sequence[EvalRecord], answers: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         """Judge requests keyed by record id (answered records only)."""
-        return {r.id: batch_line(r.id, qa_messages(str(r.meta["question"]), str(r.meta["answer"]), answers[r.id]),
-                                 model=self.judge_model, temperature=self.judge_temperature,
-                                 max_tokens=DEFAULT_JUDGE_MAX_TOKENS)
-                for r in records if r.id in answers}
+        return {
+            r.id: batch_line(
+                r.id,
+                qa_messages(str(r.meta["question"]), str(r.meta["answer"]), answers[r.id]),
+                model=self.judge_model,
+                temperature=self.judge_temperature,
+                max_tokens=DEFAULT_JUDGE_MAX_TOKENS,
+            )
+            for r in records
+            if r.id in answers
+        }
 
-    def score(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-              skips: Sequence[Skip] | None = None) -> dict[str, Any]:
+    def score(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], skips: Sequence[Skip] | None = None
+    ) -> dict[str, Any]:
         skips = self._skips(skips)
         requests = self.judge_requests(records, answers)
         replies = collect_replies(requests, judge=self.judge, responses_file=self.judge_responses)
@@ -179,10 +217,20 @@ class VideoQA(Benchmark):
         graded = [rid for rid in parsed if scores[rid] is not None or verdicts[rid] is not None]
         notes = [self.judge_note] if self.judge_note else []
         if not graded:
-            notes.append(f"scoring needs the GPT judge: run {self.name}_judge_requests.jsonl (write_submission) and "
-                         "pass the output as judge_responses, or set use_judge=True with the API key")
-            return build_result(self.name, records=records, answers=answers, skips=skips, metrics={},
-                                main_metric=None, status="needs_judge", notes=notes)
+            notes.append(
+                f"scoring needs the GPT judge: run {self.name}_judge_requests.jsonl (write_submission) and "
+                "pass the output as judge_responses, or set use_judge=True with the API key"
+            )
+            return build_result(
+                self.name,
+                records=records,
+                answers=answers,
+                skips=skips,
+                metrics={},
+                main_metric=None,
+                status="needs_judge",
+                notes=notes,
+            )
         skips += [Skip(rid, "judge_unparsable", replies[rid][:200]) for rid in parsed if rid not in graded]
         if len(graded) < len(requests):
             notes.append(f"only {len(graded)} of {len(requests)} answers have a judge reply that parses")
@@ -195,26 +243,50 @@ class VideoQA(Benchmark):
         def summary(rids: Sequence[str]) -> dict[str, float]:
             yes = sum(1 for r in rids if verdicts[r] is True)
             no = sum(1 for r in rids if verdicts[r] is False)
-            return {"accuracy": pct(yes, yes + no), "score": mean(s for r in rids if (s := scores[r]) is not None),
-                    "yes": float(yes), "no": float(no)}
+            return {
+                "accuracy": pct(yes, yes + no),
+                "score": mean(s for r in rids if (s := scores[r]) is not None),
+                "yes": float(yes),
+                "no": float(no),
+            }
 
         overall = summary(graded)
         breakdown: dict[str, Any] = {"judge": {k: overall[k] for k in ("yes", "no")}}
         if groups:
             breakdown["type"] = {t: summary(rids) for t, rids in sorted(groups.items())}
-        return build_result(self.name, records=records, answers=answers, skips=skips,
-                            metrics={"accuracy": overall["accuracy"], "score": overall["score"]},
-                            main_metric="accuracy", breakdown=breakdown, notes=notes)
+        return build_result(
+            self.name,
+            records=records,
+            answers=answers,
+            skips=skips,
+            metrics={"accuracy": overall["accuracy"], "score": overall["score"]},
+            main_metric="accuracy",
+            breakdown=breakdown,
+            notes=notes,
+        )
 
-    def write_submission(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-                         out_dir: str | Path) -> list[Path]:
+    def write_submission(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], out_dir: str | Path
+    ) -> list[Path]:
         """``{name}_preds.jsonl`` (the reference's ``merge.jsonl`` lines: id, question, answer, pred) and the
-        judge requests ``{name}_judge_requests.jsonl``."""
+        judge requests ``{name}_judge_requests.jsonl``.
+        """
         out = Path(out_dir)
-        rows = [{"id": r.meta["question_id"], "question": r.meta["question"], "answer": r.meta["answer"],
-                 "pred": answers[r.id]} for r in records if r.id in answers]
-        paths = [atomic_write_text(out / f"{self.name}_preds.jsonl",
-                                   "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))]
+        rows = [
+            {
+                "id": r.meta["question_id"],
+                "question": r.meta["question"],
+                "answer": r.meta["answer"],
+                "pred": answers[r.id],
+            }
+            for r in records
+            if r.id in answers
+        ]
+        paths = [
+            atomic_write_text(
+                out / f"{self.name}_preds.jsonl", "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows)
+            )
+        ]
         requests = self.judge_requests(records, answers)
         if requests:
             paths.append(write_requests(out / f"{self.name}_judge_requests.jsonl", requests.values()))

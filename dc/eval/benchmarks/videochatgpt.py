@@ -33,16 +33,31 @@ from typing import Any
 from dc.eval.benchmarks.base import Benchmark, EvalRecord, Skip, build_result
 from dc.eval.benchmarks.judge import batch_line, collect_replies, make_judge, write_requests
 from dc.eval.benchmarks.report import atomic_write_text
-from dc.eval.benchmarks.video_judge import (DEFAULT_JUDGE_MAX_TOKENS, DEFAULT_JUDGE_MODEL, DEFAULT_JUDGE_TEMPERATURE,
-                                            bench_messages, mean, parse_judge_dict, reply_score)
+from dc.eval.benchmarks.video_judge import (
+    DEFAULT_JUDGE_MAX_TOKENS,
+    DEFAULT_JUDGE_MODEL,
+    DEFAULT_JUDGE_TEMPERATURE,
+    bench_messages,
+    mean,
+    parse_judge_dict,
+    reply_score,
+)
 from dc.eval.benchmarks.video_qa import VIDEO_EXTENSIONS, VideoLocator, json_list, video_prompt
 
 SUBSETS = ("generic", "temporal", "consistency")
-CRITERIA = {"correctness": "generic", "detail": "generic", "context": "generic", "temporal": "temporal",
-            "consistency": "consistency"}
+CRITERIA = {
+    "correctness": "generic",
+    "detail": "generic",
+    "context": "generic",
+    "temporal": "temporal",
+    "consistency": "consistency",
+}
 """Each judged criterion and the subset whose answers it judges."""
-_FIELDS = {"generic": ("Q", "A", "video_name"), "temporal": ("Q", "A", "video_name"),
-           "consistency": ("Q1", "Q2", "A", "video_name")}
+_FIELDS = {
+    "generic": ("Q", "A", "video_name"),
+    "temporal": ("Q", "A", "video_name"),
+    "consistency": ("Q1", "Q2", "A", "video_name"),
+}
 
 
 class VideoChatGPTBench(Benchmark):
@@ -64,21 +79,36 @@ class VideoChatGPTBench(Benchmark):
     name = "videochatgpt"
     max_new_tokens = 512
 
-    def __init__(self, root: str | Path, *, generic_file: str = "generic_qa.json",
-                 temporal_file: str = "temporal_qa.json", consistency_file: str = "consistency_qa.json",
-                 video_folder: str = "Test_Videos", video_extensions: Sequence[str] = VIDEO_EXTENSIONS,
-                 subsets: Sequence[str] = SUBSETS, num_frames: int = 8, max_new_tokens: int | None = None,
-                 use_judge: bool = False, judge_model: str = DEFAULT_JUDGE_MODEL,
-                 judge_api_key_env: str = "OPENAI_API_KEY", judge_responses: str | None = None,
-                 judge_temperature: float = DEFAULT_JUDGE_TEMPERATURE, **kw: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        generic_file: str = "generic_qa.json",
+        temporal_file: str = "temporal_qa.json",
+        consistency_file: str = "consistency_qa.json",
+        video_folder: str = "Test_Videos",
+        video_extensions: Sequence[str] = VIDEO_EXTENSIONS,
+        subsets: Sequence[str] = SUBSETS,
+        num_frames: int = 8,
+        max_new_tokens: int | None = None,
+        use_judge: bool = False,
+        judge_model: str = DEFAULT_JUDGE_MODEL,
+        judge_api_key_env: str = "OPENAI_API_KEY",
+        judge_responses: str | None = None,
+        judge_temperature: float = DEFAULT_JUDGE_TEMPERATURE,
+        **kw: Any,
+    ) -> None:
         super().__init__(root, **kw)
         bad = sorted(set(subsets) - set(SUBSETS))
         if bad or not subsets:
             raise ValueError(f"{self.name}: subsets {list(subsets)} must be a non-empty selection of {SUBSETS}")
         if num_frames <= 0:
             raise ValueError(f"{self.name}: num_frames must be positive, got {num_frames}")
-        self.files = {"generic": self.root / generic_file, "temporal": self.root / temporal_file,
-                      "consistency": self.root / consistency_file}
+        self.files = {
+            "generic": self.root / generic_file,
+            "temporal": self.root / temporal_file,
+            "consistency": self.root / consistency_file,
+        }
         self.subsets = tuple(s for s in SUBSETS if s in subsets)
         self.videos = VideoLocator(self.root / video_folder, "", video_extensions, self.check_images)
         self.num_frames = num_frames
@@ -105,17 +135,36 @@ class VideoChatGPTBench(Benchmark):
                 if video is None:
                     skips.append(Skip(rid, "missing_video", self.videos.describe(name)))
                     continue
-                meta = {"subset": subset, "key": key, "video_name": name, "answer": item["A"],
-                        "num_frames": self.num_frames}
+                meta = {
+                    "subset": subset,
+                    "key": key,
+                    "video_name": name,
+                    "answer": item["A"],
+                    "num_frames": self.num_frames,
+                }
                 if subset != "consistency":
-                    records.append(EvalRecord(rid, video_prompt(str(item["Q"])), None, self.max_new_tokens,
-                                              {**meta, "question": item["Q"]}, video=video))
+                    records.append(
+                        EvalRecord(
+                            rid,
+                            video_prompt(str(item["Q"])),
+                            None,
+                            self.max_new_tokens,
+                            {**meta, "question": item["Q"]},
+                            video=video,
+                        )
+                    )
                     continue
                 for q in ("Q1", "Q2"):  # two generations; the judge sees them together
-                    records.append(EvalRecord(f"{rid}/{q.lower()}", video_prompt(str(item[q])), None,
-                                              self.max_new_tokens, {**meta, "question": item[q], "pair": q,
-                                                                    "question1": item["Q1"], "question2": item["Q2"]},
-                                              video=video))
+                    records.append(
+                        EvalRecord(
+                            f"{rid}/{q.lower()}",
+                            video_prompt(str(item[q])),
+                            None,
+                            self.max_new_tokens,
+                            {**meta, "question": item[q], "pair": q, "question1": item["Q1"], "question2": item["Q2"]},
+                            video=video,
+                        )
+                    )
         return records, skips
 
     def judge_requests(self, records: Sequence[EvalRecord], answers: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -124,8 +173,13 @@ class VideoChatGPTBench(Benchmark):
 
         def add(criterion: str, target: str, **fields: str) -> None:
             cid = f"{criterion}:{target}"
-            out[cid] = batch_line(cid, bench_messages(criterion, **fields), model=self.judge_model,
-                                  temperature=self.judge_temperature, max_tokens=DEFAULT_JUDGE_MAX_TOKENS)
+            out[cid] = batch_line(
+                cid,
+                bench_messages(criterion, **fields),
+                model=self.judge_model,
+                temperature=self.judge_temperature,
+                max_tokens=DEFAULT_JUDGE_MAX_TOKENS,
+            )
 
         for r in records:
             m = r.meta
@@ -134,16 +188,24 @@ class VideoChatGPTBench(Benchmark):
                     continue
                 q2 = r.id[: -len("/q1")] + "/q2"
                 if r.id in answers and q2 in answers:
-                    add("consistency", f"consistency/{m['key']}", question1=str(m["question1"]),
-                        question2=str(m["question2"]), answer=str(m["answer"]), pred1=answers[r.id], pred2=answers[q2])
+                    add(
+                        "consistency",
+                        f"consistency/{m['key']}",
+                        question1=str(m["question1"]),
+                        question2=str(m["question2"]),
+                        answer=str(m["answer"]),
+                        pred1=answers[r.id],
+                        pred2=answers[q2],
+                    )
             elif r.id in answers:
                 for criterion, subset in CRITERIA.items():
                     if subset == m["subset"]:
                         add(criterion, r.id, question=str(m["question"]), answer=str(m["answer"]), pred=answers[r.id])
         return out
 
-    def score(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-              skips: Sequence[Skip] | None = None) -> dict[str, Any]:
+    def score(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], skips: Sequence[Skip] | None = None
+    ) -> dict[str, Any]:
         skips = self._skips(skips)
         requests = self.judge_requests(records, answers)
         replies = collect_replies(requests, judge=self.judge, responses_file=self.judge_responses)
@@ -154,10 +216,20 @@ class VideoChatGPTBench(Benchmark):
                 by_criterion[cid.split(":", 1)[0]].append(s)
         notes = [self.judge_note] if self.judge_note else []
         if not by_criterion:
-            notes.append("scoring needs the GPT judge: run videochatgpt_judge_requests.jsonl (write_submission) and "
-                         "pass the output as judge_responses, or set use_judge=True with the API key")
-            return build_result(self.name, records=records, answers=answers, skips=skips, metrics={},
-                                main_metric=None, status="needs_judge", notes=notes)
+            notes.append(
+                "scoring needs the GPT judge: run videochatgpt_judge_requests.jsonl (write_submission) and "
+                "pass the output as judge_responses, or set use_judge=True with the API key"
+            )
+            return build_result(
+                self.name,
+                records=records,
+                answers=answers,
+                skips=skips,
+                metrics={},
+                main_metric=None,
+                status="needs_judge",
+                notes=notes,
+            )
         skips += [Skip(cid, "judge_unparsable", replies[cid][:200]) for cid, s in scores.items() if s is None]
         metrics = {c: mean(by_criterion[c]) for c in CRITERIA if by_criterion.get(c)}
         if len(metrics) == len(CRITERIA):
@@ -166,14 +238,23 @@ class VideoChatGPTBench(Benchmark):
         if graded < len(requests):
             notes.append(f"only {graded} of {len(requests)} judge requests have a reply that parses")
         counts = {c: float(len(by_criterion.get(c, []))) for c in CRITERIA}
-        return build_result(self.name, records=records, answers=answers, skips=skips, metrics=metrics,
-                            main_metric="average" if "average" in metrics else next(iter(metrics)),
-                            breakdown={"graded": counts}, notes=notes)
+        return build_result(
+            self.name,
+            records=records,
+            answers=answers,
+            skips=skips,
+            metrics=metrics,
+            main_metric="average" if "average" in metrics else next(iter(metrics)),
+            breakdown={"graded": counts},
+            notes=notes,
+        )
 
-    def write_submission(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-                         out_dir: str | Path) -> list[Path]:
+    def write_submission(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], out_dir: str | Path
+    ) -> list[Path]:
         """The reference's prediction files (``videochatgpt_{generic,temporal,consistency}.jsonl``, readable by the
-        published judge scripts) and ``videochatgpt_judge_requests.jsonl``."""
+        published judge scripts) and ``videochatgpt_judge_requests.jsonl``.
+        """
         out = Path(out_dir)
         rows: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in records:
@@ -181,15 +262,28 @@ class VideoChatGPTBench(Benchmark):
             if r.id not in answers:
                 continue
             if m["subset"] != "consistency":
-                rows[m["subset"]].append({"Q": m["question"], "A": m["answer"], "video_name": m["video_name"],
-                                          "pred": answers[r.id]})
+                rows[m["subset"]].append(
+                    {"Q": m["question"], "A": m["answer"], "video_name": m["video_name"], "pred": answers[r.id]}
+                )
             elif m["pair"] == "Q1" and (q2 := r.id[: -len("/q1")] + "/q2") in answers:
-                rows["consistency"].append({"Q1": m["question1"], "Q2": m["question2"], "A": m["answer"],
-                                            "video_name": m["video_name"], "pred1": answers[r.id],
-                                            "pred2": answers[q2]})
-        paths = [atomic_write_text(out / f"{self.name}_{subset}.jsonl",
-                                   "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows[subset]))
-                 for subset in self.subsets if rows[subset]]
+                rows["consistency"].append(
+                    {
+                        "Q1": m["question1"],
+                        "Q2": m["question2"],
+                        "A": m["answer"],
+                        "video_name": m["video_name"],
+                        "pred1": answers[r.id],
+                        "pred2": answers[q2],
+                    }
+                )
+        paths = [
+            atomic_write_text(
+                out / f"{self.name}_{subset}.jsonl",
+                "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows[subset]),
+            )
+            for subset in self.subsets
+            if rows[subset]
+        ]
         requests = self.judge_requests(records, answers)
         if requests:
             paths.append(write_requests(out / f"{self.name}_judge_requests.jsonl", requests.values()))

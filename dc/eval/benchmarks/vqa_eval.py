@@ -32,8 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
-               "?", "!")
+PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
 # vqaEval.py's digit-comma-digit test, and EvalAI's variant (also matches "1,,2"; commas are already
 # gone when EvalAI runs it, so it never fires there).
 COMMA_VQAEVAL = re.compile(r"(\d)(,)(\d)")
@@ -42,8 +41,20 @@ COMMA_EVALAI = re.compile(r"(?<=\d)(,)+(?=\d)")
 # never matches at a period; what remains is "a period not followed by a digit".
 _PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _PERIOD_COUNT = 32  # re.UNICODE, passed positionally as re.sub's count by the official code
-NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+NUMBER_WORDS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 ARTICLES = ("a", "an", "the")
 
 # The official contraction table (vqaEval.py == EvalAIAnswerProcessor.CONTRACTIONS), "key=value".

@@ -35,8 +35,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dc.eval.benchmarks.base import (SHORT_ANSWER_SUFFIX, Benchmark, EvalRecord, IdAllocator, Skip, build_result,
-                                     load_json, pct, read_jsonl, with_image_token, with_suffix)
+from dc.eval.benchmarks.base import (
+    SHORT_ANSWER_SUFFIX,
+    Benchmark,
+    EvalRecord,
+    IdAllocator,
+    Skip,
+    build_result,
+    load_json,
+    pct,
+    read_jsonl,
+    with_image_token,
+    with_suffix,
+)
 from dc.eval.benchmarks.report import atomic_write_json
 from dc.eval.benchmarks.vqa_eval import normalize_answer, vqa_accuracy, vqav2_accuracy
 
@@ -63,12 +74,19 @@ class VQAv2(Benchmark):
     prompt_suffix = SHORT_ANSWER_SUFFIX
     max_new_tokens = 128
 
-    def __init__(self, root: str | Path, *, split: str = "test-dev",
-                 question_file: str = "llava_vqav2_mscoco_test-dev2015.jsonl",
-                 full_test_file: str = "llava_vqav2_mscoco_test2015.jsonl", image_folder: str | None = None,
-                 questions_json: str = "v2_OpenEnded_mscoco_val2014_questions.json",
-                 annotation_file: str = "v2_mscoco_val2014_annotations.json", scoring_rule: str = "official",
-                 **kw: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        split: str = "test-dev",
+        question_file: str = "llava_vqav2_mscoco_test-dev2015.jsonl",
+        full_test_file: str = "llava_vqav2_mscoco_test2015.jsonl",
+        image_folder: str | None = None,
+        questions_json: str = "v2_OpenEnded_mscoco_val2014_questions.json",
+        annotation_file: str = "v2_mscoco_val2014_annotations.json",
+        scoring_rule: str = "official",
+        **kw: Any,
+    ) -> None:
         super().__init__(root, **kw)
         if split not in _SPLITS:
             raise ValueError(f"vqav2.split must be one of {_SPLITS}, got {split!r}")
@@ -122,15 +140,25 @@ class VQAv2(Benchmark):
             records.append(EvalRecord(new_id(qid), prompt, image, self.max_new_tokens, meta))
         return records, skips
 
-    def score(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-              skips: Sequence[Skip] | None = None) -> dict[str, Any]:
+    def score(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], skips: Sequence[Skip] | None = None
+    ) -> dict[str, Any]:
         skips = self._skips(skips)
         scored = [r for r in records if r.meta.get("answers")]
         if not scored:
-            return build_result(self.name, records=records, answers=answers, skips=skips, metrics={},
-                                main_metric=None, status="no_ground_truth",
-                                notes=["no annotations for these questions (test-dev is scored by EvalAI): "
-                                       "use write_submission and upload the JSON"])
+            return build_result(
+                self.name,
+                records=records,
+                answers=answers,
+                skips=skips,
+                metrics={},
+                main_metric=None,
+                status="no_ground_truth",
+                notes=[
+                    "no annotations for these questions (test-dev is scored by EvalAI): "
+                    "use write_submission and upload the JSON"
+                ],
+            )
         skips += [Skip(r.id, "no_ground_truth") for r in records if not r.meta.get("answers")]
         by_type: dict[str, list[float]] = defaultdict(list)
         accs = []
@@ -139,20 +167,30 @@ class VQAv2(Benchmark):
             acc = accuracy(answers.get(r.id, ""), r.meta["answers"])
             accs.append(acc)
             by_type[r.meta.get("answer_type") or "unknown"].append(acc)
-        return build_result(self.name, records=records, answers=answers, skips=skips,
-                            metrics={"accuracy": pct(sum(accs), len(accs))}, main_metric="accuracy",
-                            breakdown={"answer_type": {k: pct(sum(v), len(v)) for k, v in sorted(by_type.items())}},
-                            notes=[f"scoring rule: {self.scoring_rule}"], options={"scoring_rule": self.scoring_rule})
+        return build_result(
+            self.name,
+            records=records,
+            answers=answers,
+            skips=skips,
+            metrics={"accuracy": pct(sum(accs), len(accs))},
+            main_metric="accuracy",
+            breakdown={"answer_type": {k: pct(sum(v), len(v)) for k, v in sorted(by_type.items())}},
+            notes=[f"scoring rule: {self.scoring_rule}"],
+            options={"scoring_rule": self.scoring_rule},
+        )
 
-    def write_submission(self, records: Sequence[EvalRecord], answers: Mapping[str, str],
-                         out_dir: str | Path) -> list[Path]:
+    def write_submission(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], out_dir: str | Path
+    ) -> list[Path]:
         """EvalAI JSON; for test-dev padded with ``""`` to every test-2015 question (as LLaVA does)."""
-        preds: dict[Any, str] = {r.meta["question_id"]: normalize_answer(answers[r.id])
-                                 for r in records if r.id in answers}
+        preds: dict[Any, str] = {
+            r.meta["question_id"]: normalize_answer(answers[r.id]) for r in records if r.id in answers
+        }
         order: list[Any] = [r.meta["question_id"] for r in records]
         if self.split == "test-dev" and self.full_test_file.is_file():
-            order = [obj["question_id"] for _, obj, _ in read_jsonl(self.full_test_file)
-                     if obj and "question_id" in obj]
+            order = [
+                obj["question_id"] for _, obj, _ in read_jsonl(self.full_test_file) if obj and "question_id" in obj
+            ]
         sub = [{"question_id": _as_int(q), "answer": preds.get(q, "")} for q in order]
         return [atomic_write_json(Path(out_dir) / f"vqav2_{self.split}_submission.json", sub)]
 

@@ -162,7 +162,8 @@ def mining_query_width(mode: str, hidden_size: int, num_taps: int) -> int:
 
 def mgm_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The mining weights of an MGM checkpoint (`[model.]vlm_uni_*_projector.{0,1}.*`, e.g. from its
-    `mm_projector.bin`) renamed for `PatchInfoMining.load_state_dict`."""
+    `mm_projector.bin`) renamed for `PatchInfoMining.load_state_dict`.
+    """
     out = {}
     for key, value in state_dict.items():
         head, sep, tail = key.partition(MGM_PREFIX)

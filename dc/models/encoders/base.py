@@ -57,7 +57,9 @@ class EncoderLayout:
         return rows * cols
 
 
-def collect_taps(hidden_states: Sequence[torch.Tensor], taps: Sequence[Tap], num_prefix_tokens: int) -> list[torch.Tensor]:
+def collect_taps(
+    hidden_states: Sequence[torch.Tensor], taps: Sequence[Tap], num_prefix_tokens: int
+) -> list[torch.Tensor]:
     """Compute taps from a full Hugging Face `hidden_states` tuple (the plain, memory-hungry way).
 
     Used to check the connectors against a stock `output_hidden_states=True` forward; the encoders compute the

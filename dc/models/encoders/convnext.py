@@ -142,7 +142,8 @@ class ConvNeXtEncoder(nn.Module):
 
     def train(self, mode: bool = True) -> ConvNeXtEncoder:
         """A frozen tower stays in eval mode, unless stochastic depth is on (ConvNeXt has no BN or dropout,
-        so train mode only switches on DropPath, as in MGM's default scripts)."""
+        so train mode only switches on DropPath, as in MGM's default scripts).
+        """
         return super().train(mode and (not self.freeze or self.drop_path_rate > 0))
 
     # --- forward --------------------------------------------------------------------------------------

@@ -41,7 +41,11 @@ class LanguageModel(nn.Module, ABC):
 
     @abstractmethod
     def forward(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
     ) -> Any:
         """Model outputs for input embeddings (`.loss`: mean cross-entropy over supervised tokens when `labels`)."""
 

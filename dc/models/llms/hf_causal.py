@@ -60,8 +60,12 @@ class HFCausalLM(LanguageModel):
         model_type = overrides.pop("model_type", "llama")  # only meaningful for random init
         if pretrained:
             self.model = from_pretrained(
-                AutoModelForCausalLM.from_pretrained, pretrained, "llm.pretrained",
-                dtype=torch_dtype, attn_implementation=attn_implementation, **overrides,
+                AutoModelForCausalLM.from_pretrained,
+                pretrained,
+                "llm.pretrained",
+                dtype=torch_dtype,
+                attn_implementation=attn_implementation,
+                **overrides,
             )
         else:
             overrides.setdefault("vocab_size", len(self.tokenizer))
@@ -99,7 +103,11 @@ class HFCausalLM(LanguageModel):
         return {type(m) for m in self.model.modules() if type(m).__name__ in names}
 
     def forward(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: Any
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
     ) -> Any:
         return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 

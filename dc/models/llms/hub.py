@@ -23,7 +23,9 @@ def check_source(source: str, key: str) -> None:
     """Raise at once for a local-looking path that does not exist (before any hub request)."""
     path = Path(source).expanduser()
     if source.startswith(("/", "./", "../", "~")) and not path.exists():
-        raise PretrainedNotFoundError(f"{key}={source}: no such directory (a local path must exist; a hub id looks like 'org/name')")
+        raise PretrainedNotFoundError(
+            f"{key}={source}: no such directory (a local path must exist; a hub id looks like 'org/name')"
+        )
 
 
 def from_pretrained(load: Callable[..., T], source: str, key: str, **kwargs: Any) -> T:
@@ -39,5 +41,9 @@ def from_pretrained(load: Callable[..., T], source: str, key: str, **kwargs: Any
             f"download it where you have a network (`huggingface-cli download {source} --local-dir <dir>`) and set "
             f"{key}=<dir>"
         )
-        state = "HF_HUB_OFFLINE=1 and it is not in the local cache" if offline else "the hub could not be reached or has no such repo"
+        state = (
+            "HF_HUB_OFFLINE=1 and it is not in the local cache"
+            if offline
+            else "the hub could not be reached or has no such repo"
+        )
         raise PretrainedNotFoundError(f"{key}={source}: cannot load it ({state}); {how}") from exc

@@ -98,7 +98,7 @@ def _chunk_loss_and_grad(
 
 
 def _accumulate_weight_grad(acc: torch.Tensor, grad_t: torch.Tensor, h: torch.Tensor) -> None:
-    """acc [V, d] fp32 += grad_t [V, c] @ h [c, d], without a [V, d] temporary where the backend allows."""
+    """Acc [V, d] fp32 += grad_t [V, c] @ h [c, d], without a [V, d] temporary where the backend allows."""
     if acc.dtype == grad_t.dtype:
         acc.addmm_(grad_t, h)
     elif acc.is_cuda and _ADDMM_OUT_DTYPE:
@@ -188,8 +188,14 @@ def _liger_sum(
         hidden = hidden * logit_scale
         bias = bias * logit_scale if bias is not None else None
     return liger_fused_linear_cross_entropy(
-        hidden.contiguous(), weight, labels, bias=bias, ignore_index=ignore_index, reduction="sum",
-        softcap=softcap, accum_dtype=torch.float32,
+        hidden.contiguous(),
+        weight,
+        labels,
+        bias=bias,
+        ignore_index=ignore_index,
+        reduction="sum",
+        softcap=softcap,
+        accum_dtype=torch.float32,
     ).float()
 
 
@@ -268,8 +274,16 @@ def linear_cross_entropy(
             grad_on and bias is not None and bias.requires_grad,
         )
         total = _ChunkedLinearCrossEntropy.apply(
-            hidden, weight, bias, labels, chunk_size, ignore_index, float(logit_scale), softcap,
-            _compute_dtype(hidden, weight), needs,
+            hidden,
+            weight,
+            bias,
+            labels,
+            chunk_size,
+            ignore_index,
+            float(logit_scale),
+            softcap,
+            _compute_dtype(hidden, weight),
+            needs,
         )
     if reduction == "sum":
         return total

@@ -76,7 +76,9 @@ def lm_head_of(causal_lm: nn.Module) -> LMHead:
             "architectures may transform logits: use the model's own `labels=` loss for them."
         )
     if getattr(causal_lm, "loss_function", None) is not ForCausalLMLoss:
-        raise ValueError(f"{type(causal_lm).__name__} does not use HF's ForCausalLMLoss: causal_lm_loss cannot match it")
+        raise ValueError(
+            f"{type(causal_lm).__name__} does not use HF's ForCausalLMLoss: causal_lm_loss cannot match it"
+        )
     head = causal_lm.get_output_embeddings()
     if not isinstance(head, nn.Linear):
         raise ValueError(
@@ -133,8 +135,9 @@ def causal_lm_loss(
     hidden = causal_lm.get_decoder()(
         inputs_embeds=inputs_embeds, attention_mask=attention_mask, **forward_kwargs
     ).last_hidden_state
-    return shifted_lm_loss(hidden, labels, head, impl=impl, chunk_size=chunk_size, ignore_index=ignore_index,
-                           num_items_in_batch=num_items)
+    return shifted_lm_loss(
+        hidden, labels, head, impl=impl, chunk_size=chunk_size, ignore_index=ignore_index, num_items_in_batch=num_items
+    )
 
 
 def shifted_lm_loss(
@@ -156,8 +159,16 @@ def shifted_lm_loss(
     supervised = shifted != ignore_index
     rows, targets = hidden[supervised], shifted[supervised]  # [n, d], [n]: the lm_head runs on these alone
     total = linear_cross_entropy(
-        rows, head.weight, targets, bias=head.bias, chunk_size=chunk_size, impl=impl, ignore_index=ignore_index,
-        logit_scale=head.logit_scale, softcap=head.softcap, reduction="sum",
+        rows,
+        head.weight,
+        targets,
+        bias=head.bias,
+        chunk_size=chunk_size,
+        impl=impl,
+        ignore_index=ignore_index,
+        logit_scale=head.logit_scale,
+        softcap=head.softcap,
+        reduction="sum",
     )
     if num_items_in_batch is not None:
         return total / torch.as_tensor(num_items_in_batch, device=total.device)

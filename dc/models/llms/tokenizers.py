@@ -1,5 +1,6 @@
 """Loading the LLM's tokenizer: a tokenizer object (built-in ones come from their config `_target_`) or a hub id /
-local directory read with `AutoTokenizer.from_pretrained`."""
+local directory read with `AutoTokenizer.from_pretrained`.
+"""
 
 from __future__ import annotations
 
@@ -24,5 +25,7 @@ def load_tokenizer(
     if pad_token is not None:
         tokenizer.pad_token = pad_token
     if tokenizer.pad_token is None:
-        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', source)!r} has no pad token: set llm.pad_token")
+        raise ValueError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', source)!r} has no pad token: set llm.pad_token"
+        )
     return tokenizer

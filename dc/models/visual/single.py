@@ -1,5 +1,6 @@
 """One view per image at the encoder's resolution: `pad` (to a square with the mean colour; stage 2 and eval in the
-reference) or `square` (the encoder's processor alone; the reference's stage 1)."""
+reference) or `square` (the encoder's processor alone; the reference's stage 1).
+"""
 
 from __future__ import annotations
 

@@ -79,7 +79,5 @@ def validate_conversation(conversations: list[dict], *, require_reply: bool = Tr
         if turn["from"] != expected:
             raise ValueError(f"conversation turn {k + start} is from {turn['from']!r}, expected {expected!r}")
     if require_reply and turns[-1]["from"] != GPT:
-        raise ValueError(
-            f"conversation turn {len(turns) - 1 + start} is a human turn with no assistant reply after it"
-        )
+        raise ValueError(f"conversation turn {len(turns) - 1 + start} is a human turn with no assistant reply after it")
     return turns

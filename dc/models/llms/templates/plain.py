@@ -7,6 +7,7 @@ from transformers import PreTrainedTokenizerBase
 from dc.constants import IMAGE_PLACEHOLDER
 from dc.models.llms.templates.base import ChatTemplate
 
+
 class Plain(ChatTemplate):
     """Stage-1 captioning: `<image>` then the caption and a newline; the human prompt is discarded."""
 

@@ -170,9 +170,7 @@ def _encode_piece(text: str, tokenizer: PreTrainedTokenizerBase, prev: int | Non
     return list(enc.ids[:cut]) + _natural(text[enc.offsets[cut][0] :], tokenizer)
 
 
-def encode_pieces(
-    pieces: list[tuple[str, bool]], tokenizer: PreTrainedTokenizerBase
-) -> tuple[list[int], list[int]]:
+def encode_pieces(pieces: list[tuple[str, bool]], tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     """Ids and labels of (text, supervised) pieces; each `<image>` becomes one masked `IMAGE_TOKEN_INDEX`."""
     ids: list[int] = []
     labels: list[int] = []
