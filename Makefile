@@ -8,7 +8,7 @@ export WANDB_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo test test-all lint bench clean
+.PHONY: venv demo demo-anyres test test-all lint bench clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,15 @@ demo: $(STAMP)
 	$(PY) train.py experiment=demo_finetune hydra.run.dir=$(DEMO)/finetune trainer.enable_progress_bar=false \
 		stage.init_connector_from=$(DEMO)/pretrain/checkpoints/last.ckpt
 	$(PY) eval.py ckpt_path=$(DEMO)/finetune/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/eval
+
+# The same with AnyRes (image=anyres) on synthetic scenes of varied aspect ratios.
+demo-anyres: $(STAMP)
+	rm -rf $(DEMO)-anyres
+	$(PY) train.py experiment=demo_anyres_pretrain hydra.run.dir=$(DEMO)-anyres/pretrain trainer.enable_progress_bar=false
+	$(PY) train.py experiment=demo_anyres_finetune hydra.run.dir=$(DEMO)-anyres/finetune trainer.enable_progress_bar=false \
+		stage.init_connector_from=$(DEMO)-anyres/pretrain/checkpoints/last.ckpt
+	$(PY) eval.py ckpt_path=$(DEMO)-anyres/finetune/checkpoints/last.ckpt hydra.run.dir=$(DEMO)-anyres/eval \
+		benchmark.root=$${DATA_ROOT:-data}/synthetic/anyres_seed0_2000_4000_100
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q

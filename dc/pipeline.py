@@ -64,6 +64,24 @@ def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
     return global_batch // per_step
 
 
+def schedule_steps(trainer: L.Trainer, batches_per_epoch: int) -> int:
+    """Optimizer steps of the whole run, as Lightning will take them, computed before `fit` touches any loader.
+
+    Lightning steps the optimizer every `accumulate_grad_batches` batches and at the end of every epoch, so an
+    epoch takes ceil(batches / accumulation) steps; `max_steps` (when set) caps the total. Computing this here
+    instead of asking `trainer.estimated_stepping_batches` inside `configure_optimizers` matters on resume: that
+    property builds the train loader before the checkpoint's loop state is restored, so the saved data position
+    would never reach it.
+    """
+    per_epoch = math.ceil(batches_per_epoch / trainer.accumulate_grad_batches)
+    by_epochs = per_epoch * trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+    by_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
+    candidates = [n for n in (by_epochs, by_steps) if n is not None]
+    if not candidates:
+        raise ValueError("set trainer.max_epochs or trainer.max_steps (the LR schedule needs the run's length)")
+    return max(1, min(candidates))
+
+
 def _float_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():
@@ -91,7 +109,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     try:
         tokenizer = build_tokenizer(cfg)
         datamodule = build_datamodule(cfg, tokenizer)
-        module = DCModule(model_config(cfg), cfg.stage, int(cfg.seed), tokenizer=tokenizer)
         loggers = build_loggers(cfg, resuming=ckpt_path is not None)
         callbacks = [instantiate(cb, allowed=allowed) for cb in (cfg.get("callbacks") or {}).values() if cb is not None]
         if not loggers:  # Lightning refuses a LearningRateMonitor without a logger (logger=[])
@@ -100,6 +117,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         trainer.accumulate_grad_batches = accumulation(
             int(cfg.stage.global_batch_size), int(cfg.data.batch_size), trainer.world_size
         )
+        total_steps = schedule_steps(trainer, datamodule.train_batches(trainer.world_size))
+        module = DCModule(model_config(cfg), cfg.stage, int(cfg.seed), tokenizer=tokenizer, total_steps=total_steps)
         log.info(
             "global batch %d = %d devices × %d per device × %d accumulation",
             cfg.stage.global_batch_size,

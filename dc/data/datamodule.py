@@ -184,6 +184,27 @@ class LlavaDataModule(L.LightningDataModule):
         return DataLoader(self.train_set, sampler=sampler, batch_size=None, num_workers=self.num_workers,
                           collate_fn=self.collate, persistent_workers=persistent, pin_memory=self.pin_memory)
 
+    def train_batches(self, world_size: int = 1) -> int:
+        """Batches each rank gets per epoch, computed without building a loader (for the LR schedule's length)."""
+        self.setup()
+        if self.format == "shards":
+            total = sum(s["count"] for s in self.manifest["shards"]) if self.manifest else None
+            if self.batches_per_epoch is not None:
+                return self.batches_per_epoch
+            if total is None:
+                raise ValueError(
+                    f"data.shards={self.shards}: no index.json with sample counts; set data.batches_per_epoch"
+                )
+            if world_size > 1 or self.resampled:
+                return max(1, total // (world_size * self.batch_size))
+            return one_pass_length(total, self.batch_size, self.num_workers)
+        store = self.train_set.records
+        sampler = GroupedBatchSampler(
+            np.zeros(len(store), dtype=np.int64), store.n_images > 0, self.batch_size, num_replicas=world_size,
+            rank=0, group=self.group, megabatch_factor=self.megabatch_factor, shuffle=True, seed=self.seed,
+        )
+        return len(sampler)
+
     def visual_tokens(self, store: RecordStore) -> np.ndarray:
         """Each record's visual tokens (for length grouping): arithmetic, or image headers for size-dependent modes.
 

@@ -62,15 +62,18 @@ def _scene(rng: random.Random, n: int | None = None) -> list[Obj]:
     return [Obj(c, s, cell) for c, s, cell in zip(colours, shapes, cells, strict=True)]
 
 
-def render(objects: list[Obj], size: int = IMAGE_SIZE, background: tuple[int, int, int] = (245, 245, 245)) -> Image.Image:
-    """Draw the scene: each shape fills most of its cell."""
-    img = Image.new("RGB", (size, size), background)
+def render(
+    objects: list[Obj], size: int | tuple[int, int] = IMAGE_SIZE, background: tuple[int, int, int] = (245, 245, 245)
+) -> Image.Image:
+    """Draw the scene: each shape fills most of its cell; `size` is a side or (width, height) (cells stretch)."""
+    width, height = (size, size) if isinstance(size, int) else size
+    img = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(img)
-    cell = size // GRID
-    m = max(1, size // 24)
+    cell_w, cell_h = width // GRID, height // GRID
+    mx, my = max(1, width // 24), max(1, height // 24)
     for o in objects:
-        x0, y0 = (o.cell % GRID) * cell + m, (o.cell // GRID) * cell + m
-        x1, y1 = x0 + cell - 2 * m - 1, y0 + cell - 2 * m - 1
+        x0, y0 = (o.cell % GRID) * cell_w + mx, (o.cell // GRID) * cell_h + my
+        x1, y1 = x0 + cell_w - 2 * mx - 1, y0 + cell_h - 2 * my - 1
         fill = COLOURS[o.colour]
         if o.shape == "circle":
             draw.ellipse([x0, y0, x1, y1], fill=fill)
@@ -130,11 +133,20 @@ def _complete(root: Path) -> bool:
         return False
 
 
-def generate(root: str | os.PathLike, *, seed: int = 0, n_pretrain: int = 2000, n_instruct: int = 4000, n_eval: int = 100) -> Path:
+def generate(
+    root: str | os.PathLike,
+    *,
+    seed: int = 0,
+    n_pretrain: int = 2000,
+    n_instruct: int = 4000,
+    n_eval: int = 100,
+    sizes: list[list[int]] | None = None,
+) -> Path:
     """Write the dataset under `root` unless a complete copy is already there; return `root`.
 
     Instruction scenes hold one shape (all four question types; 3 in 4 scenes) or 2–4 shapes (count only).
-    The held-out set has `n_eval` questions of each type, answers uniform. Same arguments → same bytes.
+    The held-out set has `n_eval` questions of each type, answers uniform. `sizes`: [width, height] choices drawn
+    per image (varied aspect ratios, e.g. for AnyRes); None: every image 48 × 48. Same arguments → same bytes.
     """
     root = Path(root)
     if _complete(root):
@@ -145,10 +157,13 @@ def generate(root: str | os.PathLike, *, seed: int = 0, n_pretrain: int = 2000, 
         (tmp / "images").mkdir()
         rng = random.Random(seed)
 
+        size_rng = random.Random(f"{seed}:sizes")  # its own stream: `sizes=None` gives the same scenes as before
+
         def scene(split: str, k: int, n: int | None = None) -> tuple[str, list[Obj]]:
             objs = _scene(rng, n)
             name = f"{split}_{k:05d}.png"
-            render(objs).save(tmp / "images" / name)
+            size = tuple(size_rng.choice(sizes)) if sizes else IMAGE_SIZE
+            render(objs, size).save(tmp / "images" / name)
             return name, objs
 
         pretrain = []
@@ -174,7 +189,10 @@ def generate(root: str | os.PathLike, *, seed: int = 0, n_pretrain: int = 2000, 
         (tmp / "pretrain.json").write_text(json.dumps(pretrain))
         (tmp / "instruct.json").write_text(json.dumps(instruct))
         (tmp / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out))
-        (tmp / "DONE").write_text(json.dumps({"version": VERSION, "seed": seed, "n_pretrain": n_pretrain, "n_instruct": n_instruct, "n_eval": n_eval}))
+        done = {"version": VERSION, "seed": seed, "n_pretrain": n_pretrain, "n_instruct": n_instruct, "n_eval": n_eval}
+        if sizes:
+            done["sizes"] = [list(s) for s in sizes]
+        (tmp / "DONE").write_text(json.dumps(done))
         if _complete(root):  # another process finished first
             shutil.rmtree(tmp)
             return root

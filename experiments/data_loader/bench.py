@@ -43,9 +43,11 @@ from transformers import CLIPImageProcessor
 from dc.data.datamodule import LlavaDataModule
 from dc.data.image import ImagePreprocessor
 from dc.data.synthetic import generate
+from dc.data.tiny_tokenizer import build_tiny_tokenizer
 from dc.data.to_shards import convert
-from dc.models.llms.templates import VICUNA_SYSTEM, get_template
-from dc.models.llms.tiny_tokenizer import build_tiny_tokenizer
+from dc.data.visual import VisualProcessor
+from dc.models.llms.templates.vicuna import VICUNA_SYSTEM, VicunaV1
+from dc.models.visual import SingleView, ViewTokens
 
 CLIP_336 = dict(
     size={"shortest_edge": 336},
@@ -240,7 +242,7 @@ def main() -> None:
     torch.set_num_threads(1)
     start = time.perf_counter()
     tok = build_tiny_tokenizer()
-    template = get_template("vicuna_v1")
+    template = VicunaV1()
     proc = CLIPImageProcessor(**CLIP_336)
     results: dict = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -259,8 +261,7 @@ def main() -> None:
         common = dict(
             tokenizer=tok,
             template=template,
-            image_processor=ImagePreprocessor(proc, "pad"),
-            num_visual_tokens=VISUAL_TOKENS,
+            visual=VisualProcessor(SingleView("pad"), proc, ViewTokens(24, 24), 336),
             batch_size=BATCH,
             max_length=2048,
             group_by_modality_length=True,

@@ -209,3 +209,31 @@ def test_ckpt_path_last_and_auto(tmp_path: Path) -> None:
     (ckpt_dir / "last.ckpt").write_bytes(b"x")
     assert resolve_ckpt_path("last", ckpt_dir) == str(ckpt_dir / "last.ckpt")
     assert resolve_ckpt_path("auto", ckpt_dir) == str(ckpt_dir / "last.ckpt")
+
+
+@pytest.mark.parametrize(("epochs", "crash_step"), [(1, 1), (2, 2)], ids=["mid-epoch", "epoch-boundary"])
+def test_epoch_based_schedule_resumes_bit_identically(
+    tmp_path: Path, data_dir: Path, restore_determinism, epochs: int, crash_step: int
+) -> None:
+    """The default schedule (`max_epochs`, no `max_steps`): killed mid-epoch or right at an epoch boundary."""
+    common = [
+        *[a for a in RUN if not a.startswith(("trainer.max_steps", "trainer.max_epochs"))],
+        "trainer.max_steps=-1",
+        f"trainer.max_epochs={epochs}",
+        f"paths.data_dir={data_dir}",
+    ]
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    train(compose_config("train", [*common, f"paths.output_dir={straight}"]))
+    killed = run_train_py(
+        [*common, "+callbacks.crash._target_=dc.training.callbacks.CrashAtStep", f"+callbacks.crash.step={crash_step}"],
+        crashed,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert load_ckpt(crashed / "checkpoints" / "last.ckpt")["global_step"] == crash_step
+    train(compose_config("train", [*common, f"paths.output_dir={crashed}", "ckpt_path=last"]))
+    a = load_ckpt(straight / "checkpoints" / "last.ckpt")
+    b = load_ckpt(crashed / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 2 * epochs  # 4 batches / accumulation 2 per epoch
+    assert_same_tensors(a["state_dict"], b["state_dict"])
+    assert_same_tensors(flatten_optimizer(a["optimizer_states"][0]), flatten_optimizer(b["optimizer_states"][0]))
+    assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == 2 * epochs
