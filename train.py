@@ -3,13 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
-from dc.pipeline import train
+from dc.pipeline import optimized_metric, train
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics, _ = train(cfg)
-    return metrics.get("train/loss")  # the value a Hydra sweeper optimises
+    return optimized_metric(cfg, metrics)  # the value a Hydra sweeper optimises (`optimized_metric=<key>`)
 
 
 if __name__ == "__main__":

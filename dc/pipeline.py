@@ -82,6 +82,20 @@ def schedule_steps(trainer: L.Trainer, batches_per_epoch: int) -> int:
     return max(1, min(candidates))
 
 
+def optimized_metric(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """`metrics[cfg.optimized_metric]` (what train.py / eval.py return to a Hydra sweeper); None when unset.
+
+    Raises:
+        KeyError: the named metric was not produced (the message lists the ones that were).
+    """
+    key = cfg.get("optimized_metric")
+    if key is None:
+        return None
+    if key not in metrics:
+        raise KeyError(f"optimized_metric={key!r} is not among this run's metrics: {sorted(metrics)}")
+    return float(metrics[key])
+
+
 def _float_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():

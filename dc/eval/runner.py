@@ -1,77 +1,129 @@
-"""Run one benchmark on a checkpoint: generate, stream answers, resume, score (with controls), report.
+"""Run one benchmark: load the model on the accelerator, answer on every rank, merge, score (with controls), report.
 
-The benchmark is the `benchmark` config node (`configs/benchmark/<name>.yaml`, `_target_` its class). Answers
-stream to `<output_dir>/<benchmark>_answers.jsonl` as they are produced; a re-run with the same output folder
-skips ids already answered, so an interrupted evaluation resumes. A record whose image cannot be read is skipped
-and counted, never a crash half-way through. A benchmark's control passes (the synthetic task's blank images)
-run the same way into `<benchmark>_<control>_answers.jsonl` and are reported as `<control>_<metric>`.
+`python eval.py ckpt_path=<ckpt> benchmark=<name>` (or `model=hf model.path=<dir>`). The benchmark is the
+`benchmark` config node (`configs/benchmark/<name>.yaml`); the model is the `model` node (`configs/model/`).
+Devices come from `runtime` (accelerator, devices, num_nodes, precision): Lightning Fabric launches one process per
+device (or joins a torchrun / SLURM launch, as training does), each process loads the model in the evaluation dtype
+on its device and answers its share (`dc.eval.parallel`), rank 0 merges and scores. Answers stream to disk as they
+are produced; a re-run resumes, and refuses answers that another model or setting produced (`overwrite=true` starts
+fresh). A record whose image or video cannot be read is skipped and counted, never a crash half-way through.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
-from dc.data.visual import VisualProcessor, build_visual_processor
-from dc.eval.benchmarks.answers_io import AnswerWriter, answered_ids, read_answers
+from dc.eval.benchmarks.answers_io import AnswerWriter
 from dc.eval.benchmarks.base import Benchmark, EvalRecord, Skip
 from dc.eval.benchmarks.report import flatten_metrics, write_report
-from dc.eval.generate import VisualInput, generate_texts, prompt_sample
-from dc.models.vlm import VLM
-from dc.training.checkpoint import load_vlm
-from dc.utils.instantiate import instantiate, model_targets, trusted_prefixes
+from dc.eval.models import InferenceModel, VideoSettings, Visual
+from dc.eval.parallel import AnswerFiles, deal
+from dc.utils.instantiate import instantiate, trusted_prefixes
 
 log = logging.getLogger(__name__)
 
+GENERATION_KEYS = ("do_sample", "num_beams", "temperature")
 
-def record_inputs(record: EvalRecord, visual: VisualProcessor) -> list[VisualInput]:
-    """The visual inputs of a record (its images, in order), preprocessed for the model."""
+
+def record_visuals(record: EvalRecord, num_frames: int) -> list[Visual]:
+    """The visual inputs of a record, in order: its images, then its video (sampled frames)."""
     paths = record.image if isinstance(record.image, list) else [record.image] if record.image else []
-    inputs = []
+    out: list[Visual] = []
     for path in paths:
         with Image.open(path) as img:
             img.load()
-            inputs.append(visual(img))
-    return inputs
+            out.append(img)
+    video = getattr(record, "video", None)
+    if video is not None:
+        from dc.data.video import decode_video
+
+        frames = int(record.meta.get("num_frames") or num_frames)
+        out.append(decode_video(video, frames).frames)
+    return out
 
 
 def answer_records(
-    vlm: VLM,
-    visual: VisualProcessor,
+    model: InferenceModel,
     records: Sequence[EvalRecord],
-    answers_path: Path,
+    path: Path,
     *,
     batch_size: int,
+    num_frames: int = 8,
     generation: dict[str, Any] | None = None,
+    desc: str = "answers",
+    crash_after: int | None = None,
 ) -> list[Skip]:
-    """Generate answers for records not yet in `answers_path`, appending each batch as it finishes."""
-    done = answered_ids(answers_path)
-    todo = [r for r in records if r.id not in done]
+    """Answer `records` in batches, appending each answer to `path` as soon as its batch finishes."""
+    from dc.data.records import BadRecord
+
     skips: list[Skip] = []
-    with AnswerWriter(answers_path) as writer, tqdm(total=len(todo), desc=answers_path.stem, unit="q") as bar:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
+    written = 0
+    with AnswerWriter(path) as writer, tqdm(total=len(records), desc=desc, unit="q", dynamic_ncols=True) as bar:
+        for start in range(0, len(records), batch_size):
+            chunk = records[start : start + batch_size]
             ready, samples = [], []
             for rec in chunk:
                 try:
-                    samples.append(prompt_sample(vlm, rec.prompt, record_inputs(rec, visual)))
+                    samples.append(model.sample(rec.prompt, record_visuals(rec, num_frames)))
                     ready.append(rec)
-                except (OSError, ValueError) as err:  # unreadable image, tag/image mismatch
+                except BadRecord as err:  # unreadable / empty video
+                    skips.append(Skip(rec.id, err.reason, err.detail))
+                    log.warning("skipping %s: %s", rec.id, err)
+                except (OSError, ValueError) as err:  # unreadable image, tag/input mismatch, too long
                     skips.append(Skip(rec.id, "unreadable_input", str(err)))
                     log.warning("skipping %s: %s", rec.id, err)
-            max_new = max((r.max_new_tokens for r in ready), default=1)
-            texts = generate_texts(vlm, samples, batch_size=batch_size, max_new_tokens=max_new, **(generation or {}))
-            for rec, text in zip(ready, texts, strict=True):
-                writer.write(rec.id, text)
+            if ready:
+                max_new = max(r.max_new_tokens for r in ready)
+                texts = model.generate(samples, max_new, **(generation or {}))
+                for rec, text in zip(ready, texts, strict=True):
+                    writer.write(rec.id, text)
+                    written += 1
+                    if crash_after is not None and written >= crash_after:
+                        os.kill(os.getpid(), signal.SIGKILL)  # fault injection for resume tests
             bar.update(len(chunk))
     return skips
+
+
+def make_fabric(runtime: DictConfig) -> L.Fabric:
+    """A Fabric for the `runtime` node: one process per device (DDP launch), no model wrapping."""
+    accelerator = str(runtime.get("accelerator", "auto"))
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    devices = runtime.get("devices", "auto")
+    if devices == "auto":
+        devices = torch.cuda.device_count() if accelerator == "cuda" else 1
+    num_nodes = int(runtime.get("num_nodes", 1))
+    parallel = int(devices) * num_nodes > 1
+    strategy = "ddp" if parallel else "auto"
+    return L.Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy)
+
+
+def build_model(cfg: DictConfig, device: torch.device) -> InferenceModel:
+    """The `model` node's model on `device`, in `runtime.precision`."""
+    if cfg.model.get("_target_", "").endswith("DCModel") and not cfg.model.get("ckpt_path"):
+        raise ValueError("ckpt_path must be set (a dc checkpoint), or choose model=hf model.path=<dir or hub id>")
+    video = cfg.get("video") or {}
+    factory = instantiate(cfg.model, allowed=trusted_prefixes(cfg.get("extra_target_prefixes")))
+    return factory(
+        device=device,
+        precision=str(cfg.runtime.get("precision", "auto")),
+        image_aspect=str(cfg.image_aspect),
+        video=VideoSettings(int(video.get("num_frames", 8)), str(video.get("aggregate", "pool"))),
+        extra_prefixes=cfg.get("extra_target_prefixes"),
+    )
 
 
 def _benchmark(cfg: DictConfig) -> Benchmark:
@@ -81,35 +133,110 @@ def _benchmark(cfg: DictConfig) -> Benchmark:
     return bench
 
 
+def _gather_skips(fabric: L.Fabric, skips: list[Skip]) -> list[Skip]:
+    if fabric.world_size == 1:
+        return skips
+    gathered: list[Any] = [None] * fabric.world_size
+    torch.distributed.all_gather_object(gathered, [tuple(s.__dict__.values()) for s in skips])
+    return [Skip(*t) for part in gathered for t in part]
+
+
+def _fingerprint(model: InferenceModel, cfg: DictConfig, bench: Benchmark, control: str | None) -> dict[str, Any]:
+    node = OmegaConf.to_container(cfg.benchmark, resolve=True)
+    node.pop("limit", None)  # more or fewer questions keep the answers already given valid
+    return {
+        "model": model.fingerprint(),
+        "benchmark": node,
+        "control": control,
+        "generation": {k: bench.generation_kwargs.get(k) for k in GENERATION_KEYS},
+    }
+
+
+def _lengths(records: Sequence[EvalRecord]) -> list[int]:
+    """A cheap prompt-length proxy for length-sorted batching: characters plus a weight per visual input."""
+    out = []
+    for r in records:
+        images = len(r.image) if isinstance(r.image, list) else int(r.image is not None)
+        out.append(len(r.prompt) + 4096 * (images + int(getattr(r, "video", None) is not None)))
+    return out
+
+
+def run_pass(
+    fabric: L.Fabric,
+    model: InferenceModel,
+    cfg: DictConfig,
+    bench: Benchmark,
+    records: list[EvalRecord],
+    out_dir: Path,
+    control: str | None,
+) -> tuple[dict[str, str], list[Skip]]:
+    """Answer one pass (the benchmark, or one of its controls) on every rank; return (merged answers, skips)."""
+    stem = f"{bench.name}_{control}_answers" if control else f"{bench.name}_answers"
+    files = AnswerFiles(out_dir, stem)
+    if fabric.global_rank == 0:
+        files.check_fingerprint(_fingerprint(model, cfg, bench, control), bool(cfg.get("overwrite", False)))
+    fabric.barrier()
+    done = files.answers()
+    todo = [r for r in records if r.id not in done]
+    mine = deal(todo, _lengths(todo), fabric.global_rank, fabric.world_size)
+    generation = {k: v for k, v in bench.generation_kwargs.items() if k in GENERATION_KEYS}
+    video = cfg.get("video") or {}
+    skips = answer_records(
+        model,
+        mine,
+        files.part(fabric.global_rank),
+        batch_size=int(cfg.batch_size),
+        num_frames=int(video.get("num_frames", 8)),
+        generation=generation,
+        desc=f"{stem} (rank {fabric.global_rank}/{fabric.world_size})" if fabric.world_size > 1 else stem,
+        crash_after=cfg.get("crash_after_answers"),
+    )
+    fabric.barrier()
+    skips = _gather_skips(fabric, skips)
+    if fabric.global_rank == 0:
+        files.merge([r.id for r in records])
+    fabric.barrier()
+    return files.answers(), skips
+
+
 def run_benchmark(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """`python eval.py ckpt_path=... benchmark=<name>`: answers, result JSON + markdown table."""
-    extra = cfg.get("extra_target_prefixes")
-    vlm, model_cfg, _ = load_vlm(cfg.ckpt_path, extra_prefixes=extra)
-    visual = build_visual_processor(model_cfg, aspect=str(cfg.image_aspect), allowed=model_targets(extra))
+    """`python eval.py ...`: answers, result JSON + markdown table (rank 0), metrics on every rank."""
+    started = time.perf_counter()
+    fabric = make_fabric(cfg.runtime)
+    fabric.launch()
     bench = _benchmark(cfg)
+    model = build_model(cfg, fabric.device)
     records, skips = bench.load()
+    if any(getattr(r, "video", None) is not None for r in records) and hasattr(model, "check_video_fits"):
+        model.check_video_fits()  # refuse before answering anything
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    generation = {k: v for k, v in bench.generation_kwargs.items() if k in ("do_sample", "num_beams", "temperature")}
-    run = {"batch_size": int(cfg.batch_size), "generation": generation}
-    answers_path = out_dir / f"{bench.name}_answers.jsonl"
-    skips += answer_records(vlm, visual, records, answers_path, **run)
-    skipped_ids = {s.id for s in skips}
-    kept = [r for r in records if r.id not in skipped_ids]
-    answers = read_answers(answers_path)
+    answers, run_skips = run_pass(fabric, model, cfg, bench, records, out_dir, None)
+    skips = [*skips, *run_skips]
+    skipped = {s.id for s in run_skips}
+    kept = [r for r in records if r.id not in skipped]
     result = bench.score(kept, answers, skips)
     for control in bench.controls:
         control_records = bench.control_records(control, kept, out_dir)
-        control_path = out_dir / f"{bench.name}_{control}_answers.jsonl"
-        control_skips = answer_records(vlm, visual, control_records, control_path, **run)
-        control_result = bench.score(control_records, read_answers(control_path), control_skips)
+        control_answers, control_skips = run_pass(fabric, model, cfg, bench, control_records, out_dir, control)
+        control_result = bench.score(control_records, control_answers, control_skips)
         result["metrics"].update({f"{control}_{k}": v for k, v in control_result["metrics"].items()})
-    bench.write_submission(kept, answers, out_dir)
-    meta = {"ckpt_path": str(cfg.ckpt_path), "benchmark": bench.name}
-    write_report({bench.name: result}, out_dir, stem=f"{bench.name}_results", meta=meta)
     metrics = {f"{bench.name}/{k}": v for k, v in flatten_metrics(result).items()}
-    counts = Counter(s.reason for s in skips)
-    log.info("%s: %s (skipped: %s)", bench.name, result.get("metrics"), dict(counts))
-    print(bench.summary(result))
-    print(f"{bench.name}: {len(kept)} questions, skipped {dict(counts) or 0}; answers and results in {out_dir}")
-    return metrics, {"vlm": vlm, "result": result, "answers": answers}
+    if fabric.global_rank == 0:
+        bench.write_submission(kept, answers, out_dir)
+        meta = {
+            **model.describe(),
+            "benchmark": bench.name,
+            "world_size": fabric.world_size,
+            "device": str(fabric.device),
+            "dtype": model.fingerprint().get("dtype"),
+        }
+        write_report({bench.name: result}, out_dir, stem=f"{bench.name}_results", meta=meta)
+        counts = Counter(s.reason for s in skips)
+        print(bench.summary(result))
+        print(
+            f"{bench.name}: {len(kept)} questions answered, skipped {dict(counts) or 0}, "
+            f"{time.perf_counter() - started:.0f} s on {fabric.world_size} x {fabric.device.type}; "
+            f"answers and results in {out_dir}"
+        )
+    return metrics, {"model": model, "result": result, "answers": answers, "fabric": fabric}

@@ -304,8 +304,51 @@ def import_reference(
     return ReferenceImport(enc_name, enc_pretrained, kind, args, conn_state, llm_node, template, notes)
 
 
+def write_dc_checkpoint(
+    result: ReferenceImport, path: str | Path, *, stage: str | None = None, extra_overrides: list[str] | None = None
+) -> Path:
+    """Write the import as a dc checkpoint: `eval.py ckpt_path=<path>` scores it and `train.py
+    stage.init_connector_from=<path>` continues from it (stage 2 from a released stage-1 projector).
+
+    The model config is train.yaml composed with the import's overrides (plus `extra_overrides`, e.g. the base LLM
+    for a stage-1 directory); the state dict holds the connector (the LLM and the tower are `pretrained` sources).
+    """
+    from hydra import compose, initialize_config_dir
+
+    from dc.training.checkpoint import MODEL_KEYS
+
+    stage = stage or ("finetune" if result.llm is not None else "pretrain")
+    overrides = [
+        *result.overrides(),
+        f"stage={stage}",
+        "run_name=import",
+        "paths.output_dir=.",
+        *(extra_overrides or []),
+    ]
+    with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    model = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in MODEL_KEYS if cfg.get(k) is not None}
+    stage_cfg = OmegaConf.to_container(cfg.stage, resolve=True)
+    # The checkpoint holds the connector only: the LLM is the imported `llm/` directory (its `pretrained` source),
+    # so the recorded stage says only the connector is held; training continues with any stage the user picks.
+    stage_cfg["train"] = ["connector"]
+    checkpoint = {
+        "state_dict": {f"vlm.connector.{k}": v.contiguous() for k, v in result.connector_state.items()},
+        "hyper_parameters": {"model": model, "stage": stage_cfg, "seed": 0},
+        "imported_from": {"overrides": overrides, "notes": result.notes},
+    }
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save(checkpoint, tmp)
+    tmp.replace(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Import a reference directory: write `OUT/llm/`, `OUT/connector.safetensors`, `OUT/import.json`."""
+    """Import a reference directory: write `OUT/dc.ckpt` (a dc checkpoint), `OUT/llm/`, `OUT/connector.safetensors`,
+    `OUT/import.json`.
+    """
     parser = argparse.ArgumentParser(prog="python -m dc.export.reference", description=main.__doc__)
     parser.add_argument("src")
     parser.add_argument("out")
@@ -313,6 +356,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--template", help="chat template (default vicuna_v1 / llama_3_dc for Llama-3)")
     parser.add_argument("--connector", choices=CONNECTOR_TYPES, help="for a stage-1 dir without config.json")
     parser.add_argument("--pad-token", help="pad token if the tokenizer has none")
+    parser.add_argument(
+        "--stage",
+        choices=("pretrain", "finetune", "lora"),
+        help="stage recorded in dc.ckpt (default: finetune for a full model, pretrain for a stage-1 projector)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="extra train.yaml overrides for dc.ckpt (a stage-1 directory: the base LLM, e.g. llm=vicuna7b)",
+    )
     args = parser.parse_args(argv)
     result = import_reference(
         args.src,
@@ -330,9 +383,14 @@ def main(argv: list[str] | None = None) -> None:
         "notes": result.notes,
         "connector_weights": str(out / "connector.safetensors"),
     }
+    ckpt = write_dc_checkpoint(result, out / "dc.ckpt", stage=args.stage, extra_overrides=args.overrides)
+    record["dc_checkpoint"] = str(ckpt)
     (out / "import.json").write_text(json.dumps(record, indent=2) + "\n")
     print("\n".join(result.notes))
     print(" ".join(result.overrides()))
+    print(
+        f"dc checkpoint: {ckpt}  (python eval.py ckpt_path={ckpt} ...; python train.py stage.init_connector_from={ckpt} ...)"
+    )
 
 
 if __name__ == "__main__":

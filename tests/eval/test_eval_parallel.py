@@ -1,0 +1,101 @@
+"""eval.py at scale on CPU: 2 processes give exactly the answers and scores of 1; a run killed midway resumes with
+nothing lost or duplicated; answers from another checkpoint are refused; the sweep metric is returned."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dc.eval.parallel import StaleAnswersError
+from dc.pipeline import evaluate, optimized_metric, train
+
+from dc_testing import ROOT, compose_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Path, Path]:
+    """A 2-step tiny checkpoint and the synthetic folder it was trained on."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = compose_config(
+        "train",
+        [
+            "debug=fast",
+            f"paths.output_dir={out}",
+            f"paths.data_dir={data_dir}",
+            "run_name=t",
+            "logger=[]",
+            "trainer.enable_progress_bar=false",
+            "trainer.max_steps=2",
+        ],
+    )
+    train(cfg)
+    return out / "checkpoints" / "last.ckpt", Path(cfg.data.image_folder).parent
+
+
+def _eval_py(args: list[str], out: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "eval.py", *args, f"hydra.run.dir={out}", "runtime.accelerator=cpu"]
+    env = {
+        "WANDB_MODE": "disabled",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_two_processes_equal_one_and_a_killed_run_resumes(trained, tmp_path: Path) -> None:
+    ckpt, root = trained
+    common = [f"ckpt_path={ckpt}", f"benchmark.root={root}", "batch_size=3"]
+    one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
+    r1 = _eval_py([*common, "runtime.devices=1"], one)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    r2 = _eval_py([*common, "runtime.devices=2"], two)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    for name in ("synthetic_answers.jsonl", "synthetic_blank_answers.jsonl"):
+        assert (one / name).read_text() == (two / name).read_text()  # same answers, same order, byte for byte
+    res1 = json.loads((one / "synthetic_results.json").read_text())["results"]["synthetic"]
+    res2 = json.loads((two / "synthetic_results.json").read_text())["results"]["synthetic"]
+    assert res1["metrics"] == res2["metrics"]
+
+    # killed (SIGKILL on both ranks) after 3 answers each, then resumed on ONE process: nothing lost or duplicated
+    crashed = _eval_py([*common, "runtime.devices=2", "crash_after_answers=3"], killed)
+    assert crashed.returncode != 0
+    parts = sorted((killed / ".parts").glob("synthetic_answers.rank*.jsonl"))
+    assert sum(len(_lines(p)) for p in parts) >= 3 and not (killed / "synthetic_answers.jsonl").exists()
+    resumed = _eval_py([*common, "runtime.devices=1"], killed)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    answers = _lines(killed / "synthetic_answers.jsonl")
+    assert len(answers) == len({a["id"] for a in answers}) == len(_lines(one / "synthetic_answers.jsonl"))
+    assert (killed / "synthetic_answers.jsonl").read_text() == (one / "synthetic_answers.jsonl").read_text()
+    assert not (killed / ".parts").exists()
+
+
+def test_answers_from_another_checkpoint_are_refused(trained, tmp_path: Path, data_dir: Path) -> None:
+    ckpt, root = trained
+    out = tmp_path / "eval"
+    base = [
+        f"benchmark.root={root}",
+        f"paths.output_dir={out}",
+        "limit=4",
+        "benchmark.blank_control=false",
+        "optimized_metric=synthetic/accuracy",
+    ]
+    cfg = compose_config("eval", [f"ckpt_path={ckpt}", *base])
+    metrics, _ = evaluate(cfg)
+    assert optimized_metric(cfg, metrics) == metrics["synthetic/accuracy"]
+    other = tmp_path / "other.ckpt"
+    other.write_bytes(ckpt.read_bytes() + b"")  # same weights, another file: a different checkpoint
+    with pytest.raises(StaleAnswersError, match="synthetic_answers.jsonl.*checkpoint"):
+        evaluate(compose_config("eval", [f"ckpt_path={other}", *base]))
+    evaluate(compose_config("eval", [f"ckpt_path={other}", *base, "overwrite=true"]))  # told to start fresh
+    fingerprint = json.loads((out / "synthetic_answers.meta.json").read_text())
+    assert fingerprint["model"]["checkpoint"]["path"] == str(other.resolve())
