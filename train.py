@@ -1,14 +1,20 @@
 """Train a Dense Connector VLM: `python train.py connector=dci encoder=siglip llm=vicuna7b stage=finetune`."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from dc.pipeline import optimized_metric, train
+from dc.pipeline import optimized_metric, train, user_errors
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics, _ = train(cfg)
+    try:
+        metrics, _ = train(cfg)
+    except user_errors() as err:  # the message names the key and the fix: no traceback
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     return optimized_metric(cfg, metrics)  # the value a Hydra sweeper optimises (`optimized_metric=<key>`)
 
 

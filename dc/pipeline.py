@@ -22,6 +22,7 @@ from dc.data.visual import build_visual_processor
 from dc.lit_module import DCModule, model_config
 from dc.models.llms.tokenizers import load_tokenizer
 from dc.training.checkpoint import resolve_ckpt_path
+from dc.training.checkpoint_io import DirectCheckpointIO, clean_partial_files
 from dc.training.data import ResumableDataModule
 from dc.training.loggers import build_loggers, finish_wandb
 from dc.utils.instantiate import instantiate, trusted_prefixes
@@ -53,6 +54,38 @@ def build_datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase | None 
     return instantiate(cfg.data, allowed=allowed)(tokenizer=tokenizer, template=template, visual=visual)
 
 
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key}={value!r} must be a positive integer")
+    return value
+
+
+class ConfigError(ValueError):
+    """A mistake in the composed config, found before anything was downloaded or read."""
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every check that needs no weights, data or network, before anything is downloaded or read.
+
+    Layer indices and groups against the encoder's layout (the connector built on the meta device), the image mode,
+    batch sizes, and the files the stage names.
+
+    Raises:
+        ConfigError: naming the key (and the allowed values).
+    """
+    from dc.models.builder import build_connector
+
+    try:
+        build_connector(cfg, device="meta", allowed=trusted_prefixes(cfg.get("extra_target_prefixes")))
+        _positive_int(cfg.data.get("batch_size"), "data.batch_size")
+        _positive_int(cfg.stage.get("global_batch_size"), "stage.global_batch_size")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    init = cfg.stage.get("init_connector_from")
+    if init and not Path(init).is_file():
+        raise FileNotFoundError(f"stage.init_connector_from={init}: no such file (a stage-1 dc checkpoint)")
+
+
 def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
     """Gradient-accumulation steps giving `global_batch` from `world_size` devices × `micro_batch`."""
     per_step = micro_batch * world_size
@@ -80,6 +113,23 @@ def schedule_steps(trainer: L.Trainer, batches_per_epoch: int) -> int:
     if not candidates:
         raise ValueError("set trainer.max_epochs or trainer.max_steps (the LR schedule needs the run's length)")
     return max(1, min(candidates))
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message says everything a user needs: the entry points print it alone, without a traceback."""
+    from dc.eval.parallel import StaleAnswersError
+    from dc.models.hub import PretrainedNotFoundError
+    from dc.training.checkpoint import UnsafeCheckpointError
+    from dc.utils.instantiate import UntrustedTargetError
+
+    return (
+        ConfigError,
+        PretrainedNotFoundError,
+        UnsafeCheckpointError,
+        StaleAnswersError,
+        UntrustedTargetError,
+        FileNotFoundError,
+    )
 
 
 def optimized_metric(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
@@ -119,6 +169,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     checkpoint_dir = checkpoint_node.get("dirpath") or output_dir / "checkpoints"
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_dir)
     allowed = trusted_prefixes(cfg.get("extra_target_prefixes"))
+    validate(cfg)
+    clean_partial_files(checkpoint_dir)
     failed = True
     try:
         tokenizer = build_tokenizer(cfg)
@@ -127,7 +179,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         callbacks = [instantiate(cb, allowed=allowed) for cb in (cfg.get("callbacks") or {}).values() if cb is not None]
         if not loggers:  # Lightning refuses a LearningRateMonitor without a logger (logger=[])
             callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-        trainer: L.Trainer = instantiate(cfg.trainer, allowed=allowed, logger=loggers or False, callbacks=callbacks)
+        trainer: L.Trainer = instantiate(
+            cfg.trainer, allowed=allowed, logger=loggers or False, callbacks=callbacks, plugins=[DirectCheckpointIO()]
+        )
         trainer.accumulate_grad_batches = accumulation(
             int(cfg.stage.global_batch_size), int(cfg.data.batch_size), trainer.world_size
         )
@@ -147,6 +201,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             last = Path(ckpt_cb.dirpath) / "last.ckpt" if ckpt_cb.dirpath else None
             metrics_file = output_dir / "metrics.json"
             metrics_file.write_text(json.dumps({**metrics, "last_ckpt": str(last) if last else None}, indent=2))
+            if last is not None:
+                print(f"checkpoint: {last}  (step {trainer.global_step}; metrics in {metrics_file})")
         failed = False
     finally:
         finish_wandb(failed)

@@ -108,6 +108,16 @@ class LlavaDataModule(L.LightningDataModule):
             raise ValueError("data.format=json needs data.train_file and data.image_folder")
         if format == "shards" and not shards:
             raise ValueError("data.format=shards needs data.shards (a folder with index.json, or a tar pattern)")
+        if prepare is not None and not callable(prepare):
+            # e.g. `debug=fast data=llava_instruct`: debug=fast sizes the synthetic data's `prepare`, which this data
+            # config does not have, so Hydra leaves a plain mapping behind.
+            log.warning("data.prepare=%r has no _target_ (only the synthetic data is generated): ignored", prepare)
+            prepare = None
+        for key, value in (("batch_size", batch_size), ("max_length", max_length)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{key}={value!r} must be a positive integer")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"data.num_workers={num_workers!r} must be a non-negative integer")
         if batches_per_epoch is not None and batches_per_epoch < 1:
             raise ValueError(f"data.batches_per_epoch={batches_per_epoch}: expected a positive number or null")
         self.format = format

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,21 @@ __all__ = ["LlavaJsonDataset", "RecordStore", "read_records"]
 log = logging.getLogger(__name__)
 
 
-def read_records(path: str | Path) -> list[dict]:
+@dataclass(frozen=True)
+class BadLine:
+    """A JSONL line that does not parse (kept in place of its record by `read_records(..., bad_lines="keep")`)."""
+
+    line: int
+    error: str
+
+
+def read_records(path: str | Path, bad_lines: str = "raise") -> list[Any]:
     """Read a LLaVA JSON list or a JSONL file (one record per line).
+
+    Args:
+        path: the file.
+        bad_lines: JSONL only: "raise" on an unparsable line (naming file and line) or "keep" a `BadLine` in its
+            place, so a converter can skip and count it as one bad record.
 
     Raises:
         ValueError: the file does not parse (the message names the file, and the line for JSONL) or is not a list.
@@ -40,13 +54,15 @@ def read_records(path: str | Path) -> list[dict]:
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
-        out = []
+        out: list[Any] = []
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     out.append(json.loads(line))
                 except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{n}: not valid JSON ({exc})") from None
+                    if bad_lines != "keep":
+                        raise ValueError(f"{path}:{n}: not valid JSON ({exc})") from None
+                    out.append(BadLine(n, str(exc)))
         return out
     try:
         data = json.loads(text)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40)}
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -164,8 +165,11 @@ def generate(
             name = f"{split}_{k:05d}.png"
             size = tuple(size_rng.choice(sizes)) if sizes else IMAGE_SIZE
             render(objs, size).save(tmp / "images" / name)
+            bar.update(1)
             return name, objs
 
+        total = n_pretrain + n_instruct + 2 * n_eval
+        bar = tqdm(total=total, desc=f"synthetic data -> {root.name}", unit="img", mininterval=2.0)
         pretrain = []
         for k in range(n_pretrain):
             name, objs = scene("pretrain", k)
@@ -186,6 +190,7 @@ def generate(
             name, objs = scene("eval", n_eval + k, 1 + k % 4)
             cat, q, a = questions(objs)[0]
             held_out.append({"question_id": f"eval-{n_eval + k}-{cat}", "image": name, "text": q, "answer": a, "category": cat})
+        bar.close()
         (tmp / "pretrain.json").write_text(json.dumps(pretrain))
         (tmp / "instruct.json").write_text(json.dumps(instruct))
         (tmp / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held_out))

@@ -37,7 +37,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from dc.data.llava_json import read_records
+from dc.data.llava_json import BadLine, read_records
 from dc.data.records import BadRecord, check_image_tags, check_record
 from dc.data.shards import MANIFEST
 
@@ -66,6 +66,8 @@ def prepare(item: tuple[int, Any], image_folder: Path) -> tuple[int, Any, str, A
         (index, id, "ok", [(member suffix, bytes), ...]) or (index, id, reason, detail).
     """
     index, record = item
+    if isinstance(record, BadLine):
+        return index, f"line {record.line}", "bad_json", f"line {record.line}: {record.error}"
     try:
         rid, conv, paths = check_record(record, f"#{index}")
         check_image_tags(conv, len(paths), rid)
@@ -204,7 +206,7 @@ def convert(
     max_bytes = int(max_size_mb * 2**20)
     if max_bytes < RECORD or max_count < 1:
         raise ValueError(f"--max-size-mb must be >= {RECORD / 2**20:.3f} and --max-count >= 1")
-    records = read_records(json_path)
+    records = read_records(json_path, bad_lines="keep")
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(f".{prefix}-*.tar.tmp-*"):  # left by a killed run
         stale.unlink()

@@ -226,7 +226,7 @@ class HFLlavaModel(InferenceModel):
     ) -> None:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-        from dc.models.llms.hub import from_pretrained
+        from dc.models.hub import from_pretrained
 
         self.path = str(path)
         self.device = torch.device(device)

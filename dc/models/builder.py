@@ -60,7 +60,7 @@ def _llm_on_meta(llm_cfg: DictConfig, tokenizer: Any, allowed: Allowed) -> Any:
     """The pretrained LLM's architecture on the meta device, from its config file only (no weights read)."""
     from transformers import AutoConfig
 
-    from dc.models.llms.hub import from_pretrained
+    from dc.models.hub import from_pretrained
 
     hf_config = from_pretrained(AutoConfig.from_pretrained, str(llm_cfg.pretrained), "llm.pretrained").to_dict()
     hf_config.update(OmegaConf.to_container(llm_cfg.get("config") or {}, resolve=True))

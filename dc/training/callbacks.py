@@ -145,3 +145,59 @@ class CrashAtStep(L.Callback):
             raise RuntimeError(f"CrashAtStep: simulated failure at global step {trainer.global_step}")
         log.warning("CrashAtStep: sending %s at global step %d", self.sig, trainer.global_step)
         os.kill(os.getpid(), getattr(signal, self.sig))
+
+
+class ProgressLog(L.Callback):
+    """One log line every `every_n_steps` optimizer steps: step, share done, loss, elapsed and estimated time left.
+
+    For runs without a progress bar (`trainer.enable_progress_bar=false`, SLURM logs, `make demo`), so a long run is
+    never silent for minutes. Does nothing when the progress bar is on.
+    """
+
+    def __init__(self, every_n_steps: int = 25) -> None:
+        self.every = max(1, int(every_n_steps))
+        self._start = 0.0
+        self._first_step = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import time
+
+        self._start = time.perf_counter()
+        self._first_step = trainer.global_step
+        if not trainer.progress_bar_callback and trainer.is_global_zero:
+            log.info(
+                "training: %s optimizer steps; checkpoints in %s",
+                self._total(trainer) or "?",
+                getattr(trainer.checkpoint_callback, "dirpath", None),
+            )
+
+    @staticmethod
+    def _total(trainer: L.Trainer) -> int | None:
+        total = getattr(trainer.lightning_module, "total_steps", None)
+        return int(total) if total else None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        import time
+
+        step = trainer.global_step
+        if trainer.progress_bar_callback or not trainer.is_global_zero or step == 0 or step % self.every:
+            return
+        if getattr(self, "_last", None) == step:
+            return
+        self._last = step
+        elapsed = time.perf_counter() - self._start
+        total = self._total(trainer)
+        done = step - self._first_step
+        left = elapsed / done * (total - step) if total and done else None
+        loss = trainer.callback_metrics.get("train/loss")
+        log.info(
+            "step %d/%s%s, loss %s, %.0f s elapsed%s",
+            step,
+            total or "?",
+            f" ({100 * step / total:.0f} %)" if total else "",
+            f"{float(loss):.4f}" if loss is not None else "?",
+            elapsed,
+            f", ~{left:.0f} s left" if left is not None else "",
+        )

@@ -119,12 +119,40 @@ def _is_rank_zero() -> bool:
     return getattr(rank_zero_only, "rank", 0) == 0
 
 
+CSV_TARGET = "lightning.pytorch.loggers.CSVLogger"
+
+
+def keep_csv_metrics(node: DictConfig) -> Path | None:
+    """Before a resumed run's CSVLogger starts (it deletes an existing `metrics.csv`), move that file aside.
+
+    Returns the new name (`metrics.<n>.csv`, n counting earlier segments), or None when there was nothing to keep.
+    """
+    version = node.get("version")
+    folder = (
+        Path(str(node.get("save_dir")))
+        / str(node.get("name") or "")
+        / (str(version) if version not in (None, "") else "")
+    )
+    metrics = folder / "metrics.csv"
+    if not metrics.exists():
+        return None
+    n = 1
+    while (folder / f"metrics.{n}.csv").exists():
+        n += 1
+    kept = folder / f"metrics.{n}.csv"
+    metrics.rename(kept)
+    log.info("resuming: the earlier metrics are kept in %s", kept)
+    return kept
+
+
 def build_loggers(cfg: DictConfig, resuming: bool = False) -> list[Any]:
-    """Instantiate every node under `cfg.logger`."""
+    """Instantiate every node under `cfg.logger` (a resumed run keeps the earlier CSV metrics beside the new)."""
     loggers = []
     for node in (cfg.get("logger") or {}).values():
         if node is None:
             continue
+        if resuming and node.get("_target_") == CSV_TARGET and _is_rank_zero():
+            keep_csv_metrics(node)
         is_wandb = node.get("_target_") == WANDB_TARGET
         extra = wandb_kwargs(node, Path(cfg.paths.output_dir), resuming) if is_wandb else {}
         logger = instantiate(node, **extra)

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import AutoConfig, CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
 from dc.models.encoders.base import EncoderLayout, Tap, VisionEncoder
+from dc.models.hub import from_pretrained
 
 _FAMILIES = {
     "clip": (CLIPVisionConfig, CLIPVisionModel),
@@ -70,13 +71,18 @@ class HFVisionEncoder(VisionEncoder):
             overrides["vision_use_head"] = False
         torch_dtype = getattr(torch, dtype)
         if pretrained:
-            hf_config = AutoConfig.from_pretrained(pretrained)
+            hf_config = from_pretrained(AutoConfig.from_pretrained, pretrained, "encoder.model.pretrained")
             hf_config = getattr(hf_config, "vision_config", hf_config)
             self._check_layout(hf_config)
             for key, value in overrides.items():
                 setattr(hf_config, key, value)
-            model = model_cls.from_pretrained(
-                pretrained, config=hf_config, dtype=torch_dtype, attn_implementation=attn_implementation
+            model = from_pretrained(
+                model_cls.from_pretrained,
+                pretrained,
+                "encoder.model.pretrained",
+                config=hf_config,
+                dtype=torch_dtype,
+                attn_implementation=attn_implementation,
             )
         else:
             hf_config = config_cls(

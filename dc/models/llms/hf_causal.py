@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
 
+from dc.models.hub import from_pretrained
 from dc.models.llms.base import LanguageModel
-from dc.models.llms.hub import from_pretrained
 from dc.models.llms.templates import ChatTemplate
 from dc.models.llms.tokenizers import load_tokenizer
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from dc.models.llms.hub import from_pretrained
+from dc.models.hub import from_pretrained
 
 
 def load_tokenizer(

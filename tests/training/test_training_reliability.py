@@ -1,0 +1,136 @@
+"""Nothing run that shouldn't be, nothing lost: malicious checkpoints are refused before any of their code runs,
+offline errors name the config key at once, every config check runs before anything is downloaded, a resumed run
+keeps its earlier CSV metrics, and a killed checkpoint write leaves nothing in $TMPDIR."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dc.pipeline import evaluate, train
+from dc.training.checkpoint import UnsafeCheckpointError, read_checkpoint
+from dc.training.checkpoint_io import DirectCheckpointIO, clean_partial_files
+
+from dc_testing import ROOT, compose_config
+
+
+class Payload:
+    """Unpickling this writes a marker file (what a malicious checkpoint would do instead)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def _trained(train_cfg) -> tuple[Path, Path]:
+    cfg = train_cfg("trainer.max_steps=1")
+    train(cfg)
+    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", Path(cfg.data.image_folder).parent
+
+
+def test_pickle_payload_is_refused_and_never_runs(train_cfg, tmp_path: Path) -> None:
+    ckpt, root = _trained(train_cfg)
+    state = torch.load(ckpt, weights_only=True)
+    marker = tmp_path / "pwned"
+    state["hyper_parameters"]["extra"] = Payload(str(marker))
+    bad = tmp_path / "bad.ckpt"
+    torch.save(state, bad)
+    with pytest.raises(UnsafeCheckpointError, match="bad.ckpt: refusing to load it"):
+        evaluate(
+            compose_config("eval", [f"ckpt_path={bad}", f"benchmark.root={root}", f"paths.output_dir={tmp_path / 'e'}"])
+        )
+    with pytest.raises(UnsafeCheckpointError, match="refusing"):
+        train(train_cfg("trainer.max_steps=1", f"stage.init_connector_from={bad}"))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "node"),
+    [
+        (("encoder", "model", "config"), {"_target_": "dc.data.synthetic.generate", "root": "{tmp}/written"}),
+        (("llm", "template"), {"_target_": "os.system", "_args_": ["touch {tmp}/written"]}),
+    ],
+)
+def test_nested_target_in_a_stored_config_is_refused(train_cfg, tmp_path: Path, where, node) -> None:
+    ckpt, root = _trained(train_cfg)
+    state = torch.load(ckpt, weights_only=True)
+    target = state["hyper_parameters"]["model"]
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = {
+        k: (v.format(tmp=tmp_path) if isinstance(v, str) else [a.format(tmp=tmp_path) for a in v])
+        for k, v in node.items()
+    }
+    bad = tmp_path / "nested.ckpt"
+    torch.save(state, bad)
+    with pytest.raises(UnsafeCheckpointError, match=rf"{'.'.join(where)}\._target_: {node['_target_']}"):
+        evaluate(
+            compose_config("eval", [f"ckpt_path={bad}", f"benchmark.root={root}", f"paths.output_dir={tmp_path / 'e'}"])
+        )
+    assert not (tmp_path / "written").exists()
+
+
+def _run(args: list[str], **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    base = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE",)}
+    base.update({"WANDB_MODE": "disabled", "HF_ENDPOINT": "http://127.0.0.1:9", **env})  # an unreachable hub
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=base
+    )
+    return out, time.perf_counter() - start
+
+
+def test_headline_command_offline_fails_fast_naming_the_key(tmp_path: Path) -> None:
+    out, seconds = _run(["connector=dci", "encoder=siglip", "llm=vicuna7b", f"hydra.run.dir={tmp_path}"])
+    assert out.returncode != 0
+    assert "llm.pretrained=lmsys/vicuna-7b-v1.5: cannot load it: the hub is unreachable" in out.stderr
+    assert "set llm.pretrained=<dir>" in out.stderr
+    assert len(out.stderr.strip().splitlines()) <= 6 and seconds < 60
+
+
+def test_bad_index_is_reported_before_any_download(tmp_path: Path) -> None:
+    out, _ = _run(
+        ["connector=sti", "encoder=siglip", "llm=vicuna7b", "connector.layers=[7,99]", f"hydra.run.dir={tmp_path}"]
+    )
+    assert "connector.layers[1]=99 is out of range for encoder 'siglip'" in out.stderr
+    out, _ = _run(["llm=vicuna7b", "llm.pretrained=/no/such/dir", "encoder=tiny_clip", f"hydra.run.dir={tmp_path}"])
+    assert "llm.pretrained=/no/such/dir: no such directory" in out.stderr
+
+
+def test_config_mistakes_name_the_key(train_cfg, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="data.batch_size='four'"):
+        train(train_cfg("data.batch_size=four"))
+    with pytest.raises(FileNotFoundError, match="stage.init_connector_from=.*no such file"):
+        train(train_cfg(f"stage.init_connector_from={tmp_path / 'missing.ckpt'}"))
+
+
+def test_resume_keeps_the_earlier_csv_metrics(train_cfg) -> None:
+    cfg = train_cfg("trainer.max_steps=2", "callbacks.checkpoint.every_n_train_steps=1")
+    train(cfg)
+    csv = Path(cfg.paths.output_dir) / "csv"
+    first = (csv / "metrics.csv").read_text()
+    train(train_cfg("trainer.max_steps=3", "callbacks.checkpoint.every_n_train_steps=1", "ckpt_path=last"))
+    assert (csv / "metrics.1.csv").read_text() == first and (csv / "metrics.csv").exists()
+
+
+def test_checkpoint_writes_stay_in_the_checkpoint_folder(tmp_path: Path, monkeypatch) -> None:
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    folder = tmp_path / "ckpts"
+    DirectCheckpointIO().save_checkpoint({"w": torch.ones(3)}, folder / "last.ckpt.partial")
+    DirectCheckpointIO().save_checkpoint({"w": torch.zeros(3)}, folder / "other.ckpt")
+    assert not list(tmpdir.iterdir())
+    assert torch.equal(read_checkpoint(folder / "other.ckpt")["w"], torch.zeros(3))
+    (folder / ".x.ckpt.tmp-123").write_bytes(b"half")  # what a SIGKILL during a write leaves
+    removed = clean_partial_files(folder)
+    assert sorted(p.name for p in removed) == [".x.ckpt.tmp-123", "last.ckpt.partial"]
+    assert [p.name for p in folder.iterdir()] == ["other.ckpt"]
