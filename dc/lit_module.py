@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
+from dc.constants import IMAGE_TOKEN_INDEX
 from dc.models.builder import build_vlm
 from dc.models.llms.layout import token_layout
 from dc.models.llms.templates import ChatTemplate
@@ -113,7 +114,13 @@ class DCModule(L.LightningModule):
         """Add the batch's `TokenLayout` (host-side loss positions, packing) before it moves to the device."""
         mode = self.vlm.llm.layout_mode() if self.vlm is not None else None
         if mode is not None and isinstance(batch, dict) and batch.get("labels") is not None and "layout" not in batch:
-            batch["layout"] = token_layout(batch["attention_mask"], batch["labels"], packed=mode == "packed")
+            batch["layout"] = token_layout(
+                batch["attention_mask"],
+                batch["labels"],
+                packed=mode == "packed",
+                input_ids=batch["input_ids"],
+                visual_token_id=IMAGE_TOKEN_INDEX,
+            )
         return batch
 
     # --- steps -------------------------------------------------------------------------------------

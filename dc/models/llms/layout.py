@@ -41,6 +41,8 @@ class TokenLayout:
         token_index: packed only: [T] flat [B·S] positions of the real tokens, in order.
         position_ids: packed only: [1, T] positions, restarting at 0 for every sequence.
         cu_seqlens: packed only: [B + 1] int32 sequence starts in the packed row.
+        visual_index: [n_visual] flat [B·S] positions of the visual-token slots (where the VLM splices its visual
+            tokens with `index_copy`, whose backward is an `index_select`: no data-dependent shape, no sync).
     """
 
     packed: bool
@@ -51,6 +53,7 @@ class TokenLayout:
     token_index: torch.Tensor | None = None
     position_ids: torch.Tensor | None = None
     cu_seqlens: torch.Tensor | None = None
+    visual_index: torch.Tensor | None = None
 
     @property
     def num_supervised(self) -> int:
@@ -81,7 +84,13 @@ class TokenLayout:
 
 
 def token_layout(
-    attention_mask: torch.Tensor, labels: torch.Tensor, *, packed: bool, ignore_index: int = IGNORE_INDEX
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    packed: bool,
+    ignore_index: int = IGNORE_INDEX,
+    input_ids: torch.Tensor | None = None,
+    visual_token_id: int | None = None,
 ) -> TokenLayout:
     """The layout of a right-padded batch (host tensors).
 
@@ -90,6 +99,8 @@ def token_layout(
         labels: [B, S] unshifted labels (`ignore_index` where not supervised), as for HF's loss.
         packed: build the packed layout (else the padded one).
         ignore_index: label of unsupervised positions.
+        input_ids: [B, S] token ids, to locate the visual-token slots (with `visual_token_id`).
+        visual_token_id: the id of a visual-token slot.
     """
     if attention_mask.shape != labels.shape or attention_mask.dim() != 2:
         raise ValueError(
@@ -111,8 +122,11 @@ def token_layout(
     targets = target[b, t]
     seq_lens = tuple(int(n) for n in lens)
     has_padding = bool((lens < width).any())
+    visual_index = None
+    if input_ids is not None and visual_token_id is not None:
+        visual_index = (input_ids.to("cpu").reshape(-1) == visual_token_id).nonzero(as_tuple=True)[0]
     if not packed:
-        return TokenLayout(False, seq_lens, b * width + t, targets, has_padding)
+        return TokenLayout(False, seq_lens, b * width + t, targets, has_padding, visual_index=visual_index)
     starts = torch.zeros(batch + 1, dtype=torch.int64)
     starts[1:] = lens.cumsum(0)
     token_index = prefix.reshape(-1).nonzero(as_tuple=True)[0]
@@ -126,4 +140,5 @@ def token_layout(
         token_index=token_index,
         position_ids=positions.unsqueeze(0),
         cu_seqlens=starts.to(torch.int32),
+        visual_index=visual_index,
     )
