@@ -161,7 +161,8 @@ class HFCausalLM(LanguageModel):
 
     def decoder_layer_classes(self) -> set[type[nn.Module]]:
         names = set(getattr(self.model, "_no_split_modules", None) or [])
-        return {type(m) for m in self.model.modules() if type(m).__name__ in names}
+        # By any class in the MRO: FSDP2 swaps a sharded layer's class for a subclass (`FSDPLlamaDecoderLayer`).
+        return {type(m) for m in self.model.modules() if any(c.__name__ in names for c in type(m).__mro__)}
 
     def forward(
         self,
