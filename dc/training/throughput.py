@@ -105,6 +105,15 @@ class FlopsSpec:
         squares = sum(int(n) ** 2 for n in seq_lens)
         return float(2 * self.llm_layer_params * tokens + 4 * self.llm_layers * self.llm_attention_width * squares)
 
+    def forward_flops(self, tokens: int, images: int, seq_lens: Sequence[int]) -> float:
+        """Inference (prefill) FLOPs: one forward of every part, attention included."""
+        squares = sum(int(n) ** 2 for n in seq_lens)
+        enc = 2 * self.encoder_params * self.encoder_tokens_per_image * images
+        enc += 4 * self.encoder_layers * self.encoder_width * self.encoder_tokens_per_image**2 * images
+        conn = 2 * self.connector_params * self.visual_tokens_per_image * images
+        llm = 2 * self.llm_params * tokens + 4 * self.llm_layers * self.llm_attention_width * squares
+        return float(enc + conn + llm)
+
     def flops(self, tokens: int, images: int, seq_lens: Sequence[int]) -> dict[str, float]:
         """{"no_attention", "model", "hardware"} FLOPs of one micro-batch (see the module docstring)."""
         dense = self.batch_flops(tokens, images)

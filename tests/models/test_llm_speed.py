@@ -266,3 +266,42 @@ def test_options_are_validated():
     with pytest.raises(ValueError, match="attn_implementation=sdpa"):
         make_llm(attn_implementation="eager")
     assert make_llm(attn_implementation="eager", attention="padded").model.config._attn_implementation == "eager"
+
+
+# --- CUDA (deselected by default: -m gpu) ------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["torch_varlen", "flash_attn", "sdpa_loop"])
+def test_cuda_packed_matches_padded_bf16(backend):
+    from dc.models.llms.varlen import available_backends
+
+    if backend not in available_backends(torch.device("cuda")):
+        pytest.skip(f"{backend} not available here")
+    llm = make_llm(varlen_backend=backend, activation_checkpointing="selective").cuda().to(torch.bfloat16)
+    g = torch.Generator().manual_seed(8)
+    lens = [300, 77, 512, 5]
+    width = max(lens)
+    ids = torch.randint(0, llm.model.config.vocab_size, (len(lens), width), generator=g)
+    mask = (torch.arange(width)[None] < torch.tensor(lens)[:, None]).long()
+    labels = ids.masked_fill(mask == 0, IGNORE)
+    results = {}
+    for packed in (False, True):
+        layout = token_layout(mask, labels, packed=packed).to("cuda")
+        llm.zero_grad(set_to_none=True)
+        loss = llm(inputs_embeds=llm.embed(ids.cuda()), attention_mask=mask.cuda(), layout=layout).loss
+        loss.backward()
+        results[packed] = (loss.detach().float(), llm.model.model.layers[0].self_attn.q_proj.weight.grad.float())
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=2e-2, atol=2e-2)
+    rel = (results[True][1] - results[False][1]).norm() / results[False][1].norm()
+    assert rel < 5e-2, f"bf16 gradient relative difference {rel:.3g}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp32_packed_matches_hf_exactly_enough():
+    llm = make_llm().cuda()
+    ids, mask, labels = make_batch(llm.model.config.vocab_size, seed=9)
+    ids, mask, labels = ids.cuda(), mask.cuda(), labels.cuda()
+    assert_matches_reference(
+        llm, ids, mask, labels, token_layout(mask, labels, packed=True).to("cuda"), rtol=1e-4, atol=1e-5
+    )

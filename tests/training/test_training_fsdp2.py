@@ -219,3 +219,48 @@ def test_rank0_only_loading_gives_the_same_weights(tmp_path: Path, data_dir: Pat
     assert "FSDP2 FULL_SHARD" in log
     meta, every = (load_ckpt(tmp_path / d / "checkpoints" / "last.ckpt") for d in ("meta", "all"))
     assert_same_tensors(meta["state_dict"], every["state_dict"])
+
+
+# --- one GPU (deselected by default: -m gpu) ---------------------------------------------------------------------
+GPU_RUN = [
+    "debug=fast",
+    "stage=finetune",
+    "trainer=fsdp",
+    "trainer.devices=1",
+    "data.prepare.n_instruct=32",
+    "stage.global_batch_size=4",
+    "trainer.max_epochs=-1",
+    "callbacks.checkpoint.every_n_train_steps=2",
+    "logger=[]",
+    "trainer.enable_progress_bar=false",
+    "run_name=fsdp2_gpu",
+    "llm.activation_checkpointing=selective",
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fsdp2_one_gpu_bf16_resume(tmp_path: Path, data_dir: Path) -> None:
+    """bf16-mixed FSDP2 on one GPU: killed after the step-2 (sharded) checkpoint and resumed, it ends where the
+    uninterrupted run ends (to GPU non-determinism), with frozen parts stored in bf16."""
+    common = [*GPU_RUN, f"paths.data_dir={data_dir}", "trainer.max_steps=4"]
+    sharded = "trainer.strategy.state_dict_type=sharded"
+    crash = ["+callbacks.crash._target_=dc.training.callbacks.CrashAtStep", "+callbacks.crash.step=2"]
+    straight = run_train_py([*common, sharded], tmp_path / "straight", timeout=300)
+    assert straight.returncode == 0, straight.stderr[-4000:]
+    killed = run_train_py([*common, sharded, *crash], tmp_path / "resumed", timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
+    resumed = run_train_py([*common, sharded, "ckpt_path=last"], tmp_path / "resumed", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    log = (tmp_path / "straight" / "train.log").read_text()
+    assert "FSDP2 FULL_SHARD" in log and "stored" in log  # frozen encoder stored in bf16
+    a = consolidate(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    b = consolidate(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 4
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    exact = all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    print(f"bit-identical after resume: {exact}")
+    for k in a["state_dict"]:
+        torch.testing.assert_close(b["state_dict"][k].float(), a["state_dict"][k].float(), rtol=1e-3, atol=1e-5, msg=k)
+    assert a["state_dict"]["vlm.encoder.model.embeddings.patch_embedding.weight"].dtype == torch.bfloat16
+    assert a["state_dict"]["vlm.connector.projector.0.weight"].dtype == torch.float32

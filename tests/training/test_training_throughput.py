@@ -171,3 +171,12 @@ def test_projector_tokens_and_tied_lm_head(position: str, tied: bool, tmp_path: 
     assert (vlm.llm.model.get_output_embeddings().weight is embed) == tied
     non_embed = sum(p.numel() for p in vlm.llm.parameters() if p is not embed)
     assert spec.llm_params == non_embed + (embed.numel() if tied else 0)  # a tied lm_head is still a V x d matmul
+
+
+def test_forward_flops_by_hand() -> None:
+    # prefill: encoder 2·100·17 per view + 4·2·8·17² attention; connector 2·10·16; LLM 2·1000·30 + 4·3·4·(10² + 20²)
+    spec = FlopsSpec(
+        100, False, 17, 10, True, 16, 1000, 1000, encoder_layers=2, encoder_width=8, llm_layers=3, llm_attention_width=4
+    )
+    enc = 2 * 100 * 17 + 4 * 2 * 8 * 17**2
+    assert spec.forward_flops(30, 1, [10, 20]) == enc + 2 * 10 * 16 + 2 * 1000 * 30 + 4 * 3 * 4 * (100 + 400)
