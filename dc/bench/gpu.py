@@ -495,7 +495,7 @@ def _kept_per_token(layer: Any, x: torch.Tensor, emb: tuple, pos: torch.Tensor, 
         _sync(device)
         kept = torch.cuda.memory_allocated(device) - base - out.untyped_storage().nbytes()
     else:
-        with LiveTensorBytes([x, *emb]) as live:
+        with LiveTensorBytes([x, *emb, *layer.parameters()]) as live:
             out = layer(x, attention_mask=None, position_embeddings=emb, position_ids=pos)
             kept = live.live - out.untyped_storage().nbytes()
     out.float().sum().backward()

@@ -88,7 +88,7 @@ def layer_saved_bytes(mode: str, tokens: int, width: int, heads: int, kv_heads: 
     x = torch.randn(1, tokens, width, dtype=torch.bfloat16, requires_grad=True)
     pos = torch.arange(tokens)[None]
     emb = tuple(t.to(torch.bfloat16) for t in LlamaRotaryEmbedding(config)(x, pos))
-    with LiveTensorBytes([x, *emb]) as live:
+    with LiveTensorBytes([x, *emb, *layer.parameters()]) as live:  # weights: views of them (`t`) are not new memory
         out = layer(x, attention_mask=None, position_embeddings=emb, position_ids=pos)
         kept = live.live - out.untyped_storage().nbytes()
     out.float().sum().backward()

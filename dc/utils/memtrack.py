@@ -21,7 +21,8 @@ class LiveTensorBytes(TorchDispatchMode):
     """Bytes held by storages created by ATen ops while active (`live`) and their running maximum (`peak`).
 
     Args:
-        exclude: tensors whose storages are never counted (inputs, weights that an op might return as a view).
+        exclude: tensors whose storages are never counted: inputs and weights (an op such as `t` returns a view of
+            a weight, which is not new memory).
     """
 
     def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:

@@ -229,7 +229,7 @@ def saved_bytes(mode: str) -> int:
     x = torch.randn(1, 64, 32, requires_grad=True)
     pos = torch.arange(64)[None]
     emb = llm.model.model.rotary_emb(x, pos)
-    with LiveTensorBytes([x, *emb]) as live:
+    with LiveTensorBytes([x, *emb, *layer.parameters()]) as live:
         out = layer(x, attention_mask=None, position_embeddings=emb, position_ids=pos)
         kept = live.live - out.untyped_storage().nbytes()
     out.sum().backward()
