@@ -43,7 +43,12 @@ def loss_peak(variant: str, tokens: int, dim: int, vocab: int, dtype: torch.dtyp
             loss = linear_cross_entropy(hidden.index_select(0, keep), weight, shifted[keep], impl="chunked")
         loss.backward()
         peak = live.peak
-    return {"variant": variant, "loss": float(loss.detach()), "peak_bytes": peak, "bytes_per_token_vocab": peak / (tokens * vocab)}
+    return {
+        "variant": variant,
+        "loss": float(loss.detach()),
+        "peak_bytes": peak,
+        "bytes_per_token_vocab": peak / (tokens * vocab),
+    }
 
 
 def run_p8(tokens: int = 1024, dim: int = 64, vocab: int = LLAMA3_VOCAB, supervised: float = 0.25) -> dict[str, Any]:
@@ -57,7 +62,10 @@ def run_p8(tokens: int = 1024, dim: int = 64, vocab: int = LLAMA3_VOCAB, supervi
         "setup": f"T={tokens} tokens, V={vocab}, d={dim}, bf16, {supervised:.0%} of positions supervised; "
         "forward + backward from the last hidden states; tensor bytes (LiveTensorBytes)",
         "columns": ["variant", "loss", "peak MiB", "bytes / (T·V)"],
-        "rows": [[r["variant"], f"{r['loss']:.5f}", f"{r['peak_bytes'] / 2**20:.0f}", f"{r['bytes_per_token_vocab']:.2f}"] for r in rows],
+        "rows": [
+            [r["variant"], f"{r['loss']:.5f}", f"{r['peak_bytes'] / 2**20:.0f}", f"{r['bytes_per_token_vocab']:.2f}"]
+            for r in rows
+        ],
         "values": {r["variant"]: r["bytes_per_token_vocab"] for r in rows},
         "goal": {"chunked": f"<= {P8_GOAL} bytes per token·vocab element"},
         "goal_met": ours <= P8_GOAL,
@@ -72,7 +80,11 @@ def layer_saved_bytes(mode: str, tokens: int, width: int, heads: int, kv_heads: 
     from dc.models.llms.checkpointing import checkpoint_kwargs
 
     config = LlamaConfig(
-        hidden_size=width, num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=mlp, num_hidden_layers=1
+        hidden_size=width,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=mlp,
+        num_hidden_layers=1,
     )
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
@@ -95,9 +107,13 @@ def layer_saved_bytes(mode: str, tokens: int, width: int, heads: int, kv_heads: 
     return kept
 
 
-def run_p9(tokens: int = 256, width: int = 2048, heads: int = 16, kv_heads: int = 16, mlp: int = 5632) -> dict[str, Any]:
+def run_p9(
+    tokens: int = 256, width: int = 2048, heads: int = 16, kv_heads: int = 16, mlp: int = 5632
+) -> dict[str, Any]:
     """P9: activation bytes per token per decoder layer kept for the backward, per checkpointing choice."""
-    kept = {mode: layer_saved_bytes(mode, tokens, width, heads, kv_heads, mlp) for mode in ("none", "selective", "full")}
+    kept = {
+        mode: layer_saved_bytes(mode, tokens, width, heads, kv_heads, mlp) for mode in ("none", "selective", "full")
+    }
     input_bytes = 2 * width  # `full` keeps the layer input (bf16), held by the caller: counted here explicitly
     per_token = {m: (v + (input_bytes * tokens if m == "full" else 0)) / tokens for m, v in kept.items()}
     return {
@@ -106,7 +122,13 @@ def run_p9(tokens: int = 256, width: int = 2048, heads: int = 16, kv_heads: int 
         "status": "measured",
         "setup": f"Llama layer d={width}, {heads} heads ({kv_heads} kv), MLP {mlp}, bf16, {tokens} tokens, SDPA; "
         "bytes alive after the forward (LiveTensorBytes), layer input counted for `full`",
-        "columns": ["llm.activation_checkpointing", "bytes / token / layer", "× d (bytes per hidden unit)", "vs none", "extra FLOPs"],
+        "columns": [
+            "llm.activation_checkpointing",
+            "bytes / token / layer",
+            "× d (bytes per hidden unit)",
+            "vs none",
+            "extra FLOPs",
+        ],
         "rows": [
             [m, f"{per_token[m]:,.0f}", f"{per_token[m] / width:.1f}", f"{per_token[m] / per_token['none']:.2f}", extra]
             for m, extra in (("none", "0"), ("selective", "elementwise only"), ("full", "+1 forward of the layers"))

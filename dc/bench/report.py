@@ -190,7 +190,7 @@ def _p3_bound(fig: dict) -> list[str]:
         f"FLOP bound of the prefill speed-up at this shape (forward FLOPs of encoder + connector + LLM with "
         f"attention, dci / dci_efficient, sequences {bound['seq']['dci']} / {bound['seq']['dci_efficient']}): "
         f"**{bound['bound']:.2f}×**; measured / bound = **{fig['bound_efficiency']:.2f}**. At the 7B GPU shape the "
-        "bound is 2.88× (the paper's \"up to 3×\" is above it); the goal is 90 % of the bound there.",
+        'bound is 2.88× (the paper\'s "up to 3×" is above it); the goal is 90 % of the bound there.',
         "",
     ]
 
@@ -205,7 +205,8 @@ def render_gpu(parts: list[dict[str, Any]]) -> list[str]:
     for part in parts:
         meta, sections = part["meta"], part["sections"]
         lines += [
-            f"### GPU part {meta['part']}: {meta['device']}, {meta['date']}" + (" (tiny: logic check only)" if meta.get("tiny") else ""),
+            f"### GPU part {meta['part']}: {meta['device']}, {meta['date']}"
+            + (" (tiny: logic check only)" if meta.get("tiny") else ""),
             "",
             f"torch {meta['torch']}, transformers {meta['transformers']}, Python {meta['python']}.",
             "",
@@ -215,9 +216,14 @@ def render_gpu(parts: list[dict[str, Any]]) -> list[str]:
                 lines += [f"- `{name}`: **{sec.get('status')}** — {sec.get('error', '')[:300]}", ""]
         cal = sections.get("calibration", {})
         if cal.get("status") == "ok":
-            lines += [f"Calibration: {cal['gemm']} GEMM **{cal['tflops']:.0f} TFLOP/s** "
-                      f"({_pct(cal['vs_h100_sxm_peak'])} of the 989 TFLOP/s H100 SXM peak).", ""]
-        mfu = {k.split("/", 1)[1]: v for k, v in sections.items() if k.startswith("mfu_1b/") and v.get("status") == "ok"}
+            lines += [
+                f"Calibration: {cal['gemm']} GEMM **{cal['tflops']:.0f} TFLOP/s** "
+                f"({_pct(cal['vs_h100_sxm_peak'])} of the 989 TFLOP/s H100 SXM peak).",
+                "",
+            ]
+        mfu = {
+            k.split("/", 1)[1]: v for k, v in sections.items() if k.startswith("mfu_1b/") and v.get("status") == "ok"
+        }
         if mfu:
             lines += [
                 "~1B LLM + CLIP-L/336 + DCI, stage 2, bf16, FSDP2 on one GPU, token-budgeted batches (≤ 16 × 2048):",
@@ -234,8 +240,12 @@ def render_gpu(parts: list[dict[str, Any]]) -> list[str]:
             lines += ["", f"Goal {summary.get('goal')}: " + ("met" if summary.get("goal_met") else "**not met**"), ""]
         loss = sections.get("loss_variants", {})
         if loss.get("status") == "ok":
-            lines += [f"Loss variants (d={loss['dim']}, {loss['tokens']} tokens, 25 % supervised, bf16):", "",
-                      "| vocabulary | impl | ms (fwd+bwd) | peak GiB | bytes / (T·V) |", "|---|---|---|---|---|"]
+            lines += [
+                f"Loss variants (d={loss['dim']}, {loss['tokens']} tokens, 25 % supervised, bf16):",
+                "",
+                "| vocabulary | impl | ms (fwd+bwd) | peak GiB | bytes / (T·V) |",
+                "|---|---|---|---|---|",
+            ]
             for vocab, rows in loss.items():
                 if not vocab.startswith("V="):
                     continue
@@ -243,32 +253,48 @@ def render_gpu(parts: list[dict[str, Any]]) -> list[str]:
                     if "error" in r:
                         lines.append(f"| {vocab} | {impl} | {r['error'][:80]} | | |")
                     else:
-                        lines.append(f"| {vocab} | {impl} | {r['ms']:.1f} | {r['peak_gib']:.2f} | {r['bytes_per_token_vocab']:.2f} |")
+                        lines.append(
+                            f"| {vocab} | {impl} | {r['ms']:.1f} | {r['peak_gib']:.2f} | {r['bytes_per_token_vocab']:.2f} |"
+                        )
             lines.append("")
         att = sections.get("attention_variants", {})
         if att.get("status") == "ok":
-            lines += [f"Attention variants (~1B decoder, fwd+bwd, {att['tokens']} real tokens, padded width "
-                      f"{att['padded_width']}):", "", "| variant | ms | peak GiB | loss rel. diff vs padded | grad rel. diff |",
-                      "|---|---|---|---|---|"]
+            lines += [
+                f"Attention variants (~1B decoder, fwd+bwd, {att['tokens']} real tokens, padded width "
+                f"{att['padded_width']}):",
+                "",
+                "| variant | ms | peak GiB | loss rel. diff vs padded | grad rel. diff |",
+                "|---|---|---|---|---|",
+            ]
             for k, r in att.items():
                 if isinstance(r, dict) and ("ms" in r or "error" in r):
                     if "error" in r:
                         lines.append(f"| {k} | {r['error'][:100]} | | | |")
                     else:
-                        lines.append(f"| {k} | {r['ms']:.1f} | {r['peak_gib']:.2f} | {_f(r.get('loss_rel_diff_vs_padded'))} | "
-                                     f"{_f(r.get('grad_rel_diff_vs_padded'))} |")
+                        lines.append(
+                            f"| {k} | {r['ms']:.1f} | {r['peak_gib']:.2f} | {_f(r.get('loss_rel_diff_vs_padded'))} | "
+                            f"{_f(r.get('grad_rel_diff_vs_padded'))} |"
+                        )
             lines.append("")
         p3 = sections.get("p3_7b", {})
         if p3.get("status") == "ok":
-            lines += [f"P3 at 7B: prefill {p3['prefill_ms']['dci']:.1f} ms (dci) vs {p3['prefill_ms']['dci_efficient']:.1f} ms "
-                      f"(dci_efficient): **{p3['prefill_speedup']:.2f}×** against a FLOP bound of {p3['flop_bound']:.2f}× "
-                      f"({_pct(p3['fraction_of_bound'])} of it; goal ≥ 90 %: {'met' if p3['goal_met'] else '**not met**'}).", ""]
+            lines += [
+                f"P3 at 7B: prefill {p3['prefill_ms']['dci']:.1f} ms (dci) vs {p3['prefill_ms']['dci_efficient']:.1f} ms "
+                f"(dci_efficient): **{p3['prefill_speedup']:.2f}×** against a FLOP bound of {p3['flop_bound']:.2f}× "
+                f"({_pct(p3['fraction_of_bound'])} of it; goal ≥ 90 %: {'met' if p3['goal_met'] else '**not met**'}).",
+                "",
+            ]
         mem = sections.get("memory_7b", {})
         if mem.get("status") == "ok":
             kept = mem["activation_bytes_per_token_per_layer"]
-            lines += ["7B feasibility (stage 2, 16 × 2048 tokens per GPU, 8 × 80 GB, FSDP2, measured layer activations "
-                      "(" + ", ".join(f"{k} {v:,.0f} B/token/layer" for k, v in kept.items()) + ") and loss peak, "
-                      "16 B/param sharded state):", "", "| model | checkpointing | GiB per GPU | fits |", "|---|---|---|---|"]
+            lines += [
+                "7B feasibility (stage 2, 16 × 2048 tokens per GPU, 8 × 80 GB, FSDP2, measured layer activations "
+                "(" + ", ".join(f"{k} {v:,.0f} B/token/layer" for k, v in kept.items()) + ") and loss peak, "
+                "16 B/param sharded state):",
+                "",
+                "| model | checkpointing | GiB per GPU | fits |",
+                "|---|---|---|---|",
+            ]
             for model, r in mem["models"].items():
                 for mode, v in r["by_checkpointing"].items():
                     lines.append(f"| {model} | {mode} | {v['total_gib']:.1f} | {'yes' if v['fits_80gb'] else 'no'} |")
