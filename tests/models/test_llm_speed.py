@@ -217,6 +217,7 @@ def test_varlen_attention_matches_per_sequence_sdpa():
         scores = scores.masked_fill(torch.ones(e - s, e - s, dtype=torch.bool).triu(1), float("-inf"))
         torch.testing.assert_close(got[:, s:e], (scores.softmax(-1) @ vv).transpose(1, 2))
     assert resolve_backend("auto", torch.device("cpu")) == "sdpa_loop"
+    assert resolve_backend("auto", torch.device("cuda"), torch.float32) == "sdpa_loop"  # flash kernels: fp16/bf16 only
     with pytest.raises(ValueError, match="not usable on cpu"):
         resolve_backend("torch_varlen", torch.device("cpu"))
     assert packed_mask("cpu").shape == (1, 1, 0, 0)

@@ -197,7 +197,9 @@ class HFCausalLM(LanguageModel):
                 raise ValueError("a packed TokenLayout needs llm.attention=unpadded")
             width = inputs_embeds.shape[-1]
             packed = inputs_embeds.reshape(-1, width).index_select(0, layout.token_index).unsqueeze(0)
-            backend = resolve_backend(self.varlen_backend, packed.device)
+            device_type = packed.device.type
+            dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else packed.dtype
+            backend = resolve_backend(self.varlen_backend, packed.device, dtype)
             varlen: dict[str, Any] = {
                 "cu_seq_lens_q": layout.cu_seqlens,
                 "cu_seq_lens_k": layout.cu_seqlens,

@@ -51,25 +51,37 @@ def _torch_varlen() -> Any:
 
 def available_backends(device: torch.device) -> list[str]:
     """The concrete backends usable on `device`, fastest first."""
+    return list(_backends_for(device.type))
+
+
+@cache
+def _backends_for(device_type: str) -> tuple[str, ...]:
     out = []
-    if device.type == "cuda":
+    if device_type == "cuda":
         if importlib.util.find_spec("flash_attn") is not None:
             out.append("flash_attn")
         if _torch_varlen() is not None:
             out.append("torch_varlen")
     out.append("sdpa_loop")
-    return out
+    return tuple(out)
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend for `llm.varlen_backend` on `device` ("auto": the first of `available_backends`)."""
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = torch.bfloat16) -> str:
+    """The concrete backend for `llm.varlen_backend` on `device` computing in `dtype`.
+
+    "auto": the first of `available_backends`; the flash kernels take fp16/bf16 only, so fp32 gets "sdpa_loop".
+    """
     if backend not in BACKENDS:
         raise ValueError(f"llm.varlen_backend={backend!r}: expected one of {BACKENDS}")
     usable = available_backends(device)
+    if dtype not in (torch.float16, torch.bfloat16):
+        usable = ["sdpa_loop"]
     if backend == "auto":
         return usable[0]
     if backend not in usable:
-        raise ValueError(f"llm.varlen_backend={backend!r} is not usable on {device.type}; usable here: {usable}")
+        raise ValueError(
+            f"llm.varlen_backend={backend!r} is not usable on {device.type} in {dtype}; usable here: {usable}"
+        )
     return backend
 
 
@@ -96,12 +108,17 @@ def _sdpa_loop(
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
+@cache
+def _parameters(fn: Any) -> frozenset[str]:
+    return frozenset(inspect.signature(fn).parameters)
+
+
 def _torch_varlen_call(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int, scale: float | None
 ) -> torch.Tensor:
     """`varlen_attn` on [T, H, D] tensors, adapting to its signature (it changed between torch 2.9 and 2.12)."""
     fn = _torch_varlen()
-    params = inspect.signature(fn).parameters
+    params = _parameters(fn)
     kwargs: dict[str, Any] = {}
     if "window_size" in params:
         kwargs["window_size"] = (-1, 0)  # causal
