@@ -69,8 +69,13 @@ def _batch(module, seed: int = 0) -> dict:
     return module.on_before_batch_transfer(batch, 0)
 
 
-def test_shard_vlm_units_dtypes_and_same_gradients(tmp_path: Path, data_dir: Path, one_process_group) -> None:
-    _, module = _module(tmp_path, data_dir, "stage=finetune")
+@pytest.mark.parametrize("stage", ["finetune", "lora", "pretrain"])
+def test_shard_vlm_units_dtypes_and_same_gradients(
+    stage: str, tmp_path: Path, data_dir: Path, one_process_group
+) -> None:
+    """Frozen and trainable parameters (LoRA adapters on a frozen base too) mixed inside FSDP2 units."""
+    no_dropout = ["stage.lora.dropout=0.0"] if stage == "lora" else []  # LoRA dropout would draw different masks
+    _, module = _module(tmp_path, data_dir, f"stage={stage}", *no_dropout)
     store_frozen(module.vlm, torch.bfloat16)  # what configure_model does under bf16 compute
     # param_dtype fp32 gathers the bf16-stored encoder as fp32 (a lossless cast): the reference computes the same way
     reference = copy.deepcopy(module.vlm).float()
@@ -90,9 +95,11 @@ def test_shard_vlm_units_dtypes_and_same_gradients(tmp_path: Path, data_dir: Pat
     assert all(isinstance(u, FSDPModule) for u in units)
     params = dict(vlm.named_parameters())
     assert all(isinstance(p, DTensor) for p in params.values())
-    frozen = {p.dtype for p in vlm.encoder.parameters()}
+    frozen = {p.dtype for p in params.values() if not p.requires_grad}
     trained = {p.dtype for n, p in params.items() if p.requires_grad}
-    assert frozen == {torch.bfloat16} and trained == {torch.float32}  # mixed inside the root unit: fine in FSDP2
+    assert frozen == {torch.bfloat16} and trained == {torch.float32}  # mixed inside units: fine in FSDP2
+    if stage == "lora":
+        assert all("lora_" in n for n, p in params.items() if p.requires_grad and ".llm." in n)
 
     def loss_and_grads(model):
         loss = model(**{k: v for k, v in batch.items()}).loss
