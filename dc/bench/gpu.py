@@ -137,7 +137,7 @@ def shapes(tiny: bool) -> dict[str, Any]:
         "llm_7b": LLM_7B,
         "seq_cap": 2048,
         "max_tokens": 16_384,
-        "max_samples": 16,
+        "max_samples": 32,
         "warmup": 3,
         "repeats": 8,
         "loss_tokens": 16_384,

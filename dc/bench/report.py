@@ -226,7 +226,7 @@ def render_gpu(parts: list[dict[str, Any]]) -> list[str]:
         }
         if mfu:
             lines += [
-                "~1B LLM + CLIP-L/336 + DCI, stage 2, bf16, FSDP2 on one GPU, token-budgeted batches (≤ 16 × 2048):",
+                "~1B LLM + CLIP-L/336 + DCI, stage 2, bf16, FSDP2 on one GPU, token-budgeted micro-batches (16,384 tokens, ≤ 32 samples, sequences ≤ 2048):",
                 "",
                 "| variant | tokens/s | step (s) | MFU (torchtitan) | MFU (6·N·D) | HFU | MFU vs calibrated GEMM | peak GiB | loss |",
                 "|---|---|---|---|---|---|---|---|---|",
