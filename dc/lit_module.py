@@ -17,12 +17,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
+from dc.constants import IMAGE_TOKEN_INDEX
 from dc.models.builder import build_vlm
+from dc.models.llms.layout import token_layout
 from dc.models.llms.templates import ChatTemplate
 from dc.models.vlm import VLM
 from dc.training.checkpoint import MODEL_KEYS, check_checkpoint_keys, keeps_key, read_checkpoint
 from dc.training.lora import apply_lora
 from dc.training.optim import param_groups, warmup_cosine
+from dc.training.precision import resolve_frozen_dtype, store_frozen
 from dc.training.stages import PARTS, apply_freezing, part_of
 from dc.training.throughput import FlopsSpec, flops_spec
 from dc.utils.instantiate import instantiate
@@ -100,7 +103,25 @@ class DCModule(L.LightningModule):
         # pretrained LLM would train with dropout (LoRA's 0.05 included) off. Frozen encoders stay in eval.
         self.vlm.train()
         self.flops_spec = flops_spec(self.vlm)
+        # --- speed and memory (dc.training.precision, dc.training.fsdp2) ---
+        store_frozen(self.vlm, resolve_frozen_dtype(self.stage.get("frozen_dtype"), self._trainer))
+        parallelize = getattr(self._trainer.strategy, "parallelize", None) if self._trainer is not None else None
+        if parallelize is not None:  # FSDP2: fully_shard per layer/block/connector, then the VLM
+            parallelize(self)
         self.state_keys = list(self.state_dict().keys())
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Add the batch's `TokenLayout` (host-side loss positions, packing) before it moves to the device."""
+        mode = self.vlm.llm.layout_mode() if self.vlm is not None else None
+        if mode is not None and isinstance(batch, dict) and batch.get("labels") is not None and "layout" not in batch:
+            batch["layout"] = token_layout(
+                batch["attention_mask"],
+                batch["labels"],
+                packed=mode == "packed",
+                input_ids=batch["input_ids"],
+                visual_token_id=IMAGE_TOKEN_INDEX,
+            )
+        return batch
 
     # --- steps -------------------------------------------------------------------------------------
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -110,6 +131,7 @@ class DCModule(L.LightningModule):
             pixel_values=batch["pixel_values"],
             labels=batch["labels"],
             visual=batch.get("visual"),
+            **({"layout": batch["layout"]} if batch.get("layout") is not None else {}),
         )
         return out.loss
 

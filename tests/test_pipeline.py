@@ -83,7 +83,8 @@ def test_loss_only_on_supervised_tokens(train_cfg) -> None:
     labels[0, -2:] = ids[0, -2:]
     pixels = torch.randn(1, 3, size, size)
     out = vlm(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels, labels=labels)
-    logits = out.logits[0]
+    # the training loss holds no logits (llm.loss: supervised rows only); a forward without labels gives them
+    logits = vlm(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels).logits[0]
     # positions -3 and -2 predict the last two tokens
     expected = torch.nn.functional.cross_entropy(logits[-3:-1], ids[0, -2:])
     assert torch.allclose(out.loss, expected, atol=1e-6)

@@ -1,4 +1,9 @@
-"""CLI: `python -m dc.bench --mode quick|full [--only P1,P3] [--out docs/benchmarks.md] [--tiny]`."""
+"""CLI: `python -m dc.bench --mode quick|full [--only P1,P3] [--out docs/benchmarks.md] [--tiny]`.
+
+`--mode gpu --part 1|2 [--out-dir DIR]` runs the GPU benchmark (`dc.bench.gpu`), writing `DIR/gpu_part<n>.json`
+after every section; `--from-json docs/benchmarks.json --gpu-json DIR/gpu_part1.json DIR/gpu_part2.json`
+re-renders `--out` with those GPU results in it.
+"""
 
 from __future__ import annotations
 
@@ -18,19 +23,25 @@ import torch
 
 from dc.bench import recorded
 from dc.bench.infer_figures import run_p3
+from dc.bench.memory_figures import run_p8, run_p9, run_p10
 from dc.bench.mfu_figure import run_p5
 from dc.bench.report import describe, write
 from dc.bench.shapes import shape_for
 from dc.bench.train_figures import run_p1, run_p4, run_p7
 
 MEASURED: dict[str, Callable[..., dict[str, Any]]] = {"P1": run_p1, "P3": run_p3, "P4": run_p4, "P7": run_p7}
-ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7")
+ALL = ("P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9", "P10")
+ROWS = {"P8": run_p8, "P9": run_p9, "P10": run_p10}  # CPU-measurable memory/padding figures (same on any device)
 REPEATS = {"quick": (1, 15), "full": (3, 10)}  # (warm-up, repeats): P1 varies ±15 % per round on a shared CPU
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m dc.bench", description=__doc__)
-    p.add_argument("--mode", choices=("quick", "full"), default="quick")
+    p.add_argument("--mode", choices=("quick", "full", "gpu"), default="quick")
+    p.add_argument("--part", type=int, choices=(1, 2), default=None, help="gpu mode: which part (default: both)")
+    p.add_argument("--out-dir", type=Path, default=None, help="gpu mode: JSON folder (default: $OUT or ./gpu_results)")
+    p.add_argument("--sections", default=None, help="gpu mode: comma-separated sections to run (default: all)")
+    p.add_argument("--gpu-json", type=Path, nargs="*", default=None, help="with --from-json: GPU results to include")
     p.add_argument("--only", default=",".join(ALL), help="comma-separated figures, e.g. P1,P3")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     p.add_argument("--tiny", action="store_true", help="smallest shapes (smoke test; numbers meaningless)")
@@ -54,12 +65,30 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _tiny_rows(key: str) -> dict[str, Any]:
+    """The P8–P10 figures at toy sizes (smoke test)."""
+    if key == "P8":
+        return run_p8(tokens=64, dim=8, vocab=512)
+    if key == "P9":
+        return run_p9(tokens=16, width=32, heads=2, kv_heads=2, mlp=64)
+    return run_p10()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     if args.from_json is not None:
         data = json.loads(args.from_json.read_text())
-        write(args.out, data["meta"], data["figures"])
-        print(f"re-rendered {args.out} from {args.from_json}")
+        gpu = [json.loads(p.read_text()) for p in args.gpu_json or []]
+        write(args.out, data["meta"], data["figures"], gpu=gpu or data.get("gpu"))
+        print(f"re-rendered {args.out} from {args.from_json}" + (f" and {len(gpu)} GPU part(s)" if gpu else ""))
+        return 0
+    if args.mode == "gpu":
+        from dc.bench.gpu import run_part
+
+        out_dir = args.out_dir or Path(os.environ.get("OUT") or "gpu_results")
+        sections = [s.strip() for s in args.sections.split(",")] if args.sections else None
+        for part in [args.part] if args.part else [1, 2]:
+            print(f"wrote {run_part(part, out_dir, tiny=args.tiny, only=sections)}")
         return 0
     only = [f.strip().upper() for f in args.only.split(",") if f.strip()]
     unknown = sorted(set(only) - set(ALL))
@@ -95,6 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             figures.append(fig)
             print(f"{key}: " + ", ".join(f"{k} {v['median']:.3f}x" for k, v in fig["ratios"].items()), flush=True)
+        elif key in ROWS:
+            t0 = time.perf_counter()
+            fig = _tiny_rows(key) if args.tiny else ROWS[key]()
+            fig.update(device="cpu", wall_s=time.perf_counter() - t0)
+            figures.append(fig)
+            print(f"{key}: " + "; ".join(" | ".join(str(c) for c in row) for row in fig["rows"]), flush=True)
         elif key == "P2":
             figures.append(recorded.p2_encoder_memory(Path.cwd()))
         elif key == "P6":

@@ -1,9 +1,9 @@
 """P5: tokens/s, model TFLOP/s and MFU of a DCI training step.
 
-Model FLOPs come from the training-side formula (`dc.training.throughput.flops_spec`: 6·N per token for the
-trained LLM, forward-only for the frozen encoder, the connector by its role). MFU needs a peak, chosen
-explicitly with `--peak-device` from the same table the training callback uses (never guessed from the device
-name); without one, or on CPU, only tokens/s and TFLOP/s are reported.
+Model FLOPs come from the training-side formulas (`dc.training.throughput`): `mfu` in torchtitan's convention
+(dense 6·N·D-style FLOPs + attention scores), `mfu_no_attention` (6·N·D only) and `hfu` (+ what activation
+checkpointing recomputes). MFU needs a peak, chosen explicitly with `--peak-device` from the same table the
+training callback uses (never guessed from the device name); without one, or on CPU, only rates are reported.
 """
 
 from __future__ import annotations
@@ -32,15 +32,20 @@ def run_p5(
     batch = make_batch(vlm, shape.batch, text, device)
     times = interleaved({"dci": train_step(vlm, batch)}, warmup, repeats, device)["dci"]
     seconds = float(times["median"])
-    tokens = int(batch["attention_mask"].sum())
-    flops = flops_spec(vlm).batch_flops(tokens, int(batch["pixel_values"].shape[0]))
+    seq_lens = [int(n) for n in batch["attention_mask"].sum(1).tolist()]
+    tokens = sum(seq_lens)
+    counts = flops_spec(vlm).flops(tokens, int(batch["pixel_values"].shape[0]), seq_lens)
+    flops = counts["model"]
     peak = resolve_peak_flops(peak_device) if device.type == "cuda" else None
     rates = {
         "tokens_per_s": tokens / seconds,
         "samples_per_s": shape.batch / seconds,
         "model_tflops_per_s": flops / seconds / 1e12,
+        "model_tflops_no_attention_per_s": counts["no_attention"] / seconds / 1e12,
         "flops_per_step": flops,
         "mfu": flops / seconds / peak if peak else None,
+        "mfu_no_attention": counts["no_attention"] / seconds / peak if peak else None,
+        "hfu": counts["hardware"] / seconds / peak if peak else None,
         "peak_flops": peak,
         "peak_device": peak_device,
     }

@@ -17,13 +17,18 @@ P6_SOURCE = Path("experiments/data_loader/results.json")
 
 
 def p2_encoder_memory(root: Path) -> dict[str, Any]:
-    """P2: DCI encoder peak memory, ours vs stock `output_hidden_states=True` (rows of the README's results table)."""
+    """P2: DCI encoder peak memory, ours vs stock `output_hidden_states=True`, like for like.
+
+    Two pairs from the README's results table: without micro-batching (ours vs stock) and with it on both sides
+    (ours + `micro_batch=4` vs stock 4 at a time). The earlier headline — ours with micro-batching against stock
+    without — credited micro-batching, which stock can do too, to the running sums.
+    """
     path = root / P2_SOURCE
     base = {
         "figure": "P2",
-        "title": "DCI encoder peak memory vs stock output_hidden_states (recorded)",
+        "title": "DCI encoder peak memory vs stock output_hidden_states, like for like (recorded)",
         "source": str(P2_SOURCE),
-        "goal": {"tensor_peak": "<= 0.25"},
+        "goal": {"no_micro_batching": "<= 1.0", "micro_batch_4": "<= 1.0"},
     }
     if not path.exists():
         return {**base, "status": "missing"}
@@ -34,22 +39,41 @@ def p2_encoder_memory(root: Path) -> dict[str, Any]:
         if len(cells) == 9 and cells[0].startswith(("stock", "ours")):
             try:
                 rows[cells[0]] = {
+                    "carried_mib": float(cells[2]),
+                    "tensor_peak_mib": float(cells[3]),
+                    "rss_peak_mib": float(cells[4]),
                     "carried_ratio": float(cells[5]),
                     "tensor_peak_ratio": float(cells[6]),
                     "rss_peak_ratio": float(cells[7]),
-                    "tensor_peak_mib": float(cells[3]),
                 }
             except ValueError:
                 continue
     date = re.search(r"run on (\d{4}-\d{2}-\d{2})", text)
-    best = min((v["tensor_peak_ratio"] for k, v in rows.items() if k.startswith("ours")), default=None)
+
+    def row(prefix: str) -> dict[str, float] | None:
+        return next((v for k, v in rows.items() if k.startswith(prefix)), None)
+
+    pairs = {
+        "no_micro_batching": (row("ours: running sums"), row("stock + reference fusion")),
+        "micro_batch_4": (row("ours + `micro_batch=4`"), row("stock, 4 images")),
+    }
+    ratios: dict[str, dict[str, float]] = {}
+    like_for_like: dict[str, dict[str, float]] = {}
+    for name, (ours, stock) in pairs.items():
+        if ours is None or stock is None:
+            continue
+        like_for_like[name] = {
+            key: ours[f"{key}_mib"] / stock[f"{key}_mib"] for key in ("carried", "tensor_peak", "rss_peak")
+        }
+        ratios[name] = {"median": like_for_like[name]["tensor_peak"], "min": like_for_like[name]["tensor_peak"]}
     return {
         **base,
-        "status": "recorded" if rows else "missing",
+        "status": "recorded" if len(like_for_like) == 2 else "missing",
         "date": date.group(1) if date else None,
         "rows": rows,
-        "goal_met": best is not None and best <= 0.25,
-        "ratios": {"best_ours_tensor_peak": {"median": best, "min": best}} if best is not None else {},
+        "like_for_like": like_for_like,
+        "goal_met": bool(like_for_like) and all(v["tensor_peak"] <= 1.0 for v in like_for_like.values()),
+        "ratios": ratios,
     }
 
 

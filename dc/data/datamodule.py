@@ -59,7 +59,7 @@ class LlavaDataModule(L.LightningDataModule):
         visual: images → views and per-image token counts (`dc.data.visual.VisualProcessor`).
         format: "json" or "shards".
         shards: folder with `index.json`, or a brace pattern / glob of tar files (`format: shards`).
-        batch_size: per-device micro-batch size.
+        batch_size: per-device micro-batch size (with `max_tokens`: the most samples a micro-batch may hold).
         num_workers: DataLoader workers.
         max_length: maximum tokens per sample after visual-token expansion.
         val_fraction: the last fraction of records is held out as a validation set (JSON only; 0 = none).
@@ -74,6 +74,9 @@ class LlavaDataModule(L.LightningDataModule):
         resampled: shards: draw shards with replacement (infinite stream cut at `batches_per_epoch`).
         shuffle_buffer: shards: samples in each worker's shuffle buffer.
         pin_memory: pin host memory of batches (GPU training).
+        max_tokens: token budget per micro-batch (`samples × longest` on the records' length estimates): the
+            batch size then adapts to sample lengths, so memory is bounded by tokens (JSON only; see
+            `dc.data.grouping`). None: fixed `batch_size`.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class LlavaDataModule(L.LightningDataModule):
         resampled: bool = False,
         shuffle_buffer: int = 1000,
         pin_memory: bool = False,
+        max_tokens: int | None = None,
     ) -> None:
         super().__init__()
         if format not in FORMATS:
@@ -118,6 +122,10 @@ class LlavaDataModule(L.LightningDataModule):
                 raise ValueError(f"data.{key}={value!r} must be a positive integer")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"data.num_workers={num_workers!r} must be a non-negative integer")
+        if max_tokens is not None and format != "json":
+            raise ValueError("data.max_tokens (token-budgeted batches) is supported with data.format=json only")
+        if max_tokens is not None and (type(max_tokens) is not int or max_tokens < max_length):
+            raise ValueError(f"data.max_tokens={max_tokens!r} must be an integer >= data.max_length={max_length}")
         if batches_per_epoch is not None and batches_per_epoch < 1:
             raise ValueError(f"data.batches_per_epoch={batches_per_epoch}: expected a positive number or null")
         self.format = format
@@ -141,6 +149,7 @@ class LlavaDataModule(L.LightningDataModule):
         self.resampled = resampled
         self.shuffle_buffer = shuffle_buffer
         self.pin_memory = pin_memory
+        self.max_tokens = max_tokens
         self.collate = Collator(tokenizer.pad_token_id)
         # Built here so that a wrong tokenizer/template or option fails before any data is read.
         self.builder = SampleBuilder(tokenizer, template, visual, max_length, overlength)
@@ -188,7 +197,7 @@ class LlavaDataModule(L.LightningDataModule):
         sampler = GroupedBatchSampler(
             store.estimated_lengths(self.visual_tokens(store)), store.n_images > 0, self.batch_size,
             num_replicas=world, rank=rank, group=self.group, megabatch_factor=self.megabatch_factor,
-            shuffle=True, seed=self.seed,
+            shuffle=True, seed=self.seed, max_tokens=self.max_tokens,
         )
         sampler.set_epoch(epoch)
         return DataLoader(self.train_set, sampler=sampler, batch_size=None, num_workers=self.num_workers,
@@ -209,9 +218,16 @@ class LlavaDataModule(L.LightningDataModule):
                 return max(1, total // (world_size * self.batch_size))
             return one_pass_length(total, self.batch_size, self.num_workers)
         store = self.train_set.records
+        # Fixed-size batches: the count does not depend on lengths. Token budgets: it does (the real estimates).
+        lengths = (
+            store.estimated_lengths(self.visual_tokens(store))
+            if self.max_tokens is not None
+            else np.zeros(len(store), dtype=np.int64)
+        )
         sampler = GroupedBatchSampler(
-            np.zeros(len(store), dtype=np.int64), store.n_images > 0, self.batch_size, num_replicas=world_size,
+            lengths, store.n_images > 0, self.batch_size, num_replicas=world_size,
             rank=0, group=self.group, megabatch_factor=self.megabatch_factor, shuffle=True, seed=self.seed,
+            max_tokens=self.max_tokens,
         )
         return len(sampler)
 

@@ -15,6 +15,14 @@ the megabatch keeps the order random at a larger scale.
 * `group_stream` (shards): per modality a buffer of `megabatch_factor × batch_size` samples; when full it is
   sorted by length and emitted as batches in random order. At the end of a one-pass stream the buffers are
   emitted as single-modality batches and the remainders (< one batch each) pooled into a mixed one.
+
+**Token budgets** (`max_tokens`, `data.max_tokens`): memory is bounded by tokens, not samples. A micro-batch
+takes samples (longest first, per modality) while `samples × longest ≤ max_tokens` and `samples ≤ batch_size`,
+so short samples travel many to a batch and long ones few (fairseq's batching by size). With a budget the
+map-style sampler cuts each pool into micro-batches once per seed (a fixed partition, so every epoch has the same
+number of batches and Lightning's epoch length holds) and shuffles their order every epoch; each global step
+gives its `num_replicas` consecutive (similar-length) micro-batches to the ranks. Lengths are the records'
+estimates (`RecordStore.estimated_lengths`): leave some headroom.
 """
 
 from __future__ import annotations
@@ -24,6 +32,21 @@ from typing import Any
 
 import numpy as np
 from torch.utils.data import DistributedSampler
+
+
+def budget_cuts(lengths: np.ndarray, max_tokens: int, max_samples: int) -> list[tuple[int, int]]:
+    """Cut a sequence of lengths (sorted longest first) into [start, end) runs with `n × longest ≤ max_tokens`.
+
+    A run never exceeds `max_samples`; a single sample longer than `max_tokens` is a run of its own.
+    """
+    cuts, start = [], 0
+    while start < len(lengths):
+        longest = max(int(lengths[start]), 1)
+        take = max(1, min(max_samples, max_tokens // longest))
+        end = min(start + take, len(lengths))
+        cuts.append((start, end))
+        start = end
+    return cuts
 
 
 class GroupedBatchSampler(DistributedSampler):
@@ -39,6 +62,8 @@ class GroupedBatchSampler(DistributedSampler):
         shuffle: shuffle (training); False keeps file order (still grouped if `group`).
         seed: base seed; the epoch (`set_epoch`) is mixed in, identically on every rank.
         drop_last: drop the final partial step instead of padding it by repeating some of its samples.
+        max_tokens: token budget per micro-batch (`samples × longest`); `batch_size` is then the most samples a
+            micro-batch may hold. None: fixed-size batches.
     """
 
     def __init__(
@@ -54,10 +79,15 @@ class GroupedBatchSampler(DistributedSampler):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        max_tokens: int | None = None,
     ) -> None:
         super().__init__(range(len(lengths)), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         if batch_size < 1 or megabatch_factor < 1:
             raise ValueError(f"batch_size={batch_size} and megabatch_factor={megabatch_factor} must be >= 1")
+        if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
+            raise ValueError(f"data.max_tokens={max_tokens!r}: expected a positive integer or null")
+        self.max_tokens = max_tokens
+        self._budget_batches: list[np.ndarray] | None = None
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.has_image = np.asarray(has_image, dtype=bool)
         if self.lengths.shape != self.has_image.shape:
@@ -73,6 +103,8 @@ class GroupedBatchSampler(DistributedSampler):
         return [idx[self.has_image], idx[~self.has_image]]
 
     def __len__(self) -> int:
+        if self.max_tokens is not None:
+            return len(self.budget_steps())
         step = self.num_replicas * self.batch_size
         sizes = [len(p) for p in self._pools()]
         rest = sum(n % step for n in sizes)
@@ -108,7 +140,37 @@ class GroupedBatchSampler(DistributedSampler):
             steps.append(np.resize(tail, per_rank * self.num_replicas))
         return steps
 
+    def budget_batches(self) -> list[np.ndarray]:
+        """The fixed partition into token-budgeted micro-batches (depends on the seed only), longest first per pool."""
+        if self._budget_batches is None:
+            rng = np.random.default_rng([self.seed, 0x7B])  # tie-break among equal lengths, not epoch-dependent
+            batches = []
+            for pool in self._pools():
+                pool = rng.permutation(pool)
+                order = pool[np.argsort(-self.lengths[pool], kind="stable")]
+                for start, end in budget_cuts(self.lengths[order], self.max_tokens, self.batch_size):
+                    batches.append(order[start:end])
+            self._budget_batches = batches
+        return self._budget_batches
+
+    def budget_steps(self) -> list[list[np.ndarray]]:
+        """This epoch's global steps under a token budget: `num_replicas` micro-batches each, in shuffled order."""
+        batches = self.budget_batches()
+        world = self.num_replicas
+        steps = [batches[k : k + world] for k in range(0, len(batches) - world + 1, world)]
+        tail = batches[len(steps) * world :]
+        if tail and not self.drop_last:  # pad the last step by repeating its own micro-batches
+            steps.append([tail[k % len(tail)] for k in range(world)])
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            steps = [steps[k] for k in rng.permutation(len(steps))]
+        return steps
+
     def __iter__(self) -> Iterator[list[int]]:
+        if self.max_tokens is not None:
+            for step in self.budget_steps():
+                yield step[self.rank].tolist()
+            return
         for s in self.steps():
             per_rank = len(s) // self.num_replicas
             yield s[self.rank * per_rank : (self.rank + 1) * per_rank].tolist()

@@ -18,11 +18,23 @@ from dc.training.checkpoint import checkpoint_config, keeps_key
 
 
 def consolidate(folder: str | Path, weights_only: bool = False) -> dict[str, Any]:
-    """A sharded (DCP) Lightning/FSDP checkpoint folder as one regular checkpoint dict."""
+    """A sharded (DCP) Lightning/FSDP checkpoint folder as one regular checkpoint dict.
+
+    Both layouts: FSDP1's (`model`, `optimizer_0`, ...) and FSDP2's (`ModelParallelStrategy`: `state_dict`,
+    `optimizer_0`, ..., optimizer states keyed by parameter name).
+    """
+    import re
+
     from lightning.fabric.utilities.load import _load_distributed_checkpoint
     from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
 
-    checkpoint = _format_checkpoint(_load_distributed_checkpoint(Path(folder)))
+    checkpoint = _load_distributed_checkpoint(Path(folder))
+    if "model" in checkpoint:  # FSDP1
+        checkpoint = _format_checkpoint(checkpoint)
+    else:  # FSDP2: the weights are already under `state_dict`; optimizers back into Lightning's list
+        keys = sorted((k for k in checkpoint if re.fullmatch(r"optimizer_\d+", k)), key=lambda k: int(k.split("_")[1]))
+        if keys:
+            checkpoint["optimizer_states"] = [checkpoint.pop(k) for k in keys]
     if weights_only:
         model, stage = checkpoint_config(checkpoint, str(folder))
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if keeps_key(model, stage, k)}

@@ -90,6 +90,7 @@ class VLM(nn.Module):
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None,
         visual: Sequence[VisualMeta] | None = None,
+        visual_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Text embeddings with visual tokens spliced in at `IMAGE_TOKEN_INDEX` positions.
 
@@ -97,6 +98,8 @@ class VLM(nn.Module):
             input_ids: [B, S] with one `IMAGE_TOKEN_INDEX` per visual token.
             pixel_values: [V, 3, H, W] views of every input in order, or None (text only).
             visual: one `VisualMeta` per input; None means every view is one plain image.
+            visual_index: the flat [B·S] positions of those slots, computed on the host (training: from the
+                batch's `TokenLayout`); the splice is then an `index_copy`, with no device sync in its backward.
         """
         is_visual = input_ids == IMAGE_TOKEN_INDEX
         embeds = self.llm.embed(input_ids.masked_fill(is_visual, 0))
@@ -110,6 +113,9 @@ class VLM(nn.Module):
         tokens = self.visual_tokens(pixel_values, visual)
         if self.connector.image_merge is not None and torch.is_grad_enabled():
             tokens = tokens + self._unused_params_zero(visual, tokens)
+        if visual_index is not None:
+            flat = embeds.reshape(-1, embeds.shape[-1]).index_copy(0, visual_index, tokens.to(embeds.dtype))
+            return flat.view_as(embeds)
         return embeds.masked_scatter(is_visual.unsqueeze(-1), tokens.to(embeds.dtype))
 
     def _unused_params_zero(self, visual: Sequence[VisualMeta], tokens: torch.Tensor) -> torch.Tensor:
@@ -130,8 +136,13 @@ class VLM(nn.Module):
         visual: Sequence[VisualMeta] | None = None,
         **kwargs: Any,
     ) -> Any:
-        """LLM outputs (with the mean cross-entropy over supervised tokens as `.loss` when labels are given)."""
-        embeds = self.embed_inputs(input_ids, pixel_values, visual)
+        """LLM outputs (with the mean cross-entropy over supervised tokens as `.loss` when labels are given).
+
+        A `layout=` keyword (training: `dc.models.llms.layout.TokenLayout`) goes to the LLM; its `visual_index`
+        is used for the splice.
+        """
+        layout = kwargs.get("layout")
+        embeds = self.embed_inputs(input_ids, pixel_values, visual, getattr(layout, "visual_index", None))
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()

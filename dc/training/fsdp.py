@@ -1,5 +1,8 @@
-"""FSDP for the VLM (`trainer=fsdp`): wrap units declared by the components, per-stage sharding, bf16 mixed
-precision, activation checkpointing on LLM decoder layers, LoRA per peft's FSDP guide, rank-0 weight loading.
+"""FSDP1 for the VLM (`trainer=fsdp1`; FSDP2 is `trainer=fsdp`, `dc.training.fsdp2`): wrap units declared by the
+components, per-stage sharding, bf16 mixed precision, LoRA per peft's FSDP guide, rank-0 weight loading.
+
+Kept for torch < 2.6, where FSDP2's `fully_shard` is not public. Activation checkpointing is not this strategy's:
+it is `llm.activation_checkpointing`, applied by the LLM itself under every strategy.
 
 Wrap units (each its own FSDP unit; the rest — embeddings, final norms, `lm_head` — stays in the root unit):
 
@@ -7,6 +10,8 @@ Wrap units (each its own FSDP unit; the rest — embeddings, final norms, `lm_he
 * vision-encoder blocks: `VisionEncoder.block_classes()`;
 * the connector (so the root unit never mixes the trainable connector with the frozen 0.5B-parameter
   Llama-3 embedding/lm_head, which would get gradient buffers under `use_orig_params=True`);
+* the vision encoder itself (its stem — patch embedding, pre-norm — is frozen and, with frozen parts stored in
+  bf16, must not share a flat parameter with the LLM's fp32 trainable embedding: a flat parameter has one dtype);
 * with LoRA, additionally every trainable leaf module (the `lora_A`/`lora_B` Linears), exactly like
   `peft.utils.other.fsdp_auto_wrap_policy`, so every flat parameter is uniformly trainable or frozen and
   `use_orig_params=False` (peft's recommendation for the memory savings) works.
@@ -48,15 +53,15 @@ class LoraWrapPolicy(CustomPolicy):
         super().__init__(lambda m: isinstance(m, classes) or is_trainable_leaf(m))
 
 
-def wrap_units(vlm: VLM, *, wrap_vision_blocks: bool = True) -> tuple[set[type[nn.Module]], set[type[nn.Module]]]:
-    """(FSDP wrap classes, activation-checkpointing classes) declared by the VLM's components."""
+def wrap_units(vlm: VLM, *, wrap_vision_blocks: bool = True) -> set[type[nn.Module]]:
+    """FSDP wrap classes declared by the VLM's components."""
     decoder = set(vlm.llm.decoder_layer_classes())
     if not decoder:
         raise ValueError(f"LLM {type(vlm.llm.model).__name__} declares no decoder layer classes (_no_split_modules)")
-    wrap = decoder | {type(vlm.connector)}
+    wrap = decoder | {type(vlm.connector), type(vlm.encoder)}
     if wrap_vision_blocks:
         wrap |= set(vlm.encoder.block_classes())
-    return wrap, decoder
+    return wrap
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -73,7 +78,7 @@ class VLMFSDPStrategy(FSDPStrategy):
         sharding_strategy: per stage (`stage.sharding`): SHARD_GRAD_OP for the connector-only stage 1,
             FULL_SHARD for stage 2; HYBRID_SHARD shards within a node and replicates across nodes.
         lora: the `stage.lora` node (or None); when set, `use_orig_params=False` and LoRA leaves are wrapped.
-        activation_checkpointing: checkpoint every LLM decoder layer (non-reentrant).
+        activation_checkpointing: must be false: checkpointing is `llm.activation_checkpointing`.
         wrap_vision_blocks: make every vision block an FSDP unit.
         param_dtype, reduce_dtype, buffer_dtype: FSDP `MixedPrecision` (fp32 sharded master weights stay fp32).
         cpu_ram_efficient_loading: only global rank 0 reads pretrained LLM weights; the other ranks build the
@@ -89,7 +94,7 @@ class VLMFSDPStrategy(FSDPStrategy):
         *,
         sharding_strategy: str = "FULL_SHARD",
         lora: Any = None,
-        activation_checkpointing: bool = True,
+        activation_checkpointing: bool = False,
         wrap_vision_blocks: bool = True,
         param_dtype: str = "bfloat16",
         reduce_dtype: str = "bfloat16",
@@ -100,8 +105,12 @@ class VLMFSDPStrategy(FSDPStrategy):
     ) -> None:
         if sharding_strategy not in SHARDING:
             raise ValueError(f"stage.sharding={sharding_strategy!r}: expected one of {SHARDING}")
+        if activation_checkpointing:
+            raise ValueError(
+                "trainer.strategy.activation_checkpointing is gone: set llm.activation_checkpointing="
+                "none|selective|full (applied by the LLM under every strategy)"
+            )
         self.lora = bool(lora)
-        self.use_activation_checkpointing = bool(activation_checkpointing)
         self.wrap_vision_blocks = bool(wrap_vision_blocks)
         self.cpu_ram_efficient_loading = bool(cpu_ram_efficient_loading)
         if self.lora:
@@ -119,7 +128,6 @@ class VLMFSDPStrategy(FSDPStrategy):
             **kwargs,
         )
         self.wrap_classes: set[type[nn.Module]] = set()
-        self.ac_classes: set[type[nn.Module]] = set()
 
     @property
     def state_dict_type(self) -> str:
@@ -132,22 +140,18 @@ class VLMFSDPStrategy(FSDPStrategy):
             module.to_empty(device=self.root_device, recurse=False)
 
     def configure_units(self, pl_module: nn.Module) -> None:
-        """Resolve wrap and activation-checkpointing policies from the module's built VLM."""
+        """Resolve the wrap policy from the module's built VLM."""
         vlm = getattr(pl_module, "vlm", None)
         if vlm is None:
             raise RuntimeError("VLMFSDPStrategy: the LightningModule has no built `vlm` (configure_model not run?)")
-        self.wrap_classes, decoder = wrap_units(vlm, wrap_vision_blocks=self.wrap_vision_blocks)
+        self.wrap_classes = wrap_units(vlm, wrap_vision_blocks=self.wrap_vision_blocks)
         policy: Any = LoraWrapPolicy(self.wrap_classes) if self.lora else ModuleWrapPolicy(self.wrap_classes)
         self.kwargs["auto_wrap_policy"] = policy
-        self.ac_classes = decoder if self.use_activation_checkpointing else set()
-        self._activation_checkpointing_kwargs = (
-            {"auto_wrap_policy": ModuleWrapPolicy(self.ac_classes)} if self.ac_classes else {}
-        )
+        self._activation_checkpointing_kwargs = {}
         log.info(
-            "FSDP %s units %s, activation checkpointing on %s, use_orig_params=%s",
+            "FSDP1 %s units %s, use_orig_params=%s",
             self.sharding_strategy.name,
             sorted(c.__name__ for c in self.wrap_classes),
-            sorted(c.__name__ for c in self.ac_classes),
             self.kwargs.get("use_orig_params"),
         )
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from data_helpers import NUM_VISUAL_TOKENS, good_records, write_layout
 
 from dc.data.collate import Collator
 from dc.data.datamodule import LlavaDataModule
 from dc.data.grouping import GroupedBatchSampler, group_stream
+
+from data_helpers import good_records, write_layout
 
 
 def mixed_lengths(n_img: int = 300, n_txt: int = 170, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -119,3 +120,62 @@ def test_collator_pads_and_counts():
     assert (b["num_tokens"], b["num_padding"], b["truncated"], b["skipped"]) == (4, 2, 1, {})
     assert b["pixel_values"].shape == (1, 3, 2, 2)
     assert c([samples[1]])["pixel_values"] is None  # text-only batch
+
+
+# --- token budgets ----------------------------------------------------------------------------------------------
+def test_budget_cuts_by_hand():
+    from dc.data.grouping import budget_cuts
+
+    lengths = np.array([900, 500, 400, 400, 100, 90, 80, 10])
+    # 1000 tokens: 900 alone; 500+400 (2 x 500); 400+100 (2 x 400); then 100, 90, 80, 10 would fit 10 x 100
+    # but at most 3 samples per batch
+    assert budget_cuts(lengths, 1000, 3) == [(0, 1), (1, 3), (3, 5), (5, 8)]
+    assert budget_cuts(np.array([1500, 20]), 1000, 8) == [(0, 1), (1, 2)]  # too long for the budget: alone
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_token_budget_batches_bound_tokens_and_keep_a_fixed_count(world):
+    lengths, has_image = mixed_lengths()
+    budget, most = 4096, 16
+    samplers = [
+        GroupedBatchSampler(lengths, has_image, most, num_replicas=world, rank=r, seed=5, max_tokens=budget)
+        for r in range(world)
+    ]
+    epochs = []
+    for epoch in (0, 1):
+        per_rank = []
+        for s in samplers:
+            s.set_epoch(epoch)
+            per_rank.append(list(s))
+        assert len({len(b) for b in per_rank}) == 1 and len(per_rank[0]) == len(samplers[0])  # equal, as __len__
+        for batches in per_rank:
+            for b in batches:
+                assert len(b) <= most and (len(b) == 1 or len(b) * lengths[b].max() <= budget)
+                assert len(set(has_image[b].tolist())) == 1  # single modality
+        seen = [i for batches in per_rank for b in batches for i in b]
+        assert set(seen) == set(range(len(lengths)))  # every sample (repeats only to pad the last step)
+        epochs.append(per_rank[0])
+    assert epochs[0] != epochs[1]  # order reshuffled per epoch
+    assert sorted(map(tuple, epochs[0])) == sorted(map(tuple, epochs[1]))  # same partition (fixed count)
+    short = [b for b in epochs[0] if lengths[b].max() < 200]
+    assert short and max(len(b) for b in short) == most  # short samples travel many to a batch
+
+
+def test_datamodule_token_budget(tmp_path, tokenizer, template, visual):
+    records = good_records(40, 24)
+    path, folder = write_layout(tmp_path, records)
+    common = dict(train_file=str(path), image_folder=str(folder), tokenizer=tokenizer, template=template, visual=visual)
+    dm = LlavaDataModule(**common, batch_size=8, max_tokens=2048, max_length=512, group_by_modality_length=True)
+    dm.setup()
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == len(loader) == dm.train_batches()
+    assert sum(len(b["ids"]) for b in batches) >= 64
+    store = dm.train_set.records
+    estimate = dict(zip((store[i]["id"] for i in range(len(store))), store.estimated_lengths(dm.visual_tokens(store))))
+    multi = [b["ids"] for b in batches if len(b["ids"]) > 1]
+    assert multi and all(len(ids) * max(estimate[i] for i in ids) <= 2048 for ids in multi)
+    with pytest.raises(ValueError, match="data.max_tokens=100 must be an integer >= data.max_length=512"):
+        LlavaDataModule(**common, max_tokens=100, max_length=512)
+    with pytest.raises(ValueError, match="data.format=json only"):
+        LlavaDataModule(tokenizer=tokenizer, template=template, visual=visual, format="shards", shards="x", max_tokens=4096)

@@ -1,6 +1,6 @@
-"""`trainer=fsdp`, checked without running it (Lightning's FSDPStrategy refuses accelerator=cpu): wrap units and
-activation-checkpointing units come from the components, sharding follows the stage, bf16 mixed precision,
-LoRA per peft's FSDP guide, rank-0-only loading of a pretrained LLM."""
+"""`trainer=fsdp1` (FSDP1), checked without running it (Lightning's FSDPStrategy refuses accelerator=cpu): wrap
+units come from the components, sharding follows the stage, bf16 mixed precision, LoRA per peft's FSDP guide,
+rank-0-only loading of a pretrained LLM. (FSDP2, `trainer=fsdp`, runs on CPU: tests/training/test_training_fsdp2.py.)"""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def _cfg(tmp: Path, data_dir: Path, *overrides: str):
         "train",
         [
             "debug=fast",
-            "trainer=fsdp",
+            "trainer=fsdp1",
             f"paths.output_dir={tmp}",
             f"paths.data_dir={data_dir}",
             "run_name=fsdp",
@@ -77,14 +77,13 @@ def test_full_model_strategy(stage: str, sharding: ShardingStrategy, tmp_path: P
     policy = strategy.kwargs["auto_wrap_policy"]
     connector_cls = type(module.vlm.connector)
     assert isinstance(policy, ModuleWrapPolicy)
-    assert set(policy._module_classes) == {LlamaDecoderLayer, CLIPEncoderLayer, connector_cls}
+    encoder_cls = type(module.vlm.encoder)
+    assert set(policy._module_classes) == {LlamaDecoderLayer, CLIPEncoderLayer, connector_cls, encoder_cls}
     targets = policy._run_policy(module, set(), {})
     assert sum(isinstance(m, LlamaDecoderLayer) for m in targets) == cfg.llm.config.num_hidden_layers
     assert sum(isinstance(m, CLIPEncoderLayer) for m in targets) == module.vlm.encoder.depth
-    assert module.vlm.connector in targets
-
-    ac = strategy._activation_checkpointing_kwargs["auto_wrap_policy"]
-    assert set(ac._module_classes) == {LlamaDecoderLayer}  # LLM decoder layers only
+    assert module.vlm.connector in targets and module.vlm.encoder in targets
+    assert strategy._activation_checkpointing_kwargs == {}  # checkpointing is llm.activation_checkpointing
 
 
 def test_lora_strategy_follows_peft_fsdp_guide(tmp_path: Path, data_dir: Path) -> None:
@@ -93,7 +92,12 @@ def test_lora_strategy_follows_peft_fsdp_guide(tmp_path: Path, data_dir: Path) -
     assert strategy.kwargs["use_orig_params"] is False
     policy = strategy.kwargs["auto_wrap_policy"]
     assert isinstance(policy, LoraWrapPolicy)
-    assert policy.module_classes == {LlamaDecoderLayer, CLIPEncoderLayer, type(module.vlm.connector)}
+    assert policy.module_classes == {
+        LlamaDecoderLayer,
+        CLIPEncoderLayer,
+        type(module.vlm.connector),
+        type(module.vlm.encoder),
+    }
     units = set(policy._run_policy(module, set(), {})) | {module}
     lora_leaves = {
         m for n, m in module.named_modules() if isinstance(m, nn.Linear) and (".lora_A." in n or ".lora_B." in n)
@@ -112,19 +116,23 @@ def test_strategy_options_and_errors(tmp_path: Path, data_dir: Path) -> None:
         data_dir,
         "stage=finetune",
         "trainer.strategy.reduce_dtype=float32",
-        "trainer.strategy.activation_checkpointing=false",
         "trainer.strategy.state_dict_type=sharded",
         "trainer.strategy.cpu_ram_efficient_loading=false",
         "trainer.strategy.wrap_vision_blocks=false",
     )
     strategy, module = _strategy_and_module(cfg)
     assert strategy.mixed_precision.reduce_dtype == torch.float32
-    assert strategy._activation_checkpointing_kwargs == {}
     assert strategy.state_dict_type == "sharded"
     assert "sync_module_states" not in strategy.kwargs
-    assert set(strategy.kwargs["auto_wrap_policy"]._module_classes) == {LlamaDecoderLayer, type(module.vlm.connector)}
+    assert set(strategy.kwargs["auto_wrap_policy"]._module_classes) == {
+        LlamaDecoderLayer,
+        type(module.vlm.connector),
+        type(module.vlm.encoder),
+    }
     with pytest.raises(ValueError, match="stage.sharding"):
         VLMFSDPStrategy(sharding_strategy="ZERO3")
+    with pytest.raises(ValueError, match="llm.activation_checkpointing"):
+        VLMFSDPStrategy(activation_checkpointing=True)
 
 
 def test_meta_materialisation_only_touches_meta_modules() -> None:

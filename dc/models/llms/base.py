@@ -45,9 +45,14 @@ class LanguageModel(nn.Module, ABC):
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
+        layout: Any = None,
         **kwargs: Any,
     ) -> Any:
-        """Model outputs for input embeddings (`.loss`: mean cross-entropy over supervised tokens when `labels`)."""
+        """Model outputs for input embeddings (`.loss`: mean cross-entropy over supervised tokens when `labels`).
+
+        `layout` (a `dc.models.llms.layout.TokenLayout`, training only) replaces `labels`: the loss positions and
+        the padded/packed layout come precomputed from the host.
+        """
 
     @abstractmethod
     def generate(
@@ -60,6 +65,10 @@ class LanguageModel(nn.Module, ABC):
         **settings: Any,
     ) -> torch.Tensor:
         """New token ids [B, ≤ max_new_tokens] for a left-padded batch of input embeddings."""
+
+    def layout_mode(self) -> str | None:
+        """Which `TokenLayout` the training forward takes: "packed", "padded", or None (plain `labels` only)."""
+        return None
 
     @abstractmethod
     def decoder_layer_classes(self) -> set[type[nn.Module]]:

@@ -2,20 +2,34 @@
 
 `pretrained` (a hub id or a local directory) loads with `from_pretrained`; without it the model is built with
 random weights from `config` (the offline tiny default). Both paths give the same wrapper.
+
+Training speed and memory (docs/training.md, "Speed and memory"): the training loss never builds full logits
+(`loss`: chunked or Liger linear + cross-entropy over the supervised positions only; `dense` is HF's own
+`labels=` loss); with a `TokenLayout` the decoder runs unpadded (`attention: unpadded`, varlen attention on one
+packed row, no mask) and every shape is known on the host (no device syncs in the forward); decoder layers can be
+checkpointed (`activation_checkpointing`) and compiled (`compile`). Inference (no labels) returns HF's outputs with
+`.logits`, unchanged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from dc.models.hub import from_pretrained
 from dc.models.llms.base import LanguageModel
+from dc.models.llms.checkpointing import MODES, apply_activation_checkpointing, compile_layers
+from dc.models.llms.layout import TokenLayout
+from dc.models.llms.linear_ce import IMPLS, linear_cross_entropy
+from dc.models.llms.loss import causal_lm_loss, lm_head_of, unwrap_causal_lm
 from dc.models.llms.templates import ChatTemplate
 from dc.models.llms.tokenizers import load_tokenizer
+from dc.models.llms.varlen import BACKENDS, VARLEN, packed_mask, register_varlen_attention, resolve_backend
 
 
 class HFCausalLM(LanguageModel):
@@ -32,6 +46,15 @@ class HFCausalLM(LanguageModel):
         pad_token: pad token to set on the tokenizer (Vicuna: `<unk>`).
         dtype: parameter dtype name.
         attn_implementation: "sdpa" (default), "eager" or "flash_attention_2".
+        loss: training loss: "auto" (Liger's fused kernel on CUDA when installed, else "chunked"), "chunked"
+            (PyTorch, any device), "liger", or "dense" (HF's own `labels=` loss with full fp32 logits).
+        loss_chunk_size: rows per chunk of the chunked loss (None: about 512 MiB of fp32 logits per chunk).
+        attention: "unpadded" (training batches with a packed `TokenLayout` run on one row with varlen attention;
+            needs `attn_implementation: sdpa`) or "padded" (padded batches, SDPA with a mask when there is padding).
+        varlen_backend: "auto", "flash_attn", "torch_varlen" or "sdpa_loop" (see `dc.models.llms.varlen`).
+        activation_checkpointing: "none", "selective" or "full" (see `dc.models.llms.checkpointing`).
+        compile: `torch.compile` every decoder layer when the model first enters training mode (True, or a dict
+            of `torch.compile` options).
     """
 
     def __init__(
@@ -45,8 +68,29 @@ class HFCausalLM(LanguageModel):
         pad_token: str | None = None,
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
+        loss: str = "auto",
+        loss_chunk_size: int | None = None,
+        attention: str = "unpadded",
+        varlen_backend: str = "auto",
+        activation_checkpointing: str = "none",
+        compile: bool | Mapping[str, Any] = False,  # noqa: A002 - the config key's name
     ) -> None:
         super().__init__()
+        _check_speed_options(
+            loss, loss_chunk_size, attention, varlen_backend, activation_checkpointing, attn_implementation
+        )
+        self.loss = loss
+        self.loss_chunk_size = loss_chunk_size
+        self.attention = attention
+        self.varlen_backend = varlen_backend
+        self.activation_checkpointing = activation_checkpointing
+        self.compile_options: dict[str, Any] | None = (
+            (dict(compile) if isinstance(compile, Mapping) else {}) if compile else None
+        )
+        self.compiled = False
+        if attention == "unpadded":
+            register_varlen_attention()
+            attn_implementation = VARLEN  # SDPA for every ordinary call; varlen for packed training calls
         if not isinstance(template, ChatTemplate):
             raise ValueError(f"llm.template must be a chat template config (configs/llm/template/), got {template!r}")
         source = tokenizer if tokenizer is not None else pretrained
@@ -86,6 +130,23 @@ class HFCausalLM(LanguageModel):
                 f"tokenizer has {len(self.tokenizer)} tokens but the model's embedding has "
                 f"{self.model.get_input_embeddings().num_embeddings}"
             )
+        apply_activation_checkpointing(self.model, activation_checkpointing)
+
+    def train(self, mode: bool = True) -> HFCausalLM:
+        """Training mode; with `compile`, the decoder layers are compiled the first time (never for inference)."""
+        super().train(mode)
+        if mode and self.compile_options is not None and not self.compiled:
+            compile_layers(self.decoder_layers(), self.compile_options)
+            self.compiled = True
+        return self
+
+    def layout_mode(self) -> str | None:
+        return "packed" if self.attention == "unpadded" else "padded"
+
+    def decoder_layers(self) -> list[nn.Module]:
+        """The decoder layer modules, in order."""
+        classes = tuple(self.decoder_layer_classes())
+        return [m for m in self.model.modules() if isinstance(m, classes)]
 
     @property
     def hidden_size(self) -> int:
@@ -100,16 +161,78 @@ class HFCausalLM(LanguageModel):
 
     def decoder_layer_classes(self) -> set[type[nn.Module]]:
         names = set(getattr(self.model, "_no_split_modules", None) or [])
-        return {type(m) for m in self.model.modules() if type(m).__name__ in names}
+        # By any class in the MRO: FSDP2 swaps a sharded layer's class for a subclass (`FSDPLlamaDecoderLayer`).
+        return {type(m) for m in self.model.modules() if any(c.__name__ in names for c in type(m).__mro__)}
 
     def forward(
         self,
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
+        layout: TokenLayout | None = None,
         **kwargs: Any,
     ) -> Any:
-        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        """HF's outputs (`.logits`) without labels; with labels or a `layout`, an output whose `.loss` is the mean
+        cross-entropy over the supervised positions (no logits: `loss` decides how it is computed).
+        """
+        if layout is not None:
+            return CausalLMOutputWithPast(loss=self._layout_loss(inputs_embeds, attention_mask, layout, **kwargs))
+        if labels is None or self.loss == "dense":
+            return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        loss = causal_lm_loss(
+            self.model, inputs_embeds, attention_mask, labels, impl=self.loss, chunk_size=self.loss_chunk_size, **kwargs
+        )
+        return CausalLMOutputWithPast(loss=loss)
+
+    def _layout_loss(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, layout: TokenLayout, **kwargs: Any
+    ) -> torch.Tensor:
+        """The training loss from a host-computed layout: no device sync, no logits beyond one chunk."""
+        causal_lm = unwrap_causal_lm(self.model)
+        head = lm_head_of(causal_lm)
+        decoder = causal_lm.get_decoder()
+        kwargs.setdefault("use_cache", False)
+        if layout.packed:
+            if self.attention != "unpadded":
+                raise ValueError("a packed TokenLayout needs llm.attention=unpadded")
+            width = inputs_embeds.shape[-1]
+            packed = inputs_embeds.reshape(-1, width).index_select(0, layout.token_index).unsqueeze(0)
+            device_type = packed.device.type
+            dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else packed.dtype
+            backend = resolve_backend(self.varlen_backend, packed.device, dtype)
+            varlen: dict[str, Any] = {
+                "cu_seq_lens_q": layout.cu_seqlens,
+                "cu_seq_lens_k": layout.cu_seqlens,
+                "max_length_q": layout.max_seqlen,
+                "max_length_k": layout.max_seqlen,
+                "varlen_backend": backend,
+            }
+            if backend == "sdpa_loop":
+                varlen["seq_bounds"] = layout.seq_bounds
+            out = decoder(
+                inputs_embeds=packed,
+                attention_mask=packed_mask(packed.device),
+                position_ids=layout.position_ids,
+                **varlen,
+                **kwargs,
+            )
+        else:
+            mask = attention_mask if layout.has_padding else None  # no padding: plain causal attention, no mask
+            out = decoder(inputs_embeds=inputs_embeds, attention_mask=mask, **kwargs)
+        hidden = out.last_hidden_state
+        rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, layout.loss_rows)
+        total = linear_cross_entropy(
+            rows,
+            head.weight,
+            layout.loss_targets,
+            bias=head.bias,
+            chunk_size=self.loss_chunk_size,
+            impl=self.loss,
+            logit_scale=head.logit_scale,
+            softcap=head.softcap,
+            reduction="sum",
+        )
+        return total / max(layout.num_supervised, 1)
 
     def generate(
         self,
@@ -129,6 +252,31 @@ class HFCausalLM(LanguageModel):
             pad_token_id=self.tokenizer.pad_token_id,
             **settings,
         )
+
+
+def _check_speed_options(
+    loss: str,
+    chunk_size: int | None,
+    attention: str,
+    varlen_backend: str,
+    activation_checkpointing: str,
+    attn_implementation: str,
+) -> None:
+    if loss not in IMPLS:
+        raise ValueError(f"llm.loss={loss!r}: expected one of {IMPLS}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"llm.loss_chunk_size={chunk_size!r}: expected a positive integer or null")
+    if attention not in ("unpadded", "padded"):
+        raise ValueError(f"llm.attention={attention!r}: expected 'unpadded' or 'padded'")
+    if attention == "unpadded" and attn_implementation not in ("sdpa", VARLEN):
+        raise ValueError(
+            f"llm.attention=unpadded needs llm.attn_implementation=sdpa (got {attn_implementation!r}); "
+            "set llm.attention=padded to use another attention implementation"
+        )
+    if varlen_backend not in BACKENDS:
+        raise ValueError(f"llm.varlen_backend={varlen_backend!r}: expected one of {BACKENDS}")
+    if activation_checkpointing not in MODES:
+        raise ValueError(f"llm.activation_checkpointing={activation_checkpointing!r}: expected one of {MODES}")
 
 
 def llm_hidden_size(cfg: Any) -> int:

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# GPU checks of the speed and memory work, on one GPU, in about 8 minutes (H100). Results go to $OUT (the device
+# tool's output folder), else ./gpu_results: one log per step, steps.jsonl (rc and seconds per step), env.json,
+# pytest-gpu.xml, gpu_part1.json and gpu_part2.json (each rewritten after every section, so a timeout keeps what
+# finished).
+#
+#   scripts/gpu_checks.sh             # the real run (CUDA)
+#   scripts/gpu_checks.sh --dry-run   # the same steps at toy sizes, on whatever device (CPU included): checks the
+#                                     # script and the benchmark code paths, numbers meaningless
+#
+# Steps and time limits (expected on one H100):
+#   1. env          (~10 s)  versions, device, which kernels are importable (liger-kernel, flash-attn, varlen_attn)
+#   2. gpu tests    (~90 s, limit 150 s)  pytest -m gpu: Liger/chunked loss vs dense in bf16; packed (varlen) vs
+#                   padded loss and gradients in bf16 and fp32; FSDP2 bf16-mixed on one GPU through train.py,
+#                   killed after a sharded checkpoint, resumed, compared with the uninterrupted run
+#   3. bench part 1 (~3 min, limit 270 s)  calibration GEMM, ~1B + CLIP-L + DCI training-like MFU in 5 variants
+#   4. bench part 2 (~2.5 min, limit 240 s) loss variants, attention variants, P3 at 7B, 7B memory feasibility
+# Afterwards (on any machine): python -m dc.bench --from-json docs/benchmarks.json \
+#     --gpu-json <OUT>/gpu_part1.json <OUT>/gpu_part2.json --out docs/benchmarks.md
+set -u
+cd "$(dirname "$0")/.."
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
+OUT="${OUT:-gpu_results}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python}"
+export PYTHONPATH="${PWD}${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=disabled HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+: > "$OUT/steps.jsonl"
+
+step() {  # step NAME LIMIT_SECONDS COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  local start rc
+  start=$(date +%s)
+  echo "== $name (limit ${limit}s): $*"
+  timeout --signal=TERM --kill-after=15 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  rc=$?
+  printf '{"step": "%s", "rc": %d, "seconds": %d, "dry_run": %d}\n' "$name" "$rc" "$(( $(date +%s) - start ))" "$DRY" \
+    >> "$OUT/steps.jsonl"
+  tail -n 3 "$OUT/$name.log"
+  return 0  # keep going: every step writes its own results
+}
+
+step env 60 "$PY" - "$OUT/env.json" <<'EOF'
+import importlib.util, json, platform, sys
+import torch, transformers, lightning
+info = {
+    "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+    "lightning": lightning.__version__, "cuda": torch.cuda.is_available(),
+    "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    "liger_kernel": importlib.util.find_spec("liger_kernel") is not None,
+    "flash_attn": importlib.util.find_spec("flash_attn") is not None,
+}
+try:
+    from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    info["torch_varlen_attn"] = True
+except ImportError:
+    info["torch_varlen_attn"] = False
+from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method  # noqa: F401 - FSDP2 API present
+info["fsdp2"] = True
+json.dump(info, open(sys.argv[1], "w"), indent=1)
+print(info)
+EOF
+
+if [ "$DRY" = 1 ]; then
+  # Toy sizes: the GPU tests skip themselves without CUDA; the benchmark runs its tiny shapes.
+  step gpu_tests 150 "$PY" -m pytest -q -p no:xdist -m gpu --junitxml="$OUT/pytest-gpu.xml" \
+    tests/models/test_llm_speed.py tests/models/test_loss.py tests/training/test_training_fsdp2.py
+  step bench_part1 270 "$PY" -m dc.bench --mode gpu --part 1 --tiny --out-dir "$OUT" \
+    --sections calibration,mfu_1b/packed_selective,mfu_1b/padded_selective
+  step bench_part2 240 "$PY" -m dc.bench --mode gpu --part 2 --tiny --out-dir "$OUT"
+else
+  step gpu_tests 150 "$PY" -m pytest -q -p no:xdist -m gpu -rA --junitxml="$OUT/pytest-gpu.xml" \
+    tests/models/test_llm_speed.py tests/models/test_loss.py tests/training/test_training_fsdp2.py
+  step bench_part1 270 "$PY" -m dc.bench --mode gpu --part 1 --out-dir "$OUT"
+  step bench_part2 240 "$PY" -m dc.bench --mode gpu --part 2 --out-dir "$OUT"
+fi
+echo "results in $OUT:"
+ls -l "$OUT"
+cat "$OUT/steps.jsonl"

@@ -1,0 +1,101 @@
+"""The training step's speed levers through `DCModule`: the host-side layout (packed or padded, sync-free visual
+splice) gives HF's loss and gradients on a real VLM batch with images; frozen parts are stored in the compute
+dtype (trained ones stay fp32); the throughput callback reads sequence lengths from the layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dc.constants import IMAGE_TOKEN_INDEX
+from dc.models.visual import VisualMeta
+from dc.training.throughput import batch_shape
+
+from dc_testing import make_module
+from train_helpers import compose_config, single_thread  # noqa: F401
+
+
+def _module(tmp_path: Path, data_dir: Path, *overrides: str, trainer=None):
+    cfg = compose_config(
+        "train", ["debug=fast", f"paths.output_dir={tmp_path}", f"paths.data_dir={data_dir}", "run_name=x", *overrides]
+    )
+    module = make_module(cfg)
+    if trainer is not None:
+        module._trainer = trainer
+    module.configure_model()
+    return module
+
+
+def _batch(module, seed: int = 0) -> dict:
+    """3 samples, right-padded; samples 0 and 2 carry one image each (after 2 text tokens), sample 1 is text only."""
+    vlm = module.vlm
+    g = torch.Generator().manual_seed(seed)
+    n = vlm.num_visual_tokens
+    lens = [n + 9, 7, n + 14]
+    width = max(lens)
+    ids = torch.randint(3, 200, (3, width), generator=g)
+    for row in (0, 2):
+        ids[row, 2 : 2 + n] = IMAGE_TOKEN_INDEX
+    mask = (torch.arange(width)[None] < torch.tensor(lens)[:, None]).long()
+    labels = ids.masked_fill((ids == IMAGE_TOKEN_INDEX) | (mask == 0), -100)
+    labels[0, : n + 4] = -100
+    size = vlm.encoder.layout.image_size
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": labels,
+        "pixel_values": torch.randn(2, 3, size, size, generator=g),
+        "visual": [VisualMeta(views=1, tokens=n)] * 2,
+    }
+
+
+def _loss_and_grads(module, batch):
+    module.zero_grad(set_to_none=True)
+    loss = module._loss(batch)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("attention", ["unpadded", "padded"])
+def test_layout_step_matches_the_hf_labels_step(attention: str, tmp_path: Path, data_dir: Path) -> None:
+    module = _module(tmp_path, data_dir, "stage=finetune", f"llm.attention={attention}")
+    batch = _batch(module)
+    module.vlm.llm.loss = "dense"  # no layout: masked_scatter splice and HF's own `labels=` loss, the reference
+    want, g_want = _loss_and_grads(module, dict(batch))
+    module.vlm.llm.loss = "auto"
+    with_layout = module.on_before_batch_transfer(dict(batch), 0)
+    layout = with_layout["layout"]
+    assert layout.packed == (attention == "unpadded")
+    assert (
+        layout.visual_index.tolist()
+        == (batch["input_ids"].reshape(-1) == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
+    )
+    got, g_got = _loss_and_grads(module, with_layout)
+    torch.testing.assert_close(got, want)
+    assert g_got.keys() == g_want.keys() and any(".connector." in k for k in g_got)
+    for name in g_want:
+        torch.testing.assert_close(g_got[name], g_want[name], msg=lambda m, name=name: f"{name}: {m}")
+    samples, tokens, views, seq_lens = batch_shape(with_layout)
+    assert (samples, views, seq_lens) == (3, 2, tuple(int(n) for n in batch["attention_mask"].sum(1)))
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune", "lora"])
+def test_frozen_parts_stored_in_the_compute_dtype(stage: str, tmp_path: Path, data_dir: Path) -> None:
+    trainer = SimpleNamespace(precision="bf16-mixed", strategy=None)
+    module = _module(tmp_path, data_dir, f"stage={stage}", trainer=trainer)
+    params = dict(module.vlm.named_parameters())
+    frozen = {p.dtype for p in params.values() if not p.requires_grad}
+    trained = {p.dtype for p in params.values() if p.requires_grad}
+    assert frozen == {torch.bfloat16} and trained == {torch.float32}
+    assert all(p.dtype == torch.bfloat16 for p in module.vlm.encoder.parameters())
+    if stage == "lora":
+        assert all(p.dtype == torch.float32 for n, p in params.items() if "lora_" in n)
+    opt_out = _module(tmp_path, data_dir, f"stage={stage}", "+stage.frozen_dtype=float32", trainer=trainer)
+    assert {p.dtype for p in opt_out.vlm.parameters()} == {torch.float32}
+    cpu = _module(tmp_path, data_dir, f"stage={stage}", trainer=SimpleNamespace(precision="32-true", strategy=None))
+    assert {p.dtype for p in cpu.vlm.parameters()} == {torch.float32}  # fp32 compute: nothing changes
+    with pytest.raises(ValueError, match="stage.frozen_dtype='int8'"):
+        _module(tmp_path, data_dir, f"stage={stage}", "+stage.frozen_dtype=int8", trainer=trainer)
