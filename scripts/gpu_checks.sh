@@ -13,8 +13,9 @@
 #   2. gpu tests    (~90 s, limit 150 s)  pytest -m gpu: Liger/chunked loss vs dense in bf16; packed (varlen) vs
 #                   padded loss and gradients in bf16 and fp32; FSDP2 bf16-mixed on one GPU through train.py,
 #                   killed after a sharded checkpoint, resumed, compared with the uninterrupted run
-#   3. bench part 1 (~3 min, limit 270 s)  calibration GEMM, ~1B + CLIP-L + DCI training-like MFU in 5 variants
-#   4. bench part 2 (~2.5 min, limit 240 s) loss variants, attention variants, P3 at 7B, 7B memory feasibility
+#   3. eval throughput (limit 75 s) 7B-shaped random VLM generating: tokens/s, batch size, peak memory
+#   4. bench part 1 (~3 min, limit 200 s)  calibration GEMM, ~1B + CLIP-L + DCI training-like MFU in 5 variants
+#   5. bench part 2 (~2.5 min, limit 150 s) loss variants, attention variants, P3 at 7B, 7B memory feasibility
 # Afterwards (on any machine): python -m dc.bench --from-json docs/benchmarks.json \
 #     --gpu-json <OUT>/gpu_part1.json <OUT>/gpu_part2.json --out docs/benchmarks.md
 set -u
@@ -41,7 +42,7 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...
   return 0  # keep going: every step writes its own results
 }
 
-step env 60 "$PY" - "$OUT/env.json" <<'EOF'
+step env 30 "$PY" - "$OUT/env.json" <<'EOF'
 import importlib.util, json, platform, sys
 import torch, transformers, lightning
 info = {
@@ -69,11 +70,16 @@ if [ "$DRY" = 1 ]; then
   step bench_part1 270 "$PY" -m dc.bench --mode gpu --part 1 --tiny --out-dir "$OUT" \
     --sections calibration,mfu_1b/packed_selective,mfu_1b/padded_selective
   step bench_part2 240 "$PY" -m dc.bench --mode gpu --part 2 --tiny --out-dir "$OUT"
+  step eval_throughput 60 "$PY" experiments/eval_throughput/measure.py --tiny --batches 1,2 --new-tokens 4 \
+    --out "$OUT/eval_throughput.json"
 else
-  step gpu_tests 150 "$PY" -m pytest -q -p no:xdist -m gpu -rA --junitxml="$OUT/pytest-gpu.xml" \
+  # Limits sum to ~575 s so the whole script fits one 600 s device call (the wheels install first, ~15 s).
+  step gpu_tests 120 "$PY" -m pytest -q -p no:xdist -m gpu -rA --junitxml="$OUT/pytest-gpu.xml" \
     tests/models/test_llm_speed.py tests/models/test_loss.py tests/training/test_training_fsdp2.py
-  step bench_part1 270 "$PY" -m dc.bench --mode gpu --part 1 --out-dir "$OUT"
-  step bench_part2 240 "$PY" -m dc.bench --mode gpu --part 2 --out-dir "$OUT"
+  step eval_throughput 75 "$PY" experiments/eval_throughput/measure.py --batches 1,16,64 --new-tokens 64 \
+    --out "$OUT/eval_throughput.json"
+  step bench_part1 200 "$PY" -m dc.bench --mode gpu --part 1 --out-dir "$OUT"
+  step bench_part2 150 "$PY" -m dc.bench --mode gpu --part 2 --out-dir "$OUT"
 fi
 echo "results in $OUT:"
 ls -l "$OUT"
