@@ -44,7 +44,7 @@ def main(cfg: DictConfig) -> None:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
-    from dc.chat.session import ChatError
+    from dc.chat.inputs import ChatError
     from dc.models.hub import PretrainedNotFoundError
     from dc.training.checkpoint import UnsafeCheckpointError
     from dc.utils.instantiate import UntrustedTargetError

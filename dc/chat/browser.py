@@ -1,11 +1,12 @@
 """Drive the web demo in a real headless Chromium (Selenium): the browser tests and the docs screenshot use it.
 
     python -m dc.chat.browser --ckpt outputs/demo/finetune/checkpoints/last.ckpt \\
-        --image data/synthetic/seed0_2000_4000_100/images/eval_00000.png \\
-        --question "What colour is the shape?" --out docs/chat_demo.png
+        --image data/synthetic/seed0_2000_4000_100/images/eval_00006.png \\
+        --question "What colour is the shape?" --question "Where is the shape?" --out docs/chat_demo.png
 
-starts the web demo on a free localhost port, opens it in headless Chromium, uploads the image, asks, waits for
-the streamed answer, saves a screenshot and stops the server.
+(`make chat-screenshot`) starts the web demo on a free localhost port, opens it in headless Chromium, uploads the
+image, asks each question in turn (one conversation), waits for each streamed answer, saves a screenshot and stops
+the server.
 
 Chromium and its driver come from the system packages (Debian: `apt-get install chromium chromium-driver`) and
 Selenium from the `demo` extra; nothing is downloaded at run time (the driver path is given, so Selenium Manager
@@ -224,8 +225,10 @@ class DemoPage:
         return self.status()
 
 
-def screenshot(ckpt: str, image: str, question: str, out: Path, overrides: list[str]) -> str:
-    """Serve `ckpt`, ask `question` about `image` in headless Chromium, save the page to `out`; the answer."""
+def screenshot(ckpt: str, image: str, questions: list[str], out: Path, overrides: list[str]) -> list[str]:
+    """Serve `ckpt`, ask `questions` (one conversation) about `image` in headless Chromium, save the page to
+    `out`; the answers.
+    """
     work = Path(tempfile.mkdtemp(prefix="dc-chat-browser-"))
     port = free_port()
     server = start_server([f"ckpt_path={ckpt}", *overrides], port, work / "server.log")
@@ -235,12 +238,13 @@ def screenshot(ckpt: str, image: str, question: str, out: Path, overrides: list[
         page = DemoPage(driver, f"http://127.0.0.1:{port}/")
         page.open()
         page.upload(image)
-        status = page.ask(question)
-        if not status.startswith("answered"):
-            raise RuntimeError(f"the demo did not answer: {status}")
+        for question in questions:
+            status = page.ask(question)
+            if not status.startswith("answered"):
+                raise RuntimeError(f"the demo did not answer {question!r}: {status}")
         out.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(out))
-        return page.answers()[-1]
+        return page.answers()
     finally:
         if driver is not None:
             driver.quit()
@@ -249,16 +253,18 @@ def screenshot(ckpt: str, image: str, question: str, out: Path, overrides: list[
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m dc.chat.browser --ckpt ... --image ... --question ... --out docs/chat_demo.png`."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """`python -m dc.chat.browser --ckpt ... --image ... --question ... [--question ...] --out docs/chat_demo.png`."""
+    parser = argparse.ArgumentParser(description="Screenshot the web demo answering questions about an image.")
     parser.add_argument("--ckpt", required=True, help="a dc checkpoint or an exported HF Llava directory")
     parser.add_argument("--image", required=True)
-    parser.add_argument("--question", required=True)
+    parser.add_argument("--question", required=True, action="append", help="repeat for a conversation")
     parser.add_argument("--out", type=Path, default=Path("docs/chat_demo.png"))
     parser.add_argument("overrides", nargs="*", help="more configs/chat.yaml overrides (key=value)")
     args = parser.parse_args(argv)
-    answer = screenshot(args.ckpt, args.image, args.question, args.out, args.overrides)
-    print(f"{args.question} -> {answer}  (screenshot: {args.out})")
+    answers = screenshot(args.ckpt, args.image, args.question, args.out, args.overrides)
+    for question, answer in zip(args.question, answers):
+        print(f"{question} -> {answer}")
+    print(f"screenshot: {args.out}")
 
 
 if __name__ == "__main__":

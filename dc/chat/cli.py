@@ -17,7 +17,8 @@ from typing import TextIO
 
 from omegaconf import DictConfig
 
-from dc.chat.session import Chat, ChatError, Conversation, chat_from_config, initial_conversation
+from dc.chat.inputs import ChatError
+from dc.chat.session import Chat, Conversation, chat_from_config, initial_conversation
 
 PROMPT = "you> "
 ANSWER = "model> "

@@ -22,27 +22,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from omegaconf import DictConfig
-from PIL import Image
 
 from dc.chat.backends import ChatBackend, Streamed, load_backend, stream_answer
+from dc.chat.inputs import ChatError, InputLimits, is_video_path, read_image, read_video
 from dc.constants import IMAGE_PLACEHOLDER
-from dc.data.records import BadRecord
-from dc.data.video import decode_video
 from dc.eval.models import Visual
 from dc.models.llms.templates import GPT, HUMAN
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
-"""File name endings read as videos (everything else is tried as an image; a folder is a video of frames)."""
-
-MB = 1 << 20
-
-
-class ChatError(ValueError):
-    """A problem with what the user gave (file, question, conversation length); the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -81,23 +70,6 @@ class GenerationSettings:
         return {"do_sample": True, "num_beams": 1, "temperature": float(self.temperature), "top_p": float(self.top_p)}
 
 
-@dataclass(frozen=True)
-class InputLimits:
-    """What the chat refuses to read (`limits` in configs/chat.yaml).
-
-    Attributes:
-        max_image_mb: largest image file.
-        max_image_pixels: largest image (width × height, read from the header before decoding).
-        max_video_mb: largest video file.
-        max_question_chars: longest question.
-    """
-
-    max_image_mb: float = 50
-    max_image_pixels: int = 40_000_000
-    max_video_mb: float = 2048
-    max_question_chars: int = 8000
-
-
 @dataclass
 class Conversation:
     """One conversation: its visual input (if any) and the LLaVA turns so far (human / gpt alternating).
@@ -133,6 +105,14 @@ class Conversation:
         return f"image {name} ({self.visual.width}×{self.visual.height})"
 
 
+class Prompt(NamedTuple):
+    """A question ready to generate for: the backend's input, the answer's token budget, the human turn."""
+
+    sample: dict[str, Any]
+    budget: int
+    turn: dict[str, str]
+
+
 @dataclass(frozen=True)
 class Answer:
     """A finished answer and how long it took."""
@@ -145,54 +125,6 @@ class Answer:
         """How many tokens, how long, how fast."""
         rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
         return f"{self.tokens} tokens in {self.seconds:.1f} s ({rate:.1f} tokens/s)"
-
-
-def read_image(path: str | Path, limits: InputLimits) -> Image.Image:
-    """An RGB image from `path`, refused with a `ChatError` when missing, too big or not an image."""
-    p = Path(path)
-    if not p.is_file():
-        raise ChatError(f"no image file at {p}")
-    size = p.stat().st_size
-    if size > limits.max_image_mb * MB:
-        raise ChatError(
-            f"{p.name} is {size / MB:.1f} MB, over the {limits.max_image_mb:g} MB limit (limits.max_image_mb)"
-        )
-    try:
-        with Image.open(p) as img:
-            width, height = img.size  # from the header: nothing decoded yet
-            if width * height > limits.max_image_pixels:
-                raise ChatError(
-                    f"{p.name} is {width}×{height} = {width * height:,} pixels, over the limit of "
-                    f"{limits.max_image_pixels:,} (limits.max_image_pixels): resize it first"
-                )
-            img.load()
-            return img.convert("RGB")
-    except ChatError:
-        raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ChatError(f"cannot read {p.name} as an image: {err}") from None
-
-
-def read_video(path: str | Path, num_frames: int, limits: InputLimits) -> list[Image.Image]:
-    """`num_frames` frames sampled from a video file or frame folder (as `eval.py`), or a `ChatError`."""
-    p = Path(path)
-    if p.is_file() and p.stat().st_size > limits.max_video_mb * MB:
-        raise ChatError(
-            f"{p.name} is {p.stat().st_size / MB:.0f} MB, over the {limits.max_video_mb:g} MB limit (limits.max_video_mb)"
-        )
-    try:
-        frames = decode_video(p, num_frames).frames
-    except BadRecord as err:  # missing, corrupt or empty video
-        raise ChatError(f"cannot use {p.name} as a video: {err.detail}") from None
-    if not frames:
-        raise ChatError(f"{p.name} has no frames")
-    return frames
-
-
-def is_video_path(path: str | Path) -> bool:
-    """Whether `path` is read as a video: a folder (of frames) or a file with a video ending."""
-    p = Path(path)
-    return p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES
 
 
 class Chat:
@@ -246,10 +178,8 @@ class Chat:
         self.prepare(conversation, "Describe it.")  # refuse now, not at the first question, what can never fit
         return conversation
 
-    def prepare(
-        self, conversation: Conversation, question: str, max_new_tokens: int | None = None
-    ) -> tuple[dict[str, Any], int]:
-        """The generation input for `question` after the conversation's turns, and the answer's token budget
+    def prepare(self, conversation: Conversation, question: str, max_new_tokens: int | None = None) -> Prompt:
+        """The generation input for `question` after the conversation's turns, with the answer's token budget
         (`max_new_tokens`, default the settings', shortened to the room left in the model's context).
 
         Raises:
@@ -268,9 +198,9 @@ class Chat:
         visuals = [] if conversation.visual is None else [conversation.visual]
         if visuals and not conversation.turns:
             question = f"{IMAGE_PLACEHOLDER}\n{question}"  # LLaVA's (and the evaluation's) single-image prompt
-        turns = [*conversation.turns, {"from": HUMAN, "value": question}]
+        turn = {"from": HUMAN, "value": question}
         try:
-            sample = self.backend.prepare(turns, visuals)
+            sample = self.backend.prepare([*conversation.turns, turn], visuals)
         except ChatError:
             raise
         except ValueError as err:
@@ -284,8 +214,7 @@ class Chat:
                 f"the conversation would take {length} tokens (visual tokens included) but the model reads at most "
                 f"{limit}: start a new conversation (/reset or the Reset button)"
             )
-        sample["question"] = question
-        return sample, room
+        return Prompt(sample, room, turn)
 
     def stream(
         self, conversation: Conversation, question: str, settings: GenerationSettings | None = None
@@ -299,12 +228,12 @@ class Chat:
             ChatError: bad input (see `prepare`); checked before anything is generated.
         """
         settings = settings or self.settings
-        sample, budget = self.prepare(conversation, question, settings.max_new_tokens)
+        prompt = self.prepare(conversation, question, settings.max_new_tokens)
         if not settings.greedy and settings.seed is not None:
             torch.manual_seed(settings.seed)
-        for step in stream_answer(self.backend, sample, budget, settings.kwargs()):
+        for step in stream_answer(self.backend, prompt.sample, prompt.budget, settings.kwargs()):
             if step.done:
-                conversation.turns += [{"from": HUMAN, "value": sample["question"]}, {"from": GPT, "value": step.text}]
+                conversation.turns += [prompt.turn, {"from": GPT, "value": step.text}]
             yield step
 
     def ask(self, conversation: Conversation, question: str) -> Answer:

@@ -7,7 +7,7 @@ device). It listens on `server.host:server.port`, 127.0.0.1:7860 by default (thi
 Every browser tab has its own conversation (a `gr.State` of plain data); all tabs share the one loaded model and
 take turns on it (one generation at a time). Bad input (an unreadable or huge image, a video with no frames, an
 empty question, a conversation that no longer fits the context) shows `error: <why>` in the status line and the
-page carries on; the status line says `answered: ...` once an answer is complete.
+page carries on; the status line says `answered (turn N): ...` once an answer is complete.
 
 Gradio is an optional dependency: `pip install -e '.[demo]'` (docs/chat.md).
 """
@@ -23,22 +23,13 @@ from typing import Any
 from omegaconf import DictConfig
 from PIL import Image
 
-from dc.chat.session import (
-    MB,
-    VIDEO_SUFFIXES,
-    Answer,
-    Chat,
-    ChatError,
-    Conversation,
-    GenerationSettings,
-    chat_from_config,
-    initial_conversation,
-)
+from dc.chat.inputs import MB, VIDEO_SUFFIXES, ChatError
+from dc.chat.session import Answer, Chat, Conversation, GenerationSettings, chat_from_config, initial_conversation
 from dc.constants import IMAGE_PLACEHOLDER
 from dc.models.llms.templates import HUMAN
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-"""What the upload offers (the checks in `dc.chat.session` decide what is accepted)."""
+"""What the upload offers (the checks in `dc.chat.inputs` decide what is accepted)."""
 PREVIEW_MIN = 224
 """Previews smaller than this (longest side, pixels) are enlarged for display only."""
 
@@ -110,7 +101,9 @@ class WebChat:
     ) -> Iterator[tuple[Conversation, list, str, str]]:
         """Yield (conversation, chat messages, question box, status) as the answer streams in."""
         history = messages(conversation)
+        asked = {"role": "user", "content": (question or "").strip()}
         started = time.perf_counter()
+        last = None
         try:
             settings = dataclasses.replace(
                 self.chat.settings,
@@ -118,21 +111,16 @@ class WebChat:
                 temperature=float(temperature),
                 top_p=float(top_p),
             )
-            stream = self.chat.stream(conversation, question or "", settings)
-            step = next(stream)  # the input checks run here, before anything is shown
-        except (ChatError, ValueError) as err:
+            for last in self.chat.stream(conversation, question or "", settings):
+                if not last.done:
+                    yield conversation, [*history, asked, {"role": "assistant", "content": last.text}], "", "answering…"
+        except ValueError as err:  # refused input (ChatError) or settings, before anything was generated
             yield conversation, history, question, error(err)
             return
-        shown = [*history, {"role": "user", "content": question.strip()}, {"role": "assistant", "content": step.text}]
-        try:
-            while not step.done:
-                yield conversation, shown, "", "answering…"
-                step = next(stream)
-                shown[-1] = {"role": "assistant", "content": step.text}
         except Exception as err:  # a failed generation must leave the page usable
             yield conversation, history, question, f"error: generation failed: {type(err).__name__}: {err}"
             return
-        answer = Answer(step.text, step.tokens, time.perf_counter() - started)
+        answer = Answer(last.text, last.tokens, time.perf_counter() - started)
         turn = len(conversation.turns) // 2
         yield conversation, messages(conversation), "", f"answered (turn {turn}): {answer.summary()}"
 

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from dc.chat.cli import TerminalChat
-from dc.chat.session import Chat, ChatError, Conversation, GenerationSettings, chat_from_config
+from dc.chat.inputs import ChatError
+from dc.chat.session import Chat, Conversation, GenerationSettings, chat_from_config
 from dc.data.synthetic_video import make_clip, render_clip, write_video
 from dc.data.video import decode_video
 
@@ -92,7 +93,7 @@ def test_bad_inputs_are_explained_and_the_chat_goes_on(chat, trained, eval_answe
 
 def _fill(chat: Chat, conversation: Conversation, room: int) -> str:
     """A question after which exactly `room` positions are left in the context (" shape" is one token)."""
-    base = chat.prepare(conversation, "shape")[0]
+    base = chat.prepare(conversation, "shape").sample
     words = LIMIT - room - len(base["input_ids"]) + 1
     return "shape" + " shape" * (words - 1)
 
@@ -101,8 +102,8 @@ def test_the_context_limit(chat: Chat, trained: Trained) -> None:
     conversation = chat.load_visual(trained.image(trained.question(0, "colour")))
     # an answer that would not fit is shortened to the room left: 3 positions, 3 tokens at most
     question = _fill(chat, conversation, 3)
-    sample, budget = chat.prepare(conversation, question)
-    assert len(sample["input_ids"]) == LIMIT - 3 and budget == 3
+    prompt = chat.prepare(conversation, question)
+    assert len(prompt.sample["input_ids"]) == LIMIT - 3 and prompt.budget == 3
     sampled = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, temperature=5.0, seed=0)  # would not stop early
     steps = list(chat.stream(conversation, question, sampled))
     assert steps[-1].done and steps[-1].tokens == 3
@@ -198,3 +199,28 @@ def test_an_anyres_checkpoint_answers_a_wide_image_as_eval(tmp_path: Path, data_
         sample = model.sample("<image>\nWhat colour is the shape?", [img])
     assert sample["visual"][0].views > 1  # the base view and the crops
     assert answer == model.generate([sample], MAX_NEW_TOKENS)[0]
+
+
+def test_the_web_handlers_without_a_browser(chat: Chat, trained: Trained, eval_answers, tmp_path: Path) -> None:
+    """The page's event handlers as plain functions (no Gradio needed): what the browser test drives."""
+    from dc.chat.web import WebChat
+
+    web = WebChat(chat)
+    (tmp_path / "notes.png").write_text("not an image")
+    conversation, shown, picture, status = web.upload(str(tmp_path / "notes.png"))
+    assert conversation.visual is None and shown == [] and picture is None
+    assert status.startswith("error: cannot read notes.png as an image")
+    question = trained.question(3, "colour")
+    conversation, _, picture, status = web.upload(str(trained.image(question)))
+    assert status == "loaded image eval_00003.png (48×48): ask a question" and picture.size == (240, 240)  # 5 x 48
+    steps = list(web.ask("  ", conversation, MAX_NEW_TOKENS, 0.0, 1.0))
+    assert [s[3] for s in steps] == ["error: empty question: type a question first"] and conversation.turns == []
+    steps = list(web.ask(question["text"], conversation, MAX_NEW_TOKENS, 0.0, 1.0))
+    assert all(s[3] == "answering…" for s in steps[:-1]) and steps[-1][3].startswith("answered (turn 1): ")
+    answer = eval_answers[question["question_id"]]
+    assert steps[-1][1] == [{"role": "user", "content": question["text"]}, {"role": "assistant", "content": answer}]
+    bad = list(web.ask(question["text"], conversation, 0, 0.0, 1.0))
+    assert bad[-1][3] == "error: generation.max_new_tokens=0 must be a positive integer"
+    assert len(conversation.turns) == 2
+    fresh, shown, status = web.reset(conversation)
+    assert fresh.turns == [] and shown == [] and status == "new conversation: image eval_00003.png (48×48)"
