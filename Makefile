@@ -8,7 +8,7 @@ export WANDB_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo demo-anyres test test-all lint bench clean
+.PHONY: venv demo demo-anyres chat chat-web chat-screenshot test test-all lint bench clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,26 @@ demo-anyres: $(STAMP)
 		stage.init_connector_from=$(DEMO)-anyres/pretrain/checkpoints/last.ckpt
 	$(PY) eval.py ckpt_path=$(DEMO)-anyres/finetune/checkpoints/last.ckpt hydra.run.dir=$(DEMO)-anyres/eval \
 		benchmark.root=$${DATA_ROOT:-data}/synthetic/anyres_seed0_2000_4000_100
+
+# Talk to the demo model (after `make demo`): in the terminal, or on a web page at http://127.0.0.1:7860 (docs/chat.md).
+CHAT_CKPT  ?= $(DEMO)/finetune/checkpoints/last.ckpt
+CHAT_IMAGE ?= $${DATA_ROOT:-data}/synthetic/seed0_2000_4000_100/images/eval_00006.png
+DEMO_STAMP := $(VENV)/.installed-demo
+
+$(DEMO_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+chat: $(STAMP)
+	$(PY) -m dc.chat ckpt_path=$(CHAT_CKPT) image=$(CHAT_IMAGE)
+
+chat-web: $(DEMO_STAMP)
+	$(PY) -m dc.chat mode=web ckpt_path=$(CHAT_CKPT) image=$(CHAT_IMAGE)
+
+# docs/chat_demo.png: the web demo answering two held-out questions, in headless Chromium (apt-get install chromium chromium-driver).
+chat-screenshot: $(DEMO_STAMP)
+	$(PY) -m dc.chat.browser --ckpt $(CHAT_CKPT) --image $(CHAT_IMAGE) --out docs/chat_demo.png \
+		--question "What colour is the shape?" --question "Where is the shape?"
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q

@@ -485,3 +485,64 @@ def test_leading_gpt_turn_is_dropped_like_llava():
 def test_registry_is_the_config_folder():
     assert {"plain", "vicuna_v1", "phi2", "llama_3", "llama_3_dc", "chatml"} <= set(TEMPLATES)
     assert all(isinstance(get_template(name), ChatTemplate) and get_template(name).name == name for name in TEMPLATES)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multi-turn generation prompts (the chat front-ends)
+
+
+def next_turn_literal(name: str, user: str) -> str:
+    """A later human turn and the assistant header after it, written out by hand."""
+    if name in ("vicuna_v1", "phi2"):
+        return f"USER: {user} ASSISTANT:"
+    if name in ("llama_3", "llama_3_dc"):
+        role = "assistant" if name == "llama_3" else "system"
+        return (
+            f"<|start_header_id|>user<|end_header_id|>\n\n{user}<|eot_id|>"
+            f"<|start_header_id|>{role}<|end_header_id|>\n\n"
+        )
+    if name == "chatml":
+        return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize(("name", "make", "lead", "end"), CHAT_CASES, ids=CHAT_IDS)
+def test_conversation_prompt_is_where_the_reply_starts_in_encode(name, make, lead, end):
+    """For every round: the prompt is a prefix of the whole conversation's encoding and the k-th reply (alone)
+    is supervised right after it, so a chat sees the ids the model was trained on."""
+    tok, template = make(), get_template(name)
+    full = template.encode(CONVERSATION, tok)
+    for k, reply in enumerate(REPLIES):
+        prompt = template.prompt_conversation(CONVERSATION[: 2 * k + 1], tok)
+        assert full.input_ids[: len(prompt)] == prompt
+        assert full.labels[len(prompt) - 1] == IGNORE_INDEX and full.labels[len(prompt)] != IGNORE_INDEX
+        span = supervised_spans(full.input_ids[len(prompt) :], full.labels[len(prompt) :])[0]
+        assert tok.decode(span) == lead + reply + end
+        assert prompt.count(IMAGE_TOKEN_INDEX) == 1
+
+
+@pytest.mark.parametrize(("name", "make"), [c for c in LITERAL_CASES if c[0] != "plain"], ids=LITERAL_IDS[:-2])
+def test_two_turn_prompt_text_is_the_literal(name, make):
+    tok, template = make(), get_template(name)
+    ids = strip_bos(template, tok, template.prompt_conversation(CONVERSATION[:3], tok))
+    first = chat_literal(name, f"<image>\n{QUESTION}", REPLIES[0])
+    assert decode_with_images(tok, ids) == first + next_turn_literal(name, CONVERSATION[2]["value"])
+
+
+@pytest.mark.parametrize(
+    ("name", "make"), [(c[0], c[1]) for c in CHAT_CASES] + [("plain", tiny_tokenizer)], ids=[*CHAT_IDS, "plain"]
+)
+def test_one_turn_conversation_prompt_is_prompt(name, make):
+    tok, template = make(), get_template(name)
+    for text in (f"{QUESTION} <image>", QUESTION):
+        assert template.prompt_conversation([{"from": "human", "value": text}], tok) == template.prompt(text, tok)
+
+
+def test_conversation_prompt_refusals():
+    tok = tiny_tokenizer()
+    with pytest.raises(ValueError, match="turn 1 is an assistant reply"):
+        get_template("vicuna_v1").prompt_conversation(ONE_TURN, tok)
+    with pytest.raises(ValueError, match="turn 1 is from 'human'"):
+        get_template("vicuna_v1").prompt_conversation([ONE_TURN[0], ONE_TURN[0]], tok)
+    with pytest.raises(ValueError, match="'plain'.*one human turn, got 3 turns"):
+        get_template("plain").prompt_conversation(CONVERSATION[:3], tok)

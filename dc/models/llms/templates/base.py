@@ -140,6 +140,32 @@ class ChatTemplate(ABC):
         pieces = [(text, False) for text in self.prompt_segments(user_text, tokenizer)]
         return self._tokenize(pieces, tokenizer).input_ids
 
+    def prompt_conversation(self, conversations: list[dict], tokenizer: PreTrainedTokenizerBase) -> list[int]:
+        """Token ids of the generation prompt for a whole conversation that ends with a human turn (a chat).
+
+        The ids are exactly those `encode` gives the same turns followed by an assistant reply, up to where that
+        reply starts: the earlier replies are in the prompt as the model was trained to see them. A one-turn
+        conversation gives `prompt(text)`.
+
+        Args:
+            conversations: LLaVA turns alternating human/gpt, the last one from the human.
+            tokenizer: the LLM's tokenizer.
+
+        Raises:
+            ValueError: a malformed conversation, or one that ends with an assistant reply (the message names the
+                turn).
+        """
+        turns = validate_conversation(conversations, require_reply=False)
+        if turns[-1]["from"] != HUMAN:
+            raise ValueError(
+                f"conversation turn {len(conversations) - 1} is an assistant reply: a generation prompt ends with "
+                "a human turn"
+            )
+        if len(turns) == 1:
+            return self.prompt(turns[0]["value"], tokenizer)
+        pieces = [(text, False) for text, _ in self.segments(normalize_image_placeholder(turns), tokenizer)]
+        return self._tokenize(pieces, tokenizer).input_ids
+
     def stop_token_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
         """Ids of `stop_strings`, without duplicates; raises if one is not a token of `tokenizer`."""
         ids: list[int] = []

@@ -21,3 +21,12 @@ class Plain(ChatTemplate):
 
     def prompt_segments(self, user_text: str, tokenizer: PreTrainedTokenizerBase) -> list[str]:
         return [IMAGE_PLACEHOLDER] if IMAGE_PLACEHOLDER in user_text else []
+
+    def prompt_conversation(self, conversations: list[dict], tokenizer: PreTrainedTokenizerBase) -> list[int]:
+        """Stage-1 captioning has no conversation: one human turn only (its text is discarded, as in training)."""
+        if len(conversations) != 1:
+            raise ValueError(
+                f"template {self.name!r} (stage-1 captioning) takes one human turn, got {len(conversations)} turns: "
+                "start a new conversation for each image"
+            )
+        return super().prompt_conversation(conversations, tokenizer)
