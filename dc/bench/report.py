@@ -199,10 +199,63 @@ def _pct(x: Any) -> str:
     return "" if x is None else f"{100 * x:.1f} %"
 
 
+def _render_extra_gpu(doc: dict[str, Any]) -> list[str]:
+    """GPU results written by the scripts beside the runner: eval throughput, the P3 breakdown, the GPU tests."""
+    if "rows" in doc and "new_tokens" in doc:  # experiments/eval_throughput/measure.py
+        lines = [
+            f"### Evaluation throughput, 7B-shaped random VLM: {doc['device']}, {doc['date']}",
+            "",
+            f"`experiments/eval_throughput/measure.py`: CLIP-L/336-shaped tower + DCI + Vicuna-7B-shaped Llama "
+            f"(random weights, {doc['dtype']}), {doc['shape']['visual_tokens']} visual tokens per prompt, "
+            f"{doc['new_tokens']} new tokens per answer (forced), greedy with the KV cache, through "
+            f"`dc.eval.generate.generate_texts` (the path eval.py takes). Model built on the GPU in {doc['build_s']:.1f} s.",
+            "",
+            "| batch | prompt tokens | s per batch | generated tokens/s | questions/s | peak GiB |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['batch']} | {r['prompt_tokens']} | {r['seconds']:.2f} | {r['generated_tokens_per_s']:.0f} | "
+            f"{r['questions_per_s']:.2f} | {_f(r.get('peak_memory_gib'), 1)} |"
+            for r in doc["rows"]
+        ]
+        return lines + [""]
+    if "dci" in doc and "dci_efficient" in doc:  # experiments/p3_profile/measure.py
+        lines = [
+            f"### P3 breakdown at 7B, batch 1 ({doc['device']}): where the prefill time goes",
+            "",
+            "`experiments/p3_profile/measure.py` (mean of 10 after 3 warm-ups, CUDA-synchronised; full DCI measured "
+            "twice to show the run-to-run spread):",
+            "",
+            "| side | sequence | encoder ms | connector ms | LLM forward ms (cache) | LLM forward ms (no cache) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, r in doc.items():
+            if isinstance(r, dict):
+                lines.append(
+                    f"| {name} | {r['seq']} | {r['encoder_ms']:.1f} | {r['connector_ms']:.2f} | {r['llm_forward_ms']:.1f} | "
+                    f"{r['llm_forward_no_cache_ms']:.1f} |"
+                )
+        return lines + [""]
+    if "run_1" in doc:  # docs/gpu/gpu_tests.json
+        r1, r2 = doc["run_1"], doc.get("run_2", {})
+        return [
+            f"### GPU tests: {doc['device']}, {doc['date']}",
+            "",
+            f"`pytest -m gpu` ({', '.join(r1['files'])}): {r1['passed']} passed, {r1['failed']} failed, skipped: "
+            f"{'; '.join(r1['skipped']) or 'none'}. FSDP2 bf16 on one GPU, killed after a sharded checkpoint and "
+            f"resumed: bit-identical to the uninterrupted run: **{r2.get('fsdp2_resume_bit_identical')}**.",
+            "",
+        ]
+    return []
+
+
 def render_gpu(parts: list[dict[str, Any]]) -> list[str]:
-    """The GPU results (`--mode gpu` JSON), section by section, with device and date."""
+    """The GPU results (`--mode gpu` JSON, and the scripts' JSON), section by section, with device and date."""
     lines: list[str] = []
     for part in parts:
+        if "sections" not in part:
+            lines += _render_extra_gpu(part)
+            continue
         meta, sections = part["meta"], part["sections"]
         lines += [
             f"### GPU part {meta['part']}: {meta['device']}, {meta['date']}"

@@ -15,7 +15,7 @@ and the weight gradient is accumulated over chunks in fp32. The mean over zero r
 (`F.cross_entropy` gives nan, 0/0).
 
 Implementations: "chunked" (this module, any device), "liger" (liger-kernel's fused Triton kernel, CUDA, the
-optional `gpu` extra), "dense" (full logits as HF builds them: the reference), "auto" (liger when usable).
+optional `gpu` extra), "dense" (full logits as HF builds them: the reference), "auto" (chunked: measured faster than liger on an H100).
 """
 
 from __future__ import annotations
@@ -43,11 +43,16 @@ def liger_available() -> bool:
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:
-    """The concrete implementation for `impl` on `device` ("auto": liger on CUDA when installed, else chunked)."""
+    """The concrete implementation for `impl` on `device`.
+
+    "auto" is the chunked path everywhere: measured on an H100 (torch 2.11, liger-kernel 0.6.2, d=4096, 16k tokens,
+    bf16, docs/benchmarks.md) it is faster than Liger's fused kernel (8.0 vs 14.0 ms at a 32k vocabulary, 33.9 vs
+    89.2 ms at 128k) and peaks lower (0.97 vs 2.00 bytes per token·vocab element at 128k). "liger" stays selectable.
+    """
     if impl not in IMPLS:
         raise ValueError(f"loss impl={impl!r}: expected one of {IMPLS}")
     if impl == "auto":
-        return "liger" if device.type == "cuda" and liger_available() else "chunked"
+        return "chunked"
     if impl == "liger" and device.type != "cuda":
         raise ValueError(f"loss impl='liger' needs CUDA tensors, got {device.type}: use 'chunked' or 'auto'")
     return impl
@@ -239,7 +244,7 @@ def linear_cross_entropy(
         bias: optional [V] lm_head bias.
         chunk_size: rows per chunk ("chunked"); default `default_chunk_size(V)`.
         impl: "chunked" (PyTorch, any device), "liger" (liger-kernel, CUDA), "dense" (full logits, reference),
-            or "auto" (liger on CUDA when installed, else chunked).
+            or "auto" (= chunked; see `resolve_impl`).
         ignore_index: label of rows to skip.
         logit_scale: multiplier on the logits (Cohere `logit_scale`, Granite `1 / logits_scaling`).
         softcap: final logit soft-capping (Gemma-2/3 `final_logit_softcapping`), or None.
