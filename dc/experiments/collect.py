@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
-import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,26 +242,6 @@ def wandb_group(sweep_dir: Path, points: list[Point]) -> str:
         (p.record["fields"].get("experiment") for p in points if p.record and p.record.get("fields")), None
     )
     return sweep_group(experiment, sweep_dir)
-
-
-def table_rows(table: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """Columns and rows for a flat table (wandb): labels, then mean and std of each metric, then n."""
-    columns = [*table["label_columns"]]
-    for metric in table["metrics"]:
-        columns += [f"{metric} mean", f"{metric} std"]
-    columns.append("seeds ok")
-    rows = []
-    for row in table["rows"]:
-        values: list[Any] = [row["labels"][k] for k in table["label_columns"]]
-        for metric in table["metrics"]:
-            cell = row["cells"].get(metric)
-            values += [
-                cell["mean"] if cell else math.nan,
-                (cell["std"] if cell and cell["std"] is not None else math.nan),
-            ]
-        values.append(row["ok"])
-        rows.append(values)
-    return columns, rows
 
 
 def main(argv: list[str] | None = None) -> int:

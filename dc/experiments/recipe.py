@@ -132,6 +132,10 @@ def _benchmark(cfg: DictConfig, name: str, ckpt: Path, out_dir: Path) -> dict[st
     return metrics
 
 
+def _add_wall(record: dict[str, Any], key: str, start: float) -> None:
+    record["wall_s"][key] = round(record["wall_s"].get(key, 0.0) + time.perf_counter() - start, 1)
+
+
 def run_point(cfg: DictConfig) -> dict[str, Any]:
     """Run the recipe for the point `cfg` describes, in `cfg.paths.output_dir`; return its `point.json` record.
 
@@ -140,13 +144,15 @@ def run_point(cfg: DictConfig) -> dict[str, Any]:
     """
     job_dir = Path(cfg.paths.output_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
+    earlier = job_dir / POINT_FILE
     record: dict[str, Any] = {
         "status": "running",
         "fields": {},
         "metrics": {},
         "overrides": task_overrides(),
         "steps": {},
-        "wall_s": {},
+        # seconds per step summed over every attempt of this point (a requeued point keeps what it spent before)
+        "wall_s": json.loads(earlier.read_text()).get("wall_s", {}) if earlier.exists() else {},
         "error": None,
     }
     write = is_rank_zero()
@@ -162,12 +168,12 @@ def run_point(cfg: DictConfig) -> dict[str, Any]:
         for name, node in (cfg.get("prepare") or {}).items():
             start = time.perf_counter()
             instantiate(node, allowed=allowed)
-            record["wall_s"][f"prepare/{name}"] = round(time.perf_counter() - start, 1)
+            _add_wall(record, f"prepare/{name}", start)
         init_from: Path | None = None
         for step in STEPS:
             start = time.perf_counter()
             record["steps"][step] = _stage(cfg, step, job_dir / step, init_from)
-            record["wall_s"][step] = round(time.perf_counter() - start, 1)
+            _add_wall(record, step, start)
             init_from = Path(record["steps"][step]["last_ckpt"])
             save()
         if not write:  # other ranks are done once training is
@@ -175,7 +181,7 @@ def run_point(cfg: DictConfig) -> dict[str, Any]:
         for name in benchmark_names(cfg):
             start = time.perf_counter()
             record["metrics"].update(_benchmark(cfg, name, init_from, job_dir / "eval" / name))
-            record["wall_s"][f"eval/{name}"] = round(time.perf_counter() - start, 1)
+            _add_wall(record, f"eval/{name}", start)
             save()
         record["status"] = "ok"
     except BaseException as err:

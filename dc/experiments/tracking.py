@@ -7,6 +7,7 @@ sweep, staged media inside the run folder.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +66,32 @@ def log_point(node: DictConfig, out_dir: Path, name: str, record: dict[str, Any]
     return held
 
 
+def table_rows(table: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows for a flat table (wandb): labels, then mean and std of each metric, then n."""
+    columns = [*table["label_columns"]]
+    for metric in table["metrics"]:
+        columns += [f"{metric} mean", f"{metric} std"]
+    columns.append("seeds ok")
+    rows = []
+    for row in table["rows"]:
+        values: list[Any] = [row["labels"][k] for k in table["label_columns"]]
+        for metric in table["metrics"]:
+            cell = row["cells"].get(metric)
+            values += [
+                cell["mean"] if cell else math.nan,
+                (cell["std"] if cell and cell["std"] is not None else math.nan),
+            ]
+        values.append(row["ok"])
+        rows.append(values)
+    return columns, rows
+
+
 def log_collected(sweep_dir: Path, collected: dict[str, Any], project: str = "dense-connector") -> str:
     """One wandb run (job type "collect") with the table as `results` (a wandb Table) and the plot; returns its dir.
 
     The group is the one the sweep's own runs were logged under (`collect.wandb_group`).
     """
     import wandb
-
-    from dc.experiments.collect import table_rows
 
     sweep_dir = Path(sweep_dir)
     table = collected["table"]

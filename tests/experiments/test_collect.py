@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dc.experiments.collect import collect, expected_overrides, table_rows
+from dc.experiments.collect import collect, expected_overrides
+from dc.experiments.tracking import table_rows
 
 
 def test_expected_points_come_from_hydra_sweep_params(sweep: Path) -> None:

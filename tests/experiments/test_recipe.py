@@ -78,3 +78,14 @@ def test_two_point_sweep_train_eval_collect(tmp_path: Path, data_dir: Path) -> N
         assert f"| {connector} | " in md and f" | 9 | {cells} | 1/1 |" in md
     assert collected["problems"] == []
     assert collected["paths"]["png"] is None or collected["paths"]["png"].exists()
+
+    # the same command again (a requeued sweep): finished stages and benchmarks are read back, nothing retrains
+    stamps = {p: (p / "finetune" / "checkpoints" / "last.ckpt").stat().st_mtime_ns for p in points}
+    before = {p: json.loads((p / "point.json").read_text()) for p in points}
+    again = _run_sweep(sweep, data_dir, "connector=mlp,dci", "seed=3")
+    assert again.returncode == 0, again.stderr[-3000:]
+    for point in points:
+        after = json.loads((point / "point.json").read_text())
+        assert after["status"] == "ok" and after["metrics"] == before[point]["metrics"]
+        assert (point / "finetune" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamps[point]
+        assert after["wall_s"]["finetune"] >= before[point]["wall_s"]["finetune"]  # time summed over attempts

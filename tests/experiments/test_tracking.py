@@ -5,23 +5,27 @@ table media included) inside the run folder, none in the user's wandb data folde
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import wandb
 from omegaconf import OmegaConf
 
-from dc.experiments.collect import collect, table_rows
-from dc.experiments.tracking import log_collected, log_point
+from dc.experiments.collect import collect
+from dc.experiments.tracking import log_collected, log_point, table_rows
 
 
 @pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))  # no ~/.netrc: offline; the default WANDB_DATA_DIR would be under it
+    monkeypatch.setenv("WANDB_DATA_DIR", "unset")  # recorded, so the value the code sets is undone afterwards
     for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_RUN_GROUP", "WANDB_DATA_DIR"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    return home
+    yield home
+    wandb.teardown()  # wandb keeps process-wide settings from its first use; later tests start afresh
 
 
 def _files(folder: Path) -> list[Path]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import wandb
 
 from dc.pipeline import train
 
@@ -18,6 +19,8 @@ def test_prediction_images_stay_in_the_run_folder(
 ) -> None:
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))  # no credentials: offline; wandb's default data folder is under HOME
+    monkeypatch.setenv("WANDB_DATA_DIR", "unset")  # recorded, so the value the loggers set is undone afterwards
+    wandb.teardown()  # settings cached by an earlier wandb use in this process would hide the offline mode
     for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_RUN_GROUP", "WANDB_DATA_DIR"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -45,3 +48,4 @@ def test_prediction_images_stay_in_the_run_folder(
     assert list(out.glob("wandb/offline-run-*/files/media/table/samples/predictions_*.table.json"))
     outside = [p for p in (home / ".local" / "share" / "wandb").rglob("*") if p.is_file()]
     assert not outside, outside
+    wandb.teardown()
