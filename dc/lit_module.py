@@ -184,6 +184,26 @@ class DCModule(L.LightningModule):
             optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
         )
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log `train/grad_norm`: the global L2 norm of the gradients, before clipping, every optimizer step.
+
+        Under FSDP each rank holds a shard, so the norm is FSDP's own collective one (`clip_grad_norm_` with an
+        infinite bound scales nothing); otherwise the gradients are whole on every rank (DDP reduced them).
+        """
+        model = self.trainer.model
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if isinstance(model, FullyShardedDataParallel):
+            norm = model.clip_grad_norm_(float("inf"))
+        else:
+            norms = [
+                torch.linalg.vector_norm(p.grad, dtype=torch.float32) for p in self.parameters() if p.grad is not None
+            ]
+            if not norms:
+                return
+            norm = torch.linalg.vector_norm(torch.stack(norms))
+        self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
     # --- checkpoints -------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         strategy = self._trainer.strategy if self._trainer is not None else None

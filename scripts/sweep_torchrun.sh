@@ -8,6 +8,12 @@
 # arguments after `--` go to every job. Each point runs in $SWEEP_DIR/<n>-<k-v_...> (default
 # multirun/torchrun_<timestamp>) with WANDB_RUN_GROUP=<sweep folder name>; a failed point is reported and the
 # sweep goes on; the exit status is 1 if any point failed. DRY_RUN=1 prints the commands only.
+# ENTRY selects what each point runs (scripts/torchrun.sh): train.py by default, or the whole recipe of a paper
+# table (stage 1 -> stage 2 -> benchmarks), then one command for its table:
+#
+#   ENTRY="-m dc.experiments.recipe" SWEEP_DIR=multirun/t1 scripts/sweep_torchrun.sh connector=mlp,sti,sci,dci \
+#       seed=1,2,3 -- experiment=table1_layers trainer=fsdp
+#   python -m dc.experiments.collect multirun/t1
 set -uo pipefail
 cd "$(dirname "$0")/.."
 

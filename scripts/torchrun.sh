@@ -8,7 +8,8 @@
 # Environment: GPUS_PER_NODE (default: all visible GPUs), NNODES (1), NODE_RANK (0), MASTER_ADDR (localhost),
 # MASTER_PORT (29500), RUN_DIR (the Hydra run folder; must be the same path, on a shared filesystem, on every
 # node; default outputs/torchrun/<timestamp> — all ranks of a node get the same one), PYTHON (python),
-# DRY_RUN=1 (print the command instead of running it).
+# DRY_RUN=1 (print the command instead of running it), ENTRY (what each rank runs: default train.py; a whole
+# paper-table point: ENTRY="-m dc.experiments.recipe").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,9 +26,10 @@ if [[ -z "${RUN_DIR:-}" ]]; then
   RUN_DIR=outputs/torchrun/$(date +%Y-%m-%d_%H-%M-%S)
 fi
 
+read -r -a entry <<< "${ENTRY:-train.py}"
 cmd=(torchrun --nnodes "$NNODES" --nproc_per_node "$GPUS_PER_NODE" --node_rank "$NODE_RANK"
      --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT"
-     train.py "trainer.devices=$GPUS_PER_NODE" "trainer.num_nodes=$NNODES" "hydra.run.dir=$RUN_DIR"
+     "${entry[@]}" "trainer.devices=$GPUS_PER_NODE" "trainer.num_nodes=$NNODES" "hydra.run.dir=$RUN_DIR"
      'hydra.job_logging.handlers.file.filename=${hydra.runtime.output_dir}/train_rank${oc.env:RANK,0}.log'
      "$@")
 if [[ -n "${PYTHON:-}" ]]; then cmd=("$PYTHON" -m torch.distributed.run "${cmd[@]:1}"); fi

@@ -2,11 +2,13 @@
 
 * offline automatically when there is no API key (no `WANDB_API_KEY`, no `api.wandb.ai` entry in ~/.netrc) and
   `WANDB_MODE` is not set; sync later with `wandb sync <run dir>/wandb/offline-run-*`;
-* group: `logger.wandb.group`, else `WANDB_RUN_GROUP` (set by `scripts/sweep_torchrun.sh`), else the
-  `experiment=` choice, else the Hydra multirun sweep folder name;
+* group: `logger.wandb.group`, else `WANDB_RUN_GROUP` (set by `scripts/sweep_torchrun.sh`), else one group per
+  Hydra multirun (`<experiment>-<sweep folder name>`, or the folder name alone), else the `experiment=` choice;
 * the run id is kept in `<run dir>/wandb_id.txt`, so resuming in the same folder continues the same wandb run;
 * the run's config holds the whole resolved config under `cfg` and the choices a dashboard filters on as flat
   top-level keys (`run_fields`: connector, encoder, llm, stage, data, image, layers/groups, seed);
+* `WANDB_DATA_DIR` points into the run folder (`<run dir>/wandb/data`): wandb stages the files of logged tables
+  (the sample-prediction images) there, so an offline run copied off a node keeps them;
 * `finish_wandb` always closes the run (failed runs are marked failed) so the next job of a multirun starts a
   new one.
 """
@@ -40,6 +42,12 @@ def wandb_has_credentials() -> bool:
         return False
 
 
+def sweep_group(experiment: str | None, sweep_dir: str | Path) -> str:
+    """The wandb group of one sweep: `<experiment>-<sweep folder name>` (the folder name alone without one)."""
+    name = Path(str(sweep_dir)).name
+    return f"{experiment}-{name}" if experiment and experiment != "null" else name
+
+
 def _hydra_group() -> str | None:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -50,17 +58,18 @@ def _hydra_group() -> str | None:
     except Exception:  # noqa: BLE001 - Hydra missing or not configured: no derived group
         return None
     experiment = hc.runtime.choices.get("experiment")
+    if str(hc.mode) == "RunMode.MULTIRUN":
+        return sweep_group(experiment, hc.sweep.dir)
     if experiment and experiment != "null":
         return str(experiment)
-    if str(hc.mode) == "RunMode.MULTIRUN":
-        return Path(str(hc.sweep.dir)).name
     return None
 
 
 RUN_GROUPS = ("connector", "encoder", "llm", "stage", "data", "image", "trainer")
 
 
-def _hydra_choices() -> dict[str, str]:
+def hydra_choices() -> dict[str, str]:
+    """The config-group choices of the running Hydra job (`{}` outside one)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -73,7 +82,7 @@ def _hydra_choices() -> dict[str, str]:
 
 def run_fields(cfg: DictConfig) -> dict[str, Any]:
     """The flat fields that identify a run: config-group choices, fusion layers/groups and the seed."""
-    choices = _hydra_choices()
+    choices = hydra_choices()
     out: dict[str, Any] = {group: choices.get(group) for group in RUN_GROUPS}
     if out["encoder"] is None and cfg.get("encoder") is not None:
         out["encoder"] = cfg.encoder.get("name")
@@ -107,13 +116,14 @@ def wandb_kwargs(node: DictConfig, output_dir: Path, resuming: bool) -> dict[str
         else:
             run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
             extra["id"] = run_id
-            if _is_rank_zero():
+            if is_rank_zero():
                 output_dir.mkdir(parents=True, exist_ok=True)
                 id_file.write_text(run_id)
     return extra
 
 
-def _is_rank_zero() -> bool:
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0 (as Lightning reads it from the launcher's environment)."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
     return getattr(rank_zero_only, "rank", 0) == 0
@@ -145,18 +155,30 @@ def keep_csv_metrics(node: DictConfig) -> Path | None:
     return kept
 
 
+def use_run_data_dir(output_dir: Path) -> Path:
+    """Point `WANDB_DATA_DIR` at `<output_dir>/wandb/data`, where wandb stages table media (process-wide: wandb
+    reads only the environment; each run of a multirun sets its own folder before its run starts).
+    """
+    data_dir = output_dir / "wandb" / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["WANDB_DATA_DIR"] = str(data_dir.resolve())
+    return data_dir
+
+
 def build_loggers(cfg: DictConfig, resuming: bool = False) -> list[Any]:
     """Instantiate every node under `cfg.logger` (a resumed run keeps the earlier CSV metrics beside the new)."""
     loggers = []
     for node in (cfg.get("logger") or {}).values():
         if node is None:
             continue
-        if resuming and node.get("_target_") == CSV_TARGET and _is_rank_zero():
+        if resuming and node.get("_target_") == CSV_TARGET and is_rank_zero():
             keep_csv_metrics(node)
         is_wandb = node.get("_target_") == WANDB_TARGET
         extra = wandb_kwargs(node, Path(cfg.paths.output_dir), resuming) if is_wandb else {}
+        if is_wandb:
+            use_run_data_dir(Path(cfg.paths.output_dir))
         logger = instantiate(node, **extra)
-        if is_wandb and _is_rank_zero():
+        if is_wandb and is_rank_zero():
             # `config` cannot go through instantiate (it is the name of instantiate's own first parameter).
             fields = {**run_fields(cfg), "cfg": OmegaConf.to_container(cfg, resolve=True)}
             logger.experiment.config.update(fields, allow_val_change=True)
