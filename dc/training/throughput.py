@@ -13,6 +13,11 @@ Tokens per part, from each batch's real counts: the vision encoder sees `encoder
 LLM's input embedding is a lookup and is not counted; `lm_head` is. Attention-score FLOPs and activation
 recomputation (activation checkpointing) are not counted, so this is MFU in the 6·N·D sense, not HFU.
 
+Mini-Gemini (`mgm_flops`): the ConvNeXt aux tower and the patch-info mining do not run once per token, so their
+parameters are left out of the encoder / connector counts and added per view as Σ parameters × positions (the aux
+tower at each stage's resolution, forward only while frozen; the mining's query projector over the patch tokens,
+its key/value projectors over every aux position, with the connector's factor).
+
 The peak comes from an explicit table selected by config (`callbacks.throughput.device`), never from the
 device name (Lightning's table misses "NVIDIA H200" and lists sparsity peaks for some parts).
 """
@@ -26,6 +31,8 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
+
+from dc.models.encoders.dual import DualEncoder
 
 # Dense bf16 tensor-core peak per device, FLOP/s.
 PEAK_BF16_FLOPS: dict[str, float] = {
@@ -58,6 +65,7 @@ class FlopsSpec:
     visual_tokens_per_image: int
     llm_params: int  # all LLM parameters except the input embedding (frozen base + trained + adapters)
     llm_trained_params: int  # those of them that train (full fine-tune: all; LoRA: the adapters)
+    aux_flops_per_image: float = 0.0  # Mini-Gemini aux tower + mining, per view (`mgm_flops`)
 
     def batch_flops(self, tokens: int, images: int) -> float:
         """Model FLOPs of one training micro-batch with `tokens` non-pad LLM tokens and `images` images."""
@@ -68,11 +76,34 @@ class FlopsSpec:
         conn = conn_factor * self.connector_params * vis_tokens
         upstream_trains = self.encoder_trained or self.connector_trained or self.llm_trained_params > 0
         llm = (2 + (2 if upstream_trains else 0)) * self.llm_params * tokens + 2 * self.llm_trained_params * tokens
-        return float(enc + conn + llm)
+        return float(enc + conn + llm + images * self.aux_flops_per_image)
 
 
 def _count(params: Any, trained: bool | None = None) -> int:
     return sum(p.numel() for p in params if trained is None or p.requires_grad == trained)
+
+
+def mgm_flops(vlm: nn.Module) -> tuple[set[int], float]:
+    """(ids of the parameters counted here, FLOPs per view) of a Mini-Gemini VLM's aux tower and mining; ((), 0)
+    for any other VLM.
+
+    Aux tower: (2, or 6 when it trains) × `ConvNeXtEncoder.param_positions()`. Mining: `param_positions(patch
+    tokens, aux positions)` × the connector's factor (2 forward + 2 when it trains + 2 when the encoder trains).
+    """
+    encoder, mining = vlm.encoder, getattr(vlm.connector, "mining", None)
+    if mining is None or not isinstance(encoder, DualEncoder):
+        return set(), 0.0
+    aux = encoder.aux
+    aux_ids = {id(p) for p in aux.parameters()}
+    clip_trained = any(p.requires_grad for p in encoder.parameters() if id(p) not in aux_ids)
+    aux_trained = any(p.requires_grad for p in aux.parameters())
+    mining_trained = any(p.requires_grad for p in mining.parameters())
+    height, width = aux.feature_size()
+    mining_factor = 2 + (2 if mining_trained else 0) + (2 if clip_trained or aux_trained else 0)
+    flops = (6 if aux_trained else 2) * aux.param_positions() + mining_factor * mining.param_positions(
+        encoder.layout.num_patches, height * width
+    )
+    return aux_ids | {id(p) for p in mining.parameters()}, float(flops)
 
 
 def flops_spec(vlm: nn.Module) -> FlopsSpec:
@@ -81,15 +112,19 @@ def flops_spec(vlm: nn.Module) -> FlopsSpec:
     enc_tokens = (layout.image_size // layout.patch_size) ** 2 + layout.num_prefix_tokens
     embed = {id(p) for p in vlm.llm.model.get_input_embeddings().parameters()}
     llm_params = [p for p in vlm.llm.parameters() if id(p) not in embed]
+    skip, aux_flops = mgm_flops(vlm)
+    encoder_params = [p for p in vlm.encoder.parameters() if id(p) not in skip]
+    connector_params = [p for p in vlm.connector.parameters() if id(p) not in skip]
     return FlopsSpec(
-        encoder_params=_count(vlm.encoder.parameters()),
-        encoder_trained=_count(vlm.encoder.parameters(), True) > 0,
+        encoder_params=_count(encoder_params),
+        encoder_trained=_count(encoder_params, True) > 0,
         encoder_tokens_per_image=enc_tokens,
-        connector_params=_count(vlm.connector.parameters()),
+        connector_params=_count(connector_params),
         connector_trained=_count(vlm.connector.parameters(), True) > 0,
         visual_tokens_per_image=int(vlm.connector.num_visual_tokens()),
         llm_params=_count(llm_params),
         llm_trained_params=_count(llm_params, True),
+        aux_flops_per_image=aux_flops,
     )
 
 
