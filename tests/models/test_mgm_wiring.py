@@ -317,3 +317,55 @@ def test_headline_command_composes_with_real_hub_ids():
     assert shown.encoder.layout.input_size == 768 and shown.encoder.image.crop_size.height == 768
     assert shown.encoder.mgm.mode == "after" and shown.llm.pretrained == "lmsys/vicuna-7b-v1.5"
     assert shown.connector._target_ == "dc.models.connectors.DenseChannelIntegration"
+
+
+# --- both stages, checkpoints and eval through the pipeline -------------------------------------------------------
+@pytest.mark.slow
+def test_two_stages_and_eval_through_the_pipeline(tmp_path, data_dir):
+    from dc.pipeline import evaluate, train
+    from dc.training.checkpoint import read_checkpoint
+
+    def stage_cfg(stage: str, *extra: str):
+        return compose_config(
+            "train",
+            [
+                "debug=fast",
+                "encoder=tiny_mgm",
+                f"stage={stage}",
+                f"paths.output_dir={tmp_path / stage}",
+                f"paths.data_dir={data_dir}",
+                "run_name=mgm",
+                "logger=csv",
+                "trainer.enable_progress_bar=false",
+                "trainer.max_steps=2",
+                *extra,
+            ],
+        )
+
+    pre = stage_cfg("pretrain")
+    train(pre)
+    first = tmp_path / "pretrain" / "checkpoints" / "last.ckpt"
+    state = read_checkpoint(first)["state_dict"]
+    assert any(k.startswith("vlm.connector.mining.") for k in state)
+    assert any(k.startswith("vlm.encoder.aux.") for k in state)  # random tiny towers are checkpointed
+    fine = stage_cfg("finetune", f"stage.init_connector_from={first}")
+    module = make_module(fine)
+    module.configure_model()
+    for key, value in module.vlm.connector.mining.state_dict().items():  # stage 2 starts from stage 1's mining
+        assert torch.equal(value, state[f"vlm.connector.mining.{key}"]), key
+    train(fine)
+    ckpt = tmp_path / "finetune" / "checkpoints" / "last.ckpt"
+    root = tmp_path / "finetune"
+    data_root = str(fine.data.image_folder).rsplit("/", 1)[0]
+    eval_cfg = compose_config(
+        "eval",
+        [
+            f"ckpt_path={ckpt}",
+            f"paths.output_dir={root / 'eval'}",
+            "limit=4",
+            "batch_size=4",
+            f"benchmark.root={data_root}",
+        ],
+    )
+    metrics, _ = evaluate(eval_cfg)
+    assert 0.0 <= metrics["synthetic/accuracy"] <= 100.0 and "synthetic/blank_accuracy" in metrics
