@@ -8,7 +8,7 @@ export WANDB_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: venv demo demo-anyres chat chat-web chat-screenshot test test-all lint bench clean
+.PHONY: venv demo demo-anyres demo-mgm chat chat-web chat-screenshot test test-all lint bench clean
 
 venv: $(STAMP)
 
@@ -55,6 +55,15 @@ chat-web: $(DEMO_STAMP)
 chat-screenshot: $(DEMO_STAMP)
 	$(PY) -m dc.chat.browser --ckpt $(CHAT_CKPT) --image $(CHAT_IMAGE) --out docs/chat_demo.png \
 		--question "What colour is the shape?" --question "Where is the shape?"
+
+# The same with Mini-Gemini (encoder=tiny_mgm: tiny CLIP on the interpolated 96 px view + tiny ConvNeXt aux tower,
+# patch-info mining composed with DCI).
+demo-mgm: $(STAMP)
+	rm -rf $(DEMO)-mgm
+	$(PY) train.py experiment=demo_mgm_pretrain hydra.run.dir=$(DEMO)-mgm/pretrain trainer.enable_progress_bar=false
+	$(PY) train.py experiment=demo_mgm_finetune hydra.run.dir=$(DEMO)-mgm/finetune trainer.enable_progress_bar=false \
+		stage.init_connector_from=$(DEMO)-mgm/pretrain/checkpoints/last.ckpt
+	$(PY) eval.py ckpt_path=$(DEMO)-mgm/finetune/checkpoints/last.ckpt hydra.run.dir=$(DEMO)-mgm/eval
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q

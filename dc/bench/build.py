@@ -87,7 +87,7 @@ def make_batch(vlm: VLM, batch: int, text_tokens: int, device: torch.device, see
     vis = torch.full((batch, n_vis), IMAGE_TOKEN_INDEX)
     input_ids = torch.cat([text[:, :1], vis, text[:, 1:]], dim=1)
     labels = input_ids.masked_fill(input_ids == IMAGE_TOKEN_INDEX, -100)
-    size = vlm.encoder.layout.image_size
+    size = vlm.encoder.layout.input_size
     pixels = torch.randn(batch, 3, size, size, generator=gen)
     out: dict[str, Any] = {
         "input_ids": input_ids,

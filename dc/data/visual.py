@@ -41,7 +41,8 @@ class VisualProcessor:
         mode: the `image` config's mode.
         processor: the encoder's Hugging Face image processor (`encoder.image`).
         view: tokens the connector emits per view (`Connector.view_tokens()`).
-        image_size: the encoder's input side (`encoder.layout.image_size`).
+        image_size: the side of the views the encoder takes (`encoder.layout.input_size`: the tower's resolution,
+            or a dual tower's high-res side).
         frame_aspect: how video frames are made square ("pad", the reference's default, or "square").
     """
 
@@ -131,4 +132,4 @@ def build_visual_processor(
         mode = SingleView(aspect)
     view = build_connector(cfg, device="meta", allowed=allowed).view_tokens()
     processor = instantiate(cfg.encoder.image, allowed=allowed)
-    return VisualProcessor(mode, processor, view, encoder_layout(cfg.encoder).image_size, frame_aspect=frame_aspect)
+    return VisualProcessor(mode, processor, view, encoder_layout(cfg.encoder).input_size, frame_aspect=frame_aspect)

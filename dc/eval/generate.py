@@ -32,7 +32,7 @@ def prompt_sample(
     template = template or vlm.llm.template
     ids = template.prompt(text, vlm.llm.tokenizer)
     ids, _ = expand_visual_tokens(ids, [0] * len(ids), [meta.tokens for _, meta in inputs])
-    size = vlm.encoder.layout.image_size
+    size = vlm.encoder.layout.input_size
     pixels = torch.cat([views for views, _ in inputs]) if inputs else torch.zeros(0, 3, size, size)
     return {"input_ids": ids, "pixel_values": pixels, "visual": [meta for _, meta in inputs]}
 

@@ -50,6 +50,7 @@ from dc.export.projector import connector_blockers, export_projector, select_str
 from dc.export.verify import verify_numbers, verify_processor
 from dc.export.vision import export_vision_tower
 from dc.export.weights import assemble
+from dc.models.encoders.dual import DualEncoder
 from dc.models.llms.templates import ChatTemplate
 from dc.models.vlm import VLM
 from dc.utils.instantiate import instantiate
@@ -73,6 +74,12 @@ def export_blockers(vlm: VLM, *, image_mode: str = "single") -> list[str]:
     if image_mode not in IMAGE_MODES:
         raise ValueError(f"image_mode={image_mode!r}: expected one of {IMAGE_MODES}")
     reasons = connector_blockers(vlm.connector)
+    if isinstance(vlm.encoder, DualEncoder) or getattr(vlm.connector, "mining", None) is not None:
+        reasons.append(
+            f"encoder '{vlm.encoder.layout.name}' is Mini-Gemini's dual tower (a high-resolution ConvNeXt aux map "
+            f"mined by every visual token before the projector); LlavaForConditionalGeneration has one vision tower "
+            f"and no patch-info mining, so no stock class reproduces it"
+        )
     if image_mode == "anyres":
         reasons.append(
             "image_mode=anyres: LlavaForConditionalGeneration sees one image at the tower's resolution; AnyRes "

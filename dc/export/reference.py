@@ -119,10 +119,13 @@ def choose_encoder(tower: str | None, encoder: str | None, configs_dir: Path) ->
     options = encoder_options(configs_dir)
     notes: list[str] = []
     if encoder is None:
+        # Only single HF towers: a dual tower (Mini-Gemini's DualEncoder) names the same CLIP id for its low-res side.
         matches = [
             n
             for n, o in options.items()
-            if isinstance(o["model"].get("pretrained"), str) and o["model"]["pretrained"] == tower
+            if isinstance(o["model"].get("pretrained"), str)
+            and o["model"]["pretrained"] == tower
+            and str(o["model"].get("_target_", "")).endswith("HFVisionEncoder")
         ]
         if len(matches) != 1:
             known = sorted(

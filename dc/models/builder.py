@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from dc.models.connectors.base import Connector
 from dc.models.encoders.base import EncoderLayout
+from dc.models.encoders.dual import check_mgm_pair
 from dc.models.llms.hf_causal import llm_hidden_size
 from dc.models.visual.base import ImageMode
 from dc.models.visual.single import SingleView
@@ -50,10 +51,14 @@ def build_connector(cfg: DictConfig, *, device: str | torch.device | None = None
     width = llm_hidden_size(cfg.llm)
     mode = build_image_mode(cfg, allowed)
     factory = instantiate(cfg.connector, allowed=allowed)
+    kwargs: dict[str, Any] = {"layout": layout, "llm_hidden_size": width, "image_mode": mode}
+    mgm = cfg.encoder.get("mgm")
+    if mgm is not None:  # Mini-Gemini dual tower: the connector owns the patch-info mining
+        kwargs["mgm"] = OmegaConf.to_container(mgm, resolve=True)
     if device is None:
-        return factory(layout=layout, llm_hidden_size=width, image_mode=mode)
+        return factory(**kwargs)
     with torch.device(device):
-        return factory(layout=layout, llm_hidden_size=width, image_mode=mode)
+        return factory(**kwargs)
 
 
 def _llm_on_meta(llm_cfg: DictConfig, tokenizer: Any, allowed: Allowed) -> Any:
@@ -90,6 +95,7 @@ def build_vlm(
     """
     connector = build_connector(cfg, allowed=allowed)
     encoder = instantiate(cfg.encoder.model, allowed=allowed)(layout=connector.layout, taps=connector.taps)
+    check_mgm_pair(encoder, connector)
     if llm_on_meta and cfg.llm.get("pretrained"):
         llm = _llm_on_meta(cfg.llm, tokenizer, allowed)
     else:

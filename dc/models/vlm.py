@@ -77,7 +77,7 @@ class VLM(nn.Module):
 
     def _unused_visual_path(self, embeds: torch.Tensor) -> torch.Tensor:
         """0 × (connector output for a blank view + every trainable connector weight), to keep them in the graph."""
-        size = self.encoder.layout.image_size
+        size = self.encoder.layout.input_size  # the side of the views (a dual tower's high-res side)
         blank = torch.zeros(1, 3, size, size, device=embeds.device)
         zero = 0.0 * self.encode_images(blank).sum()
         for p in self.connector.parameters():

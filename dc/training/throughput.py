@@ -24,6 +24,11 @@ Three figures, each over the same wall time and peak:
 * `hfu`: hardware FLOPs: `mfu`'s FLOPs + what activation checkpointing recomputes (`full`: one more forward of
   every decoder layer, attention included; `selective` recomputes only elementwise ops: counted as 0).
 
+Mini-Gemini (`mgm_flops`): the ConvNeXt aux tower and the patch-info mining do not run once per token, so their
+parameters are left out of the encoder / connector counts and added per view as Σ parameters × positions (the aux
+tower at each stage's resolution, forward only while frozen; the mining's query projector over the patch tokens,
+its key/value projectors over every aux position, with the connector's factor).
+
 The peak comes from an explicit table selected by config (`callbacks.throughput.device`), never from the
 device name (Lightning's table misses "NVIDIA H200" and lists sparsity peaks for some parts).
 """
@@ -38,6 +43,8 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
+
+from dc.models.encoders.dual import DualEncoder
 
 # Dense bf16 tensor-core peak per device, FLOP/s.
 PEAK_BF16_FLOPS: dict[str, float] = {
@@ -76,6 +83,7 @@ class FlopsSpec:
     llm_attention_width: int = 0  # heads · head_dim of the query
     llm_layer_params: int = 0  # parameters inside the decoder layers (what `full` checkpointing recomputes)
     activation_checkpointing: str = "none"
+    aux_flops_per_image: float = 0.0  # Mini-Gemini aux tower + mining, per view (`mgm_flops`)
 
     @property
     def _llm_backward(self) -> bool:
@@ -89,7 +97,7 @@ class FlopsSpec:
         conn_factor = 2 + (2 if self.connector_trained else 0) + (2 if self.encoder_trained else 0)
         conn = conn_factor * self.connector_params * vis_tokens
         llm = (2 + (2 if self._llm_backward else 0)) * self.llm_params * tokens + 2 * self.llm_trained_params * tokens
-        return float(enc + conn + llm)
+        return float(enc + conn + llm + images * self.aux_flops_per_image)
 
     def attention_flops(self, seq_lens: Sequence[int], images: int) -> float:
         """Attention-score FLOPs (QKᵀ and AV, torchtitan's convention) of one micro-batch."""
@@ -142,6 +150,29 @@ def _hf_config(llm: nn.Module) -> Any:
     return getattr(model, "config", None)
 
 
+def mgm_flops(vlm: nn.Module) -> tuple[set[int], float]:
+    """(ids of the parameters counted here, FLOPs per view) of a Mini-Gemini VLM's aux tower and mining; ((), 0)
+    for any other VLM.
+
+    Aux tower: (2, or 6 when it trains) × `ConvNeXtEncoder.param_positions()`. Mining: `param_positions(patch
+    tokens, aux positions)` × the connector's factor (2 forward + 2 when it trains + 2 when the encoder trains).
+    """
+    encoder, mining = vlm.encoder, getattr(vlm.connector, "mining", None)
+    if mining is None or not isinstance(encoder, DualEncoder):
+        return set(), 0.0
+    aux = encoder.aux
+    aux_ids = {id(p) for p in aux.parameters()}
+    clip_trained = any(p.requires_grad for p in encoder.parameters() if id(p) not in aux_ids)
+    aux_trained = any(p.requires_grad for p in aux.parameters())
+    mining_trained = any(p.requires_grad for p in mining.parameters())
+    height, width = aux.feature_size()
+    mining_factor = 2 + (2 if mining_trained else 0) + (2 if clip_trained or aux_trained else 0)
+    flops = (6 if aux_trained else 2) * aux.param_positions() + mining_factor * mining.param_positions(
+        encoder.layout.num_patches, height * width
+    )
+    return aux_ids | {id(p) for p in mining.parameters()}, float(flops)
+
+
 def flops_spec(vlm: nn.Module) -> FlopsSpec:
     """The `FlopsSpec` of a built (unsharded; meta is fine) VLM with its stage's freezing applied."""
     layout = vlm.encoder.layout
@@ -158,11 +189,14 @@ def flops_spec(vlm: nn.Module) -> FlopsSpec:
     layer_classes = tuple(vlm.llm.decoder_layer_classes())
     layer_params = [p for m in vlm.llm.modules() if isinstance(m, layer_classes) for p in m.parameters()]
     blocks = list(vlm.encoder.blocks())
+    skip, aux_flops = mgm_flops(vlm)
+    encoder_params = [p for p in vlm.encoder.parameters() if id(p) not in skip]
+    connector_params = [p for p in vlm.connector.parameters() if id(p) not in skip]
     return FlopsSpec(
-        encoder_params=_count(vlm.encoder.parameters()),
-        encoder_trained=_count(vlm.encoder.parameters(), True) > 0,
+        encoder_params=_count(encoder_params),
+        encoder_trained=_count(encoder_params, True) > 0,
         encoder_tokens_per_image=enc_tokens,
-        connector_params=_count(vlm.connector.parameters()),
+        connector_params=_count(connector_params),
         connector_trained=_count(vlm.connector.parameters(), True) > 0,
         visual_tokens_per_image=_projector_tokens(vlm.connector),
         llm_params=_count(llm_params),
@@ -173,6 +207,7 @@ def flops_spec(vlm: nn.Module) -> FlopsSpec:
         llm_attention_width=int(heads * head_dim),
         llm_layer_params=_count(layer_params),
         activation_checkpointing=str(getattr(vlm.llm, "activation_checkpointing", "none")),
+        aux_flops_per_image=aux_flops,
     )
 
 

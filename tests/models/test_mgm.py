@@ -180,7 +180,7 @@ def test_mgm_fuse_before_mines_the_fused_tokens():
 def test_mgm_fuse_validates_mode_and_width():
     taps = dci_taps()
     aux = torch.randn(2, 6, 8, 8, dtype=torch.float64)
-    with pytest.raises(ValueError, match="connector.mgm.mode"):
+    with pytest.raises(ValueError, match="encoder.mgm.mode"):
         mgm_fuse(taps, aux, PatchInfoMining(16, 6).double(), mode="middle")
     with pytest.raises(ValueError, match="query width of 16"):
         mgm_fuse(taps, aux, PatchInfoMining(48, 6).double(), mode="after")

@@ -12,6 +12,10 @@ Subclasses declare which taps they need (`taps`), how to fuse them (`fuse`), the
 tokens the fusion emits; this class adds the optional downsampling, the `mlp2x_gelu` projector (Linear → exact
 GELU → Linear, PyTorch default init, as in LLaVA-1.5) and the image mode's merge module. Token counts are
 arithmetic (`view_tokens`), so a connector built on the meta device answers them without allocating anything.
+
+With Mini-Gemini (`mgm`, from the encoder config) the connector also owns the patch-info mining (`mining`), the
+encoder's features end with its aux map, and the fusion becomes `mgm_fuse(taps, aux, mining, mode, fuse=fuse)`
+(see `dc.models.connectors.mining`); token counts do not change.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torch import nn
 
 from dc.models.connectors.downsample import Downsample
 from dc.models.connectors.layers import resolve_index
+from dc.models.connectors.mining import MGMSpec, PatchInfoMining, mgm_fuse
 from dc.models.encoders.base import EncoderLayout, Tap, collect_taps
 from dc.models.visual.base import ImageMode, ViewTokens, VisualMeta
 
@@ -54,6 +59,7 @@ class Connector(nn.Module, ABC):
         downsample: keyword arguments of `Downsample` (mode, factor, size, position), or None.
         image_mode: the `image` config's mode (plain single view by default); its merge module, if any (AnyRes:
             `image_newline`), becomes `self.image_merge` and trains with the connector.
+        mgm: the encoder config's `mgm` node (Mini-Gemini: `MGMSpec`), or None; builds `self.mining`.
     """
 
     def __init__(
@@ -65,6 +71,7 @@ class Connector(nn.Module, ABC):
         projector: str = "mlp2x_gelu",
         downsample: dict[str, Any] | None = None,
         image_mode: ImageMode | None = None,
+        mgm: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.layout = layout
@@ -74,6 +81,17 @@ class Connector(nn.Module, ABC):
         self.llm_hidden_size = llm_hidden_size
         self.image_mode = image_mode
         self.image_merge = image_mode.build_merge(llm_hidden_size) if image_mode is not None else None
+        self.mgm = MGMSpec.from_config(mgm) if mgm else None
+        self.mining: PatchInfoMining | None = (
+            None
+            if self.mgm is None
+            else self.mgm.build(
+                layout,
+                fused_width=self.fused_width,
+                fused_tokens=self.fused_tokens(layout.num_patches),
+                image_mode=image_mode,
+            )
+        )
 
     # --- what subclasses define -------------------------------------------------------------------
     @property
@@ -128,9 +146,23 @@ class Connector(nn.Module, ABC):
             )
         return self.fuse(collect_taps(hidden_states, self.taps, self.layout.num_prefix_tokens))
 
+    def fuse_features(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The encoder's output → fused [B, T, fused_width]: `fuse`, or with Mini-Gemini the taps and the aux map
+        (the last item) through `mgm_fuse`.
+        """
+        if self.mining is None:
+            return self.fuse(features)
+        n = len(self.taps)
+        if len(features) != n + 1:
+            raise ValueError(
+                f"the connector mines a Mini-Gemini aux map (encoder.mgm) and expects {n} taps followed by the aux "
+                f"map, got {len(features)} features (the encoder must be a dual tower, e.g. DualEncoder)"
+            )
+        return mgm_fuse(features[:n], features[n], self.mining, self.mgm.mode, self.layout.grid, fuse=self.fuse)
+
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Encoder taps → [B, T, d_llm] visual tokens."""
-        x = self.fuse(features)
+        """Encoder features (taps, then the aux map with Mini-Gemini) → [B, T, d_llm] visual tokens."""
+        x = self.fuse_features(features)
         x = x.to(self.projector[0].weight.dtype)
         if self.downsample is not None and self.downsample.position == "pre":
             x = self.downsample(x)

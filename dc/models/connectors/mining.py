@@ -16,14 +16,24 @@ CLIP token with the high-res ConvNeXt features of its own image region:
 There is no separate MLP in the mining: the "MLP" of the paper's figure is the `mm_projector` that follows.
 The three projectors are fresh `nn.Sequential(LayerNorm, Linear)` modules with PyTorch default init, trained
 in both stages (MGM creates them after freezing the model in stage 1).
+
+Wiring: an encoder config with an `mgm` node (`MGMSpec`: aux width, aux stride, placement) makes every connector
+own a `PatchInfoMining` (`Connector.mining`, trained and checkpointed with the projector) and fuse through
+`mgm_fuse`; the dual encoder (`dc.models.encoders.dual.DualEncoder`) returns its taps followed by the aux map.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+from dc.models.encoders.base import EncoderLayout
+from dc.models.visual.base import ImageMode
+from dc.models.visual.single import SingleView
 
 MGM_FUSE_MODES = ("after", "before")
 MGM_PREFIX = "vlm_uni_"
@@ -111,6 +121,21 @@ class PatchInfoMining(nn.Module):
         logits = query.unsqueeze(2) @ (key.transpose(-1, -2) / key.shape[-1] ** 0.5)  # [B, N, 1, S]
         return (logits.nan_to_num().softmax(-1) @ value).squeeze(2)  # [B, N, C]
 
+    def param_positions(self, num_tokens: int, aux_positions: int) -> int:
+        """Σ parameters × positions they run over, per image: the query projector over the `num_tokens` low-res
+        tokens, the key and value projectors over every aux position (the regions tile the map, so each position
+        is projected once). Forward FLOPs ≈ 2 × this (the attention itself, 4·N·S·C, is not counted, as
+        attention scores are not elsewhere).
+        """
+        query = sum(p.numel() for p in self.query_projector.parameters())
+        aux = sum(p.numel() for m in (self.aux_projector, self.val_projector) for p in m.parameters())
+        return query * int(num_tokens) + aux * int(aux_positions)
+
+
+def channel_concat(features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[X ‖ G1 ‖ …] along channels (DCI / SCI's fusion; the default of `mgm_fuse`)."""
+    return torch.cat(list(features), dim=-1)
+
 
 def mgm_fuse(
     features: Sequence[torch.Tensor],
@@ -118,46 +143,126 @@ def mgm_fuse(
     mining: PatchInfoMining,
     mode: str = "after",
     grid: Sequence[int] | None = None,
+    fuse: Callable[[Sequence[torch.Tensor]], torch.Tensor] = channel_concat,
 ) -> torch.Tensor:
-    """Mini-Gemini mining composed with a channel fusion (DCI / SCI taps, or the final feature alone).
+    """Mini-Gemini mining composed with a connector's fusion (DCI / SCI / STI taps, or the final feature alone).
 
     Args:
         features: the connector's taps, final feature first, each [B, N, D] (DCI CLIP-L: X, G1, G2).
         aux: [B, C_aux, H, W] aux map.
-        mining: built with `low_width = mining_query_width(mode, D, len(features))`.
-        mode: "after": mine on the final feature only, then concat: [X + mine(X) ‖ G1 ‖ G2]
-            (MGM's computation intact, DC channels added). "before": concat first, then mine on the fused
-            tokens: F + mine(F) with F = [X ‖ G1 ‖ G2] (query width (1 + groups)·D).
+        mining: query width D ("after") or the fused width ("before"; `mining_query_width` for a channel concat).
+        mode: "after": mine on the final feature only, then fuse: fuse([X + mine(X), G1, G2]) (MGM's
+            computation intact, DC's channels added: [X + mine(X) ‖ G1 ‖ G2] for DCI). "before": fuse first,
+            then mine on the fused tokens: F + mine(F) with F = fuse([X, G1, G2]) (query width (1 + groups)·D
+            for DCI; the fusion must keep one token per patch).
         grid: (rows, cols) of the tokens; None: square.
+        fuse: the connector's parameter-free fusion (`Connector.fuse`); channel concatenation by default.
 
     Returns:
-        [B, N, sum of widths] in the mining's dtype, ready for the projector.
+        [B, T, fused width] in the mining's dtype, ready for the (optional downsampling and the) projector.
     """
     if mode not in MGM_FUSE_MODES:
-        raise ValueError(f"connector.mgm.mode={mode!r}: expected one of {MGM_FUSE_MODES}")
+        raise ValueError(f"encoder.mgm.mode={mode!r}: expected one of {MGM_FUSE_MODES}")
     if not features:
         raise ValueError("mgm_fuse: no features")
     dtype = mining.dtype
     parts = [f.to(dtype) for f in features]
-    widths = [p.shape[-1] for p in parts]
-    expected = widths[0] if mode == "after" else sum(widths)
-    if mining.low_width != expected:
-        raise ValueError(
-            f"connector.mgm.mode={mode!r} needs a mining query width of {expected} for taps of widths {widths}, "
-            f"the mining module has {mining.low_width}"
-        )
     if mode == "after":
-        final = parts[0] + mining(parts[0], aux, grid)
-        return torch.cat([final, *parts[1:]], dim=-1)
-    fused = torch.cat(parts, dim=-1)
+        _check_query_width(mining, parts[0].shape[-1], mode, [p.shape[-1] for p in parts])
+        return fuse([parts[0] + mining(parts[0], aux, grid), *parts[1:]]).to(dtype)
+    fused = fuse(parts).to(dtype)
+    _check_query_width(mining, fused.shape[-1], mode, [p.shape[-1] for p in parts])
     return fused + mining(fused, aux, grid)
 
 
+def _check_query_width(mining: PatchInfoMining, expected: int, mode: str, widths: list[int]) -> None:
+    if mining.low_width != expected:
+        raise ValueError(
+            f"encoder.mgm.mode={mode!r} needs a mining query width of {expected} for taps of widths {widths}, "
+            f"the mining module has {mining.low_width}"
+        )
+
+
 def mining_query_width(mode: str, hidden_size: int, num_taps: int) -> int:
-    """Query (and key/value/output) width of the mining for `mgm_fuse`: D ("after") or num_taps·D ("before")."""
+    """Query (and key/value/output) width of the mining for a channel concat of `num_taps` taps of width D:
+    D ("after") or num_taps·D ("before").
+    """
     if mode not in MGM_FUSE_MODES:
-        raise ValueError(f"connector.mgm.mode={mode!r}: expected one of {MGM_FUSE_MODES}")
+        raise ValueError(f"encoder.mgm.mode={mode!r}: expected one of {MGM_FUSE_MODES}")
     return hidden_size if mode == "after" else hidden_size * num_taps
+
+
+@dataclass(frozen=True)
+class MGMSpec:
+    """What a connector needs to know about Mini-Gemini, from the encoder config's `mgm` node (no weights).
+
+    Attributes:
+        aux_width: C_aux, channels of the aux map (ConvNeXt-L, 4 stages: 2880); checked against the built tower.
+        aux_stride: input pixels per aux-map position (ConvNeXt stride-4 stage: 4 → 768 px gives 192 × 192).
+        mode: "after" (default: MGM's computation intact, DC's channels added) or "before" (see `mgm_fuse`).
+    """
+
+    aux_width: int
+    aux_stride: int
+    mode: str = "after"
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any]) -> MGMSpec:
+        """Parse and validate the `encoder.mgm` node."""
+        unknown = set(node) - {"aux_width", "aux_stride", "mode"}
+        if unknown:
+            raise ValueError(f"encoder.mgm: unknown keys {sorted(unknown)}; expected aux_width, aux_stride, mode")
+        spec = cls(
+            aux_width=_positive(node.get("aux_width"), "encoder.mgm.aux_width"),
+            aux_stride=_positive(node.get("aux_stride"), "encoder.mgm.aux_stride"),
+            mode=str(node.get("mode", "after")),
+        )
+        if spec.mode not in MGM_FUSE_MODES:
+            raise ValueError(f"encoder.mgm.mode={spec.mode!r}: expected one of {MGM_FUSE_MODES}")
+        return spec
+
+    def aux_grid(self, layout: EncoderLayout) -> tuple[int, int]:
+        """(H, W) of the aux map for the encoder's input pixels (MGM: 768 / 4 → (192, 192))."""
+        side = int(layout.input_size)
+        if side % self.aux_stride:
+            raise ValueError(
+                f"encoder.layout.input_size={side} is not divisible by encoder.mgm.aux_stride={self.aux_stride}"
+            )
+        return side // self.aux_stride, side // self.aux_stride
+
+    def build(
+        self, layout: EncoderLayout, *, fused_width: int, fused_tokens: int, image_mode: ImageMode | None
+    ) -> PatchInfoMining:
+        """The connector's mining module, after checking the layout admits it.
+
+        Args:
+            layout: the encoder's layout (low-res grid, width, input side).
+            fused_width: the connector's fused width (the query width in mode "before").
+            fused_tokens: tokens the connector's fusion emits for the patch grid ("before" needs one per patch).
+            image_mode: the `image` mode; only single views are supported.
+        """
+        if image_mode is not None and not isinstance(image_mode, SingleView):
+            raise ValueError(
+                f"encoder '{layout.name}' (Mini-Gemini mining) with image={type(image_mode).__name__}: not supported; "
+                f"MGM's patch-info mining is defined for one {layout.input_size} px view per image (MGM-HD's "
+                f"crops are not implemented); use image=single"
+            )
+        rows, cols = layout.grid
+        height, width = self.aux_grid(layout)
+        if height % rows or width % cols:
+            raise ValueError(
+                f"encoder '{layout.name}': the aux map {height}x{width} (encoder.layout.input_size="
+                f"{layout.input_size} / encoder.mgm.aux_stride={self.aux_stride}) does not divide into the "
+                f"{rows}x{cols} token grid; MGM: 768 / 4 = 192 = 8 x 24"
+            )
+        if self.mode == "before" and fused_tokens != layout.num_patches:
+            raise ValueError(
+                f"encoder.mgm.mode=before mines the fused tokens, one per patch, but this connector's fusion emits "
+                f"{fused_tokens} tokens for {layout.num_patches} patches (STI appends pooled tokens); use "
+                f"encoder.mgm.mode=after"
+            )
+        query = layout.hidden_size if self.mode == "after" else int(fused_width)
+        return PatchInfoMining(query, self.aux_width)
 
 
 def mgm_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -170,6 +275,12 @@ def mgm_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
         if sep and head in ("", "model.", "base_model.model.model."):
             out[tail] = value
     return out
+
+
+def _positive(value: Any, key: str) -> int:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{key}={value!r} must be a positive integer")
+    return value
 
 
 def _grid_for(num_tokens: int, grid: Sequence[int] | None) -> tuple[int, int]:

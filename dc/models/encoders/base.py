@@ -30,6 +30,8 @@ class EncoderLayout:
         image_size: input resolution (square).
         patch_size: patch side in pixels.
         num_prefix_tokens: P, tokens before the patches (1 for CLIP's CLS, 0 for SigLIP); dropped from taps.
+        input_size: side of the pixels the encoder takes (the data layer's views); None means `image_size`.
+            Larger for a dual tower (Mini-Gemini: 768 px views, the 336 px CLIP view interpolated from them).
     """
 
     name: str
@@ -38,6 +40,11 @@ class EncoderLayout:
     image_size: int
     patch_size: int
     num_prefix_tokens: int
+    input_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.input_size is None:  # a single tower takes pixels at its own resolution
+            object.__setattr__(self, "input_size", self.image_size)
 
     @property
     def num_states(self) -> int:

@@ -22,6 +22,7 @@ deepest one requested, and returns the concatenated map.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -108,6 +109,8 @@ class ConvNeXtEncoder(nn.Module):
         # Only the stem and the stages up to the deepest requested one are ever run (MGM: stem + all stages).
         self.stem = model.stem
         self.stages = nn.Sequential(*list(model.stages)[: deepest + 1])
+        self.built_reductions = tuple(int(info[i]["reduction"]) for i in range(deepest + 1))
+        """Stride of every built stage's output (ConvNeXt: 4, 8, 16, 32)."""
         self.to(getattr(torch, dtype))
         cfg = model.pretrained_cfg
         self.image_mean = tuple(cfg.get("mean", ()))
@@ -131,6 +134,19 @@ class ConvNeXtEncoder(nn.Module):
         """(h, w) of the output map for a square input (MGM: 768 → (192, 192))."""
         side = (image_size or self.image_size) // min(self.stage_reductions)
         return side, side
+
+    def param_positions(self, image_size: int | None = None) -> int:
+        """Σ parameters × output positions they run over, per image (the stem at its output resolution, each
+        stage, downsampling included, at its own): a convolution's multiply-adds per output position equal its
+        weight count, so forward FLOPs ≈ 2 × this (norms and biases counted like weights, as `2·N` per token
+        counts them for transformers).
+        """
+        side = int(image_size or self.image_size)
+        stem_stride = math.prod(int(m.stride[0]) for m in self.stem.modules() if isinstance(m, nn.Conv2d))
+        total = _numel(self.stem) * (side // stem_stride) ** 2
+        for stage, reduction in zip(self.stages, self.built_reductions, strict=True):
+            total += _numel(stage) * (side // reduction) ** 2
+        return total
 
     def block_classes(self) -> set[type[nn.Module]]:
         """ConvNeXt block classes (FSDP wrap units; stage 2 of ConvNeXt-L alone has 27)."""
@@ -182,6 +198,10 @@ class ConvNeXtEncoder(nn.Module):
                 m = F.interpolate(m.float(), size=size, mode="bilinear", align_corners=False).to(m.dtype)
             parts.append(m)
         return torch.cat(parts, dim=1)
+
+
+def _numel(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 def _check_stages(stages: Sequence[int]) -> tuple[int, ...]:
