@@ -76,7 +76,23 @@ def benchmark_config(cfg: DictConfig, name: str, ckpt: Path, out_dir: Path) -> D
     return OmegaConf.create(
         {
             "benchmark": OmegaConf.to_container(cfg.benchmarks[name], resolve=True),
+            "model": {
+                "_target_": "dc.eval.models.DCModel",
+                "_partial_": True,
+                "ckpt_path": str(ckpt),
+                "model_overrides": {},
+            },
             "ckpt_path": str(ckpt),
+            # rank 0 alone evaluates inside the point's job, on its own device (no second process launch)
+            "runtime": {
+                "accelerator": "auto",
+                "devices": 1,
+                "num_nodes": 1,
+                "precision": str((cfg.get("eval") or {}).get("precision", "auto")),
+            },
+            "video": {"num_frames": 8, "aggregate": "pool"},
+            "overwrite": False,
+            "optimized_metric": None,
             "paths": paths,
             "limit": cfg.get("limit"),
             "batch_size": int(cfg.eval.batch_size),

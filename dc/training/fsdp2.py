@@ -53,7 +53,11 @@ def fsdp_units(vlm: nn.Module, *, wrap_vision_blocks: bool = True) -> list[nn.Mo
     classes = tuple(vlm.llm.decoder_layer_classes())
     if not classes:
         raise ValueError(f"LLM {type(vlm.llm.model).__name__} declares no decoder layer classes (_no_split_modules)")
-    units: list[nn.Module] = list(vlm.encoder.blocks()) if wrap_vision_blocks else []
+    # Every block the encoder declares (`block_classes`: both towers of a dual encoder), not only `blocks()`.
+    block_classes = tuple(vlm.encoder.block_classes())
+    units: list[nn.Module] = (
+        [m for m in vlm.encoder.modules() if isinstance(m, block_classes)] if wrap_vision_blocks else []
+    )
     units.append(vlm.connector)
     units += [m for m in vlm.llm.modules() if isinstance(m, classes)]
     return [*units, vlm]

@@ -33,6 +33,7 @@ SPEC_MAX_NEW_TOKENS = {
     "activitynet_qa": 512,
     "videochatgpt": 512,
     "synthetic": 8,
+    "synthetic_video": 8,
 }
 
 
