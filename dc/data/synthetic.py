@@ -30,13 +30,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 from tqdm import tqdm
+
+from dc.utils.files import publish_dir
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40)}
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -152,9 +152,7 @@ def generate(
     root = Path(root)
     if _complete(root):
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
-    try:
+    with publish_dir(root, already_done=lambda: _complete(root)) as tmp:
         (tmp / "images").mkdir()
         rng = random.Random(seed)
 
@@ -173,7 +171,10 @@ def generate(
         pretrain = []
         for k in range(n_pretrain):
             name, objs = scene("pretrain", k)
-            conv = [{"from": "human", "value": "<image>\nDescribe the image briefly."}, {"from": "gpt", "value": caption(objs)}]
+            conv = [
+                {"from": "human", "value": "<image>\nDescribe the image briefly."},
+                {"from": "gpt", "value": caption(objs)},
+            ]
             pretrain.append({"id": f"pretrain-{k}", "image": name, "conversations": conv})
         instruct = []
         for k in range(n_instruct):
@@ -185,11 +186,15 @@ def generate(
         for k in range(n_eval):  # one-shape scenes for the attribute questions
             name, objs = scene("eval", k, 1)
             for cat, q, a in questions(objs)[1:]:
-                held_out.append({"question_id": f"eval-{k}-{cat}", "image": name, "text": q, "answer": a, "category": cat})
+                held_out.append(
+                    {"question_id": f"eval-{k}-{cat}", "image": name, "text": q, "answer": a, "category": cat}
+                )
         for k in range(n_eval):  # scenes of 1, 2, 3, 4, 1, ... shapes for the count question
             name, objs = scene("eval", n_eval + k, 1 + k % 4)
             cat, q, a = questions(objs)[0]
-            held_out.append({"question_id": f"eval-{n_eval + k}-{cat}", "image": name, "text": q, "answer": a, "category": cat})
+            held_out.append(
+                {"question_id": f"eval-{n_eval + k}-{cat}", "image": name, "text": q, "answer": a, "category": cat}
+            )
         bar.close()
         (tmp / "pretrain.json").write_text(json.dumps(pretrain))
         (tmp / "instruct.json").write_text(json.dumps(instruct))
@@ -198,13 +203,4 @@ def generate(
         if sizes:
             done["sizes"] = [list(s) for s in sizes]
         (tmp / "DONE").write_text(json.dumps(done))
-        if _complete(root):  # another process finished first
-            shutil.rmtree(tmp)
-            return root
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root

@@ -35,8 +35,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,7 @@ import numpy as np
 from PIL import Image
 
 from dc.data.synthetic import COLOURS, GRID, IMAGE_SIZE, POSITIONS, SHAPES, Obj, questions, render
+from dc.utils.files import publish_dir
 
 VERSION = 1  # bump when the generated content changes
 FPS = 8
@@ -175,9 +174,7 @@ def generate(root: str | os.PathLike, *, seed: int = 0, n_per_kind: int = 20, mi
     root = Path(root)
     if _complete(root):
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp", dir=root.parent))
-    try:
+    with publish_dir(root, already_done=lambda: _complete(root)) as tmp:
         (tmp / "videos").mkdir()
         rng = random.Random(seed)
         rows = []
@@ -193,13 +190,4 @@ def generate(root: str | os.PathLike, *, seed: int = 0, n_per_kind: int = 20, mi
         (tmp / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (tmp / "DONE").write_text(json.dumps({"version": VERSION, "seed": seed, "n_per_kind": n_per_kind,
                                               "min_frames": min_frames, "max_frames": max_frames}))
-        if _complete(root):  # another process finished first
-            shutil.rmtree(tmp)
-            return root
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return root

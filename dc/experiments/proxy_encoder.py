@@ -22,8 +22,6 @@ import fcntl
 import json
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +33,7 @@ import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from dc.data.synthetic import COLOURS, GRID, SHAPES, Obj, render
+from dc.utils.files import publish_dir
 
 VERSION = 1  # bump when the procedure changes; an older folder is rebuilt
 
@@ -163,15 +162,8 @@ def _build(out: Path, settings: dict[str, Any]) -> Path:
         if step % 50 == 0 or step == steps - 1:
             acc = (logits.argmax(-1) == target).float().mean().item()
             history.append({"step": step, "ce": round(ce.item(), 5), "invariance": round(inv.item(), 5), "acc": acc})
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp", dir=out.parent))
-    try:
+    with publish_dir(out) as tmp:
         model.save_pretrained(tmp)
         done = {"settings": settings, "history": history, "wall_s": round(time.perf_counter() - start, 1)}
         (tmp / "DONE").write_text(json.dumps(done, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

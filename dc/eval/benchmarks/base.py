@@ -163,6 +163,21 @@ class Benchmark(ABC):
     def _skips(self, skips: Sequence[Skip] | None) -> list[Skip]:
         return list(self.last_skips if skips is None else skips)
 
+    def no_ground_truth(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], skips: Iterable[Skip], note: str
+    ) -> dict[str, Any]:
+        """The result when nothing can be scored (ground truth missing): counts kept, no metrics, `note` says why."""
+        return build_result(
+            self.name,
+            records=records,
+            answers=answers,
+            skips=skips,
+            metrics={},
+            main_metric=None,
+            status="no_ground_truth",
+            notes=[note],
+        )
+
     def question_lines(
         self, path: Path, skips: list[Skip], required: tuple[str, ...] = ("question_id", "image", "text")
     ) -> Iterator[dict[str, Any]]:

@@ -109,15 +109,8 @@ class GQA(Benchmark):
         scored = [r for r in records if r.meta.get("answer") is not None]
         skips += [Skip(r.id, "no_ground_truth") for r in records if r.meta.get("answer") is None]
         if not scored:
-            return build_result(
-                self.name,
-                records=records,
-                answers=answers,
-                skips=skips,
-                metrics={},
-                main_metric=None,
-                status="no_ground_truth",
-                notes=["testdev_balanced_questions.json not found or no question matched"],
+            return self.no_ground_truth(
+                records, answers, skips, "testdev_balanced_questions.json not found or no question matched"
             )
         groups: dict[str, dict[str, list[int]]] = {"structural": defaultdict(list), "semantic": defaultdict(list)}
         hits = []

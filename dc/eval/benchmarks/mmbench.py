@@ -202,16 +202,7 @@ class MMBench(Benchmark):
             if r.meta["rotation"] == 0:
                 plain.append(ok)
         if not groups:
-            return build_result(
-                self.name,
-                records=records,
-                answers=answers,
-                skips=skips,
-                metrics={},
-                main_metric=None,
-                status="no_ground_truth",
-                notes=["no 'answer' column values"],
-            )
+            return self.no_ground_truth(records, answers, skips, "no 'answer' column values")
         circ = {g: int(all(v)) for g, v in groups.items()}
         breakdown: dict[str, dict[str, float]] = {}
         for field in ("category", "l2_category"):

@@ -179,15 +179,8 @@ class MME(Benchmark):
             per_q[r.meta["subtask"]].append(ok)
             per_img[r.meta["subtask"]][r.meta["image_stem"]].append(ok)
         if not per_q:
-            return build_result(
-                self.name,
-                records=records,
-                answers=answers,
-                skips=skips,
-                metrics={},
-                main_metric=None,
-                status="no_ground_truth",
-                notes=["no answer key matched (MME_Benchmark_release_version missing?)"],
+            return self.no_ground_truth(
+                records, answers, skips, "no answer key matched (MME_Benchmark_release_version missing?)"
             )
         breakdown: dict[str, dict[str, float]] = {}
         for sub, oks in per_q.items():

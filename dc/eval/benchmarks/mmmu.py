@@ -214,16 +214,7 @@ class MMMU(Benchmark):
             hits["subject"][r.meta["subject"]].append(ok)
             hits["discipline"][SUBJECT_TO_DISCIPLINE.get(r.meta["subject"], "unknown")].append(ok)
         if not hits:
-            return build_result(
-                self.name,
-                records=records,
-                answers=answers,
-                skips=skips,
-                metrics={},
-                main_metric=None,
-                status="no_ground_truth",
-                notes=["no answers in the data file"],
-            )
+            return self.no_ground_truth(records, answers, skips, "no answers in the data file")
         breakdown = {g: {k: pct(sum(v), len(v)) for k, v in sorted(d.items())} for g, d in hits.items() if g != "all"}
         all_hits = hits["all"]["all"]
         return build_result(

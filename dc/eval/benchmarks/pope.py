@@ -164,15 +164,8 @@ class POPE(Benchmark):
             if rs:
                 breakdown[split] = pope_metrics([pope_yes_no(answers[r.id]) for r in rs], [r.meta["label"] for r in rs])
         if not breakdown:
-            return build_result(
-                self.name,
-                records=records,
-                answers=answers,
-                skips=skips,
-                metrics={},
-                main_metric=None,
-                status="no_ground_truth",
-                notes=["no labelled, answered questions (coco/coco_pope_*.json missing?)"],
+            return self.no_ground_truth(
+                records, answers, skips, "no labelled, answered questions (coco/coco_pope_*.json missing?)"
             )
         keys = ("f1", "accuracy", "precision", "recall", "yes_ratio")
         metrics = {k: sum(b[k] for b in breakdown.values()) / len(breakdown) for k in keys}

@@ -128,16 +128,7 @@ class ScienceQA(Benchmark):
         scored = [r for r in records if r.meta.get("answer")]
         skips += [Skip(r.id, "no_ground_truth") for r in records if not r.meta.get("answer")]
         if not scored:
-            return build_result(
-                self.name,
-                records=records,
-                answers=answers,
-                skips=skips,
-                metrics={},
-                main_metric=None,
-                status="no_ground_truth",
-                notes=["problems.json not found"],
-            )
+            return self.no_ground_truth(records, answers, skips, "problems.json not found")
         hits: dict[str, list[int]] = defaultdict(list)
         for r in scored:
             letter = parse_sqa_letter(answers.get(r.id, ""))

@@ -143,16 +143,7 @@ class SEEDBench(Benchmark):
             hits["data_type"][r.meta.get("data_type") or "unknown"].append(ok)
             hits["question_type"][r.meta.get("question_type") or "unknown"].append(ok)
         if not hits:
-            return build_result(
-                self.name,
-                records=records,
-                answers=answers,
-                skips=skips,
-                metrics={},
-                main_metric=None,
-                status="no_ground_truth",
-                notes=["SEED-Bench.json not found"],
-            )
+            return self.no_ground_truth(records, answers, skips, "SEED-Bench.json not found")
         dt = hits["data_type"]
         metrics = {
             f"accuracy_{k}" if k != "all" else "accuracy": pct(sum(dt[k]), len(dt[k]))

@@ -115,15 +115,8 @@ class TextVQA(Benchmark):
         scored = [r for r in records if r.meta.get("answers")]
         skips += [Skip(r.id, "no_ground_truth") for r in records if not r.meta.get("answers")]
         if not scored:
-            return build_result(
-                self.name,
-                records=records,
-                answers=answers,
-                skips=skips,
-                metrics={},
-                main_metric=None,
-                status="no_ground_truth",
-                notes=[f"no annotation matched ({self.annotation_file.name} missing?)"],
+            return self.no_ground_truth(
+                records, answers, skips, f"no annotation matched ({self.annotation_file.name} missing?)"
             )
         accs = [vqa_accuracy(answers.get(r.id, ""), r.meta["answers"]) for r in scored]
         return build_result(

@@ -146,18 +146,12 @@ class VQAv2(Benchmark):
         skips = self._skips(skips)
         scored = [r for r in records if r.meta.get("answers")]
         if not scored:
-            return build_result(
-                self.name,
-                records=records,
-                answers=answers,
-                skips=skips,
-                metrics={},
-                main_metric=None,
-                status="no_ground_truth",
-                notes=[
-                    "no annotations for these questions (test-dev is scored by EvalAI): "
-                    "use write_submission and upload the JSON"
-                ],
+            return self.no_ground_truth(
+                records,
+                answers,
+                skips,
+                "no annotations for these questions (test-dev is scored by EvalAI): "
+                "use write_submission and upload the JSON",
             )
         skips += [Skip(r.id, "no_ground_truth") for r in records if not r.meta.get("answers")]
         by_type: dict[str, list[float]] = defaultdict(list)
