@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -222,9 +221,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         return run_benchmark(cfg)
     import wandb
 
-    from dc.training.loggers import wandb_has_credentials
+    from dc.training.loggers import wandb_mode
 
-    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_credentials() else "offline")
     run = wandb.init(
         project=wandb_cfg.get("project", "dense-connector"),
         group=wandb_cfg.get("group"),
@@ -232,7 +230,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         job_type="eval",
         dir=str(cfg.paths.output_dir),
         config=OmegaConf.to_container(cfg, resolve=True),
-        mode=mode,
+        mode=wandb_mode(),
     )
     failed = True
     try:

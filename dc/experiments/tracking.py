@@ -13,15 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from dc.training.loggers import use_run_data_dir, wandb_has_credentials, wandb_kwargs
-
-
-def _mode() -> str | None:
-    import os
-
-    if os.environ.get("WANDB_MODE"):
-        return None  # wandb reads it itself
-    return "online" if wandb_has_credentials() else "offline"
+from dc.training.loggers import use_run_data_dir, wandb_kwargs, wandb_mode
 
 
 def log_point(node: DictConfig, out_dir: Path, name: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +41,7 @@ def log_point(node: DictConfig, out_dir: Path, name: str, record: dict[str, Any]
         dir=str(out_dir),
         id=extra.get("id"),
         resume=extra.get("resume", "allow"),
-        mode=_mode(),
+        mode=wandb_mode(),
         config={**record["fields"], "overrides": record.get("overrides", [])},
     )
     try:
@@ -104,7 +96,7 @@ def log_collected(sweep_dir: Path, collected: dict[str, Any], project: str = "de
         name=f"collect-{sweep_dir.name}",
         job_type="collect",
         dir=str(out_dir),
-        mode=_mode(),
+        mode=wandb_mode(),
         config={"sweep": str(sweep_dir), "metrics": table["metrics"]},
     )
     try:

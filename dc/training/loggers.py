@@ -98,14 +98,32 @@ def run_fields(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+_ENV_MODES = {"dryrun": "offline", "run": "online"}  # WANDB_MODE's legacy values -> wandb.init's `mode`
+
+
+def wandb_mode() -> str:
+    """The `mode` for wandb.init: `WANDB_MODE` when set, else online with credentials and offline without.
+
+    Always passed explicitly: wandb reads its environment once per process, so a WANDB_MODE set later (by the user,
+    or by Lightning's `offline=True`, which sets it to "dryrun") would be unseen after an earlier wandb use.
+    """
+    env_mode = os.environ.get("WANDB_MODE")
+    if env_mode:
+        return _ENV_MODES.get(env_mode, env_mode)
+    return "online" if wandb_has_credentials() else "offline"
+
+
 def wandb_kwargs(node: DictConfig, output_dir: Path, resuming: bool) -> dict[str, Any]:
     """Extra `WandbLogger` arguments: offline mode, group and a stable run id."""
     extra: dict[str, Any] = {}
-    if "WANDB_MODE" not in os.environ and not wandb_has_credentials():
+    extra["mode"] = wandb_mode()
+    if "WANDB_MODE" not in os.environ and extra["mode"] == "offline":
         extra["offline"] = True
         log.info("no wandb credentials: logging offline (sync later with `wandb sync`)")
-    if node.get("group") is None and not os.environ.get("WANDB_RUN_GROUP"):
-        group = _hydra_group()
+    if node.get("group") is None:
+        # passed explicitly: wandb reads its environment once per process, so a variable set after an earlier
+        # wandb use in the same process would otherwise be ignored
+        group = os.environ.get("WANDB_RUN_GROUP") or _hydra_group()
         if group:
             extra["group"] = group
     if node.get("id") is None and node.get("version") is None:

@@ -32,10 +32,14 @@ def test_offline_without_credentials_and_stable_id(
 ) -> None:
     assert not wandb_has_credentials()
     first = wandb_kwargs(NODE, tmp_path / "run", resuming=False)
-    assert first["offline"] is True
+    assert first["offline"] is True and first["mode"] == "offline"
     assert (tmp_path / "run" / "wandb_id.txt").read_text() == first["id"]
     again = wandb_kwargs(NODE, tmp_path / "run", resuming=True)
     assert again["id"] == first["id"] and again["resume"] == "allow"
+    monkeypatch.setenv("WANDB_RUN_GROUP", "sweep-7")  # from the launch script, passed on explicitly
+    assert wandb_kwargs(NODE, tmp_path / "run4", resuming=False)["group"] == "sweep-7"
+    assert "group" not in wandb_kwargs(OmegaConf.merge(NODE, {"group": "mine"}), tmp_path / "run5", resuming=False)
+    monkeypatch.delenv("WANDB_RUN_GROUP")
 
     home = tmp_path / "home"
     home.mkdir()
@@ -43,9 +47,13 @@ def test_offline_without_credentials_and_stable_id(
     (home / ".netrc").chmod(0o600)
     assert wandb_has_credentials()
     assert "offline" not in wandb_kwargs(NODE, tmp_path / "run2", resuming=False)
-    monkeypatch.setenv("WANDB_MODE", "disabled")  # an explicit mode always wins
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # an explicit mode always wins, passed on to wandb.init
     (home / ".netrc").unlink()
-    assert "offline" not in wandb_kwargs(NODE, tmp_path / "run3", resuming=False)
+    third = wandb_kwargs(NODE, tmp_path / "run3", resuming=False)
+    assert "offline" not in third and third["mode"] == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "dryrun")  # what Lightning's offline=True leaves in the environment
+    assert wandb_kwargs(NODE, tmp_path / "run3", resuming=False)["mode"] == "offline"
+    monkeypatch.delenv("WANDB_MODE")
 
 
 def _cfg(out: Path, data_dir: Path, *overrides: str):
@@ -69,6 +77,8 @@ def test_failed_run_is_finished_and_the_next_run_is_new(
     no_credentials: None, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb.teardown()
+    wandb.setup()  # an earlier wandb use in this process: wandb has read its environment, without the group
     monkeypatch.setenv("WANDB_RUN_GROUP", "sweep-x")
     crash = [
         "+callbacks.crash._target_=dc.training.callbacks.CrashAtStep",
