@@ -14,7 +14,7 @@
 #                   padded loss and gradients in bf16 and fp32; FSDP2 bf16-mixed on one GPU through train.py,
 #                   killed after a sharded checkpoint, resumed, compared with the uninterrupted run
 #   3. eval throughput (limit 75 s) 7B-shaped random VLM generating: tokens/s, batch size, peak memory
-#   4. bench part 1 (~3 min, limit 200 s)  calibration GEMM, ~1B + CLIP-L + DCI training-like MFU in 5 variants
+#   4. bench part 1 (~3 min, limit 200 s)  calibration GEMM, ~1B + CLIP-L + DCI training-like MFU in 6 variants
 #   5. bench part 2 (~2.5 min, limit 150 s) loss variants, attention variants, P3 at 7B, 7B memory feasibility
 # Afterwards (on any machine): python -m dc.bench --from-json docs/benchmarks.json \
 #     --gpu-json <OUT>/gpu_part1.json <OUT>/gpu_part2.json --out docs/benchmarks.md

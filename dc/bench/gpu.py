@@ -221,6 +221,7 @@ MFU_VARIANTS = {
         "llm.activation_checkpointing=selective",
         "llm.compile=true",
     ),
+    "packed_none_compiled": ("llm.attention=unpadded", "llm.activation_checkpointing=none", "llm.compile=true"),
 }
 
 
