@@ -163,10 +163,17 @@ class Benchmark(ABC):
     def _skips(self, skips: Sequence[Skip] | None) -> list[Skip]:
         return list(self.last_skips if skips is None else skips)
 
-    def no_ground_truth(
-        self, records: Sequence[EvalRecord], answers: Mapping[str, str], skips: Iterable[Skip], note: str
+    def unscored(
+        self,
+        records: Sequence[EvalRecord],
+        answers: Mapping[str, str],
+        skips: Iterable[Skip],
+        status: str,
+        notes: Iterable[str],
     ) -> dict[str, Any]:
-        """The result when nothing can be scored (ground truth missing): counts kept, no metrics, `note` says why."""
+        """The result when nothing can be scored yet (`status` says why: "no_ground_truth", "needs_judge"):
+        counts kept, no metrics.
+        """
         return build_result(
             self.name,
             records=records,
@@ -174,9 +181,15 @@ class Benchmark(ABC):
             skips=skips,
             metrics={},
             main_metric=None,
-            status="no_ground_truth",
-            notes=[note],
+            status=status,
+            notes=notes,
         )
+
+    def no_ground_truth(
+        self, records: Sequence[EvalRecord], answers: Mapping[str, str], skips: Iterable[Skip], note: str
+    ) -> dict[str, Any]:
+        """`unscored` for a benchmark whose ground truth is missing; `note` says which file."""
+        return self.unscored(records, answers, skips, "no_ground_truth", [note])
 
     def question_lines(
         self, path: Path, skips: list[Skip], required: tuple[str, ...] = ("question_id", "image", "text")

@@ -172,16 +172,7 @@ class LLaVABench(Benchmark):
                 "scoring needs the GPT-4 judge: run llava_bench_judge_requests.jsonl (write_submission) and "
                 "pass the output as judge_responses, or set use_judge=True with the API key"
             )
-            return build_result(
-                self.name,
-                records=records,
-                answers=answers,
-                skips=skips,
-                metrics={},
-                main_metric=None,
-                status="needs_judge",
-                notes=notes,
-            )
+            return self.unscored(records, answers, skips, "needs_judge", notes)
         skips += [Skip(rid, "judge_unparsable") for rid, p in reviews.items() if p is None]
         by_id = {r.id: r for r in records}
         groups: dict[str, list[tuple[float, float]]] = defaultdict(list)

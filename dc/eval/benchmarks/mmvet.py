@@ -162,16 +162,7 @@ class MMVet(Benchmark):
                 "the output as judge_responses, or set use_judge=True with the API key; or upload "
                 "mmvet_results.json to the official evaluator"
             )
-            return build_result(
-                self.name,
-                records=records,
-                answers=answers,
-                skips=skips,
-                metrics={},
-                main_metric=None,
-                status="needs_judge",
-                notes=notes,
-            )
+            return self.unscored(records, answers, skips, "needs_judge", notes)
         skips += [Skip(rid, "judge_unparsable") for rid, g in grades.items() if g is None]
         caps: dict[str, list[float]] = defaultdict(list)
         by_id = {r.id: r for r in records}

@@ -221,16 +221,7 @@ class VideoQA(Benchmark):
                 f"scoring needs the GPT judge: run {self.name}_judge_requests.jsonl (write_submission) and "
                 "pass the output as judge_responses, or set use_judge=True with the API key"
             )
-            return build_result(
-                self.name,
-                records=records,
-                answers=answers,
-                skips=skips,
-                metrics={},
-                main_metric=None,
-                status="needs_judge",
-                notes=notes,
-            )
+            return self.unscored(records, answers, skips, "needs_judge", notes)
         skips += [Skip(rid, "judge_unparsable", replies[rid][:200]) for rid in parsed if rid not in graded]
         if len(graded) < len(requests):
             notes.append(f"only {len(graded)} of {len(requests)} answers have a judge reply that parses")

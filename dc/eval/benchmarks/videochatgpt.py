@@ -220,16 +220,7 @@ class VideoChatGPTBench(Benchmark):
                 "scoring needs the GPT judge: run videochatgpt_judge_requests.jsonl (write_submission) and "
                 "pass the output as judge_responses, or set use_judge=True with the API key"
             )
-            return build_result(
-                self.name,
-                records=records,
-                answers=answers,
-                skips=skips,
-                metrics={},
-                main_metric=None,
-                status="needs_judge",
-                notes=notes,
-            )
+            return self.unscored(records, answers, skips, "needs_judge", notes)
         skips += [Skip(cid, "judge_unparsable", replies[cid][:200]) for cid, s in scores.items() if s is None]
         metrics = {c: mean(by_criterion[c]) for c in CRITERIA if by_criterion.get(c)}
         if len(metrics) == len(CRITERIA):
