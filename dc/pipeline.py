@@ -83,6 +83,21 @@ def validate(cfg: DictConfig) -> None:
     init = cfg.stage.get("init_connector_from")
     if init and not Path(init).is_file():
         raise FileNotFoundError(f"stage.init_connector_from={init}: no such file (a stage-1 dc checkpoint)")
+    _check_data_files(cfg.get("data") or {})
+
+
+def _check_data_files(data: DictConfig) -> None:
+    """JSON data that no `data.prepare` generates must be there before any model is built."""
+    prepare = data.get("prepare")
+    if data.get("format", "json") != "json" or (prepare is not None and prepare.get("_target_")):
+        return
+    hint = "set DATA_ROOT (or paths.data_dir) to where the datasets live, or the key itself; layout: docs/data.md"
+    train_file = data.get("train_file")
+    if train_file and not Path(train_file).is_file():
+        raise FileNotFoundError(f"data.train_file={train_file}: no such file ({hint})")
+    image_folder = data.get("image_folder")
+    if image_folder and not Path(image_folder).is_dir():
+        raise FileNotFoundError(f"data.image_folder={image_folder}: no such folder ({hint})")
 
 
 def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:

@@ -306,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="rebuild even if a previous run can be continued")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if not Path(args.json).is_file():
+        p.error(f"--json {args.json}: no such file")
+    if not Path(args.image_folder).is_dir():
+        p.error(f"--image-folder {args.image_folder}: no such folder")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     convert(args.json, args.image_folder, args.out, max_size_mb=args.max_size_mb, max_count=args.max_count,
             prefix=args.prefix, workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress)

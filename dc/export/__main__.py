@@ -13,10 +13,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from dc.export.errors import export_user_errors
 from dc.export.hf_llava import save_hf_llava
 from dc.models.builder import build_image_mode
 from dc.models.visual.single import SingleView
 from dc.training.checkpoint import load_vlm
+from dc.utils.cli import errors_as_messages
 from dc.utils.instantiate import model_targets
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
@@ -42,7 +44,8 @@ def export(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=CONFIGS, config_name="export")
 def main(cfg: DictConfig) -> None:
-    out = export(cfg)
+    with errors_as_messages(export_user_errors()):
+        out = export(cfg)
     print(f"exported {cfg.ckpt_path} -> {out} (LlavaForConditionalGeneration.from_pretrained('{out}'))")
 
 

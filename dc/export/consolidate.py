@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
+from dc.export.errors import export_user_errors
 from dc.training.checkpoint import checkpoint_config, keeps_key
+from dc.utils.cli import errors_as_messages
 
 
 def consolidate(folder: str | Path, weights_only: bool = False) -> dict[str, Any]:
@@ -28,6 +30,8 @@ def consolidate(folder: str | Path, weights_only: bool = False) -> dict[str, Any
     from lightning.fabric.utilities.load import _load_distributed_checkpoint
     from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
 
+    if not (Path(folder) / ".metadata").is_file():
+        raise FileNotFoundError(f"{folder}: not a sharded checkpoint folder (no .metadata in it)")
     checkpoint = _load_distributed_checkpoint(Path(folder))
     if "model" in checkpoint:  # FSDP1
         checkpoint = _format_checkpoint(checkpoint)
@@ -61,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output", help="the .ckpt file to write")
     parser.add_argument("--weights-only", action="store_true", help="keep only the weights a checkpoint must hold")
     args = parser.parse_args(argv)
-    print(save_atomic(consolidate(args.folder, weights_only=args.weights_only), args.output))
+    with errors_as_messages(export_user_errors()):
+        print(save_atomic(consolidate(args.folder, weights_only=args.weights_only), args.output))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from dc.export.errors import export_user_errors
 from dc.training.checkpoint import load_vlm
 from dc.training.lora import export_lora
+from dc.utils.cli import errors_as_messages
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,8 +16,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out_dir")
     parser.add_argument("--merge", action="store_true", help="also write the merged LLM (loadable as llm.pretrained)")
     args = parser.parse_args(argv)
-    vlm, _, _ = load_vlm(args.ckpt)
-    print(export_lora(vlm, args.out_dir, merge=args.merge))
+    with errors_as_messages(export_user_errors()):
+        vlm, _, _ = load_vlm(args.ckpt)
+        print(export_lora(vlm, args.out_dir, merge=args.merge))
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
-from dc.export.errors import ExportError
+from dc.export.errors import ExportError, export_user_errors
 from dc.export.reference_io import default_pad, load_state, projector_state, read_config, write_llm
+from dc.utils.cli import errors_as_messages
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONNECTOR_TYPES = ("mlp", "sti", "sci", "dci")
@@ -261,6 +262,8 @@ def import_reference(
         ExportError: a setting dc does not reproduce, an unknown tower without `encoder`, or malformed weights.
     """
     src = Path(src)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: no such directory (a reference Dense Connector model or stage-1 folder)")
     configs = Path(configs_dir) if configs_dir else CONFIGS_DIR
     config = read_config(src)
     if config is not None:
@@ -370,6 +373,11 @@ def main(argv: list[str] | None = None) -> None:
         help="extra train.yaml overrides for dc.ckpt (a stage-1 directory: the base LLM, e.g. llm=vicuna7b)",
     )
     args = parser.parse_args(argv)
+    with errors_as_messages(export_user_errors()):
+        _import_to(args)
+
+
+def _import_to(args: argparse.Namespace) -> None:
     result = import_reference(
         args.src,
         args.out,

@@ -130,3 +130,16 @@ def test_cli(layout, tmp_path):
                  "--workers", "0", "--no-progress"]) == 0
     manifest = json.loads((out / "index.json").read_text())
     assert [s["name"] for s in manifest["shards"]] == ["mix-000000.tar"]
+
+
+def test_command_line_names_a_missing_input(tmp_path, capsys) -> None:
+    (tmp_path / "data.json").write_text("[]")
+    cases = [
+        (["--json", str(tmp_path / "nope.json"), "--image-folder", str(tmp_path)], f"--json {tmp_path}/nope.json"),
+        (["--json", str(tmp_path / "data.json"), "--image-folder", str(tmp_path / "imgs")], "--image-folder"),
+    ]
+    for argv, named in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            to_shards.main([*argv, "--out", str(tmp_path / "out")])
+        assert exit_info.value.code == 2 and named in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

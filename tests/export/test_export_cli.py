@@ -93,3 +93,26 @@ def test_imported_reference_is_a_dc_checkpoint_eval_and_train_use(train_cfg, tmp
     )
     _, objects = train(cfg)
     assert objects["trainer"].global_step == 1
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "message"),
+    [
+        ("dc.export.consolidate", ["{tmp}/run", "{tmp}/out.ckpt"], "{tmp}/run: not a sharded checkpoint folder"),
+        ("dc.export.lora", ["{tmp}/missing.ckpt", "{tmp}/lora"], "checkpoint {tmp}/missing.ckpt does not exist"),
+        ("dc.export.reference", ["{tmp}/missing", "{tmp}/imported"], "{tmp}/missing: no such directory"),
+    ],
+)
+def test_command_line_errors_are_one_line(
+    module: str, argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib
+
+    (tmp_path / "run").mkdir()  # a folder, but not a sharded checkpoint
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.format(tmp=tmp_path) for a in argv])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message.format(tmp=tmp_path)}") and err.count("\n") == 1
+    assert not (tmp_path / "out.ckpt").exists() and not (tmp_path / "imported").exists()

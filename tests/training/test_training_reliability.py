@@ -103,6 +103,11 @@ def test_bad_index_is_reported_before_any_download(tmp_path: Path) -> None:
     assert "connector.layers[1]=99 is out of range for encoder 'siglip'" in out.stderr
     out, _ = _run(["llm=vicuna7b", "llm.pretrained=/no/such/dir", "encoder=tiny_clip", f"hydra.run.dir={tmp_path}"])
     assert "llm.pretrained=/no/such/dir: no such directory" in out.stderr
+    # data files that nothing generates are checked before the (unreachable) LLM is looked up
+    out, _ = _run(["llm=vicuna7b", "data=llava_instruct", f"paths.data_dir={tmp_path}", f"hydra.run.dir={tmp_path}"])
+    missing = tmp_path / "LLaVA-Instruct" / "llava_v1_5_mix665k.json"
+    assert f"error: data.train_file={missing}: no such file (set DATA_ROOT" in out.stderr
+    assert "llm.pretrained" not in out.stderr
 
 
 def test_config_mistakes_name_the_key(train_cfg, tmp_path: Path) -> None:
