@@ -74,9 +74,9 @@ class LlavaDataModule(L.LightningDataModule):
         resampled: shards: draw shards with replacement (infinite stream cut at `batches_per_epoch`).
         shuffle_buffer: shards: samples in each worker's shuffle buffer.
         pin_memory: pin host memory of batches (GPU training).
-        max_tokens: token budget per micro-batch (`samples × longest` on the records' length estimates): the
-            batch size then adapts to sample lengths, so memory is bounded by tokens (JSON only; see
-            `dc.data.grouping`). None: fixed `batch_size`.
+        max_tokens: token budget per micro-batch (`samples × longest`): the batch size then adapts to sample
+            lengths, so memory is bounded by tokens (see `dc.data.grouping`). JSON: on the records' length
+            estimates; shards: on the real token counts, with `batches_per_epoch` set. None: fixed `batch_size`.
     """
 
     def __init__(
@@ -122,8 +122,11 @@ class LlavaDataModule(L.LightningDataModule):
                 raise ValueError(f"data.{key}={value!r} must be a positive integer")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"data.num_workers={num_workers!r} must be a non-negative integer")
-        if max_tokens is not None and format != "json":
-            raise ValueError("data.max_tokens (token-budgeted batches) is supported with data.format=json only")
+        if max_tokens is not None and format == "shards" and batches_per_epoch is None:
+            raise ValueError(
+                "data.max_tokens with data.format=shards needs data.batches_per_epoch (how many token-budgeted "
+                "batches a pass over the shards gives is not known in advance)"
+            )
         if max_tokens is not None and (type(max_tokens) is not int or max_tokens < max_length):
             raise ValueError(f"data.max_tokens={max_tokens!r} must be an integer >= data.max_length={max_length}")
         if batches_per_epoch is not None and batches_per_epoch < 1:
@@ -274,7 +277,7 @@ class LlavaDataModule(L.LightningDataModule):
             self.shard_urls, self.builder, self.collate, self.batch_size, strict=self.strict, rank=rank,
             world_size=world, batches_per_rank=per_rank, resampled=self.resampled, group=self.group,
             megabatch_factor=self.megabatch_factor, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
-            epoch=epoch, length_hint=hint, expected_counts=self._expected_counts(),
+            epoch=epoch, length_hint=hint, expected_counts=self._expected_counts(), max_tokens=self.max_tokens,
         )
 
     def _expected_counts(self) -> dict[str, int]:

@@ -22,7 +22,9 @@ so short samples travel many to a batch and long ones few (fairseq's batching by
 map-style sampler cuts each pool into micro-batches once per seed (a fixed partition, so every epoch has the same
 number of batches and Lightning's epoch length holds) and shuffles their order every epoch; each global step
 gives its `num_replicas` consecutive (similar-length) micro-batches to the ranks. Lengths are the records'
-estimates (`RecordStore.estimated_lengths`): leave some headroom.
+estimates (`RecordStore.estimated_lengths`): leave some headroom. `group_stream` (shards) cuts each sorted
+megabatch buffer the same way on the samples' real token counts, keeping a last, not yet full cut in the buffer;
+the stream then needs a fixed number of batches per rank (`data.batches_per_epoch`).
 """
 
 from __future__ import annotations
@@ -180,11 +182,27 @@ def _n_images(sample: dict[str, Any]) -> int:
     return sample["n_images"] if "n_images" in sample else sample["pixel_values"].shape[0]
 
 
-def _sorted_batches(buffer: list[dict], batch_size: int, rng: np.random.Generator | None) -> tuple[list[list[dict]], list[dict]]:
-    """Sort `buffer` by length (longest first) and cut into full batches; return (batches, remainder)."""
+def _sorted_batches(
+    buffer: list[dict], batch_size: int, rng: np.random.Generator | None, max_tokens: int | None = None
+) -> tuple[list[list[dict]], list[dict]]:
+    """Sort `buffer` by length (longest first) and cut into full batches; return (batches, remainder).
+
+    With `max_tokens` the cuts are `budget_cuts`; the last cut is the remainder unless it is full (it holds as
+    many samples as its longest allows).
+    """
     buffer = sorted(buffer, key=lambda s: len(s["input_ids"]), reverse=True)
-    full = len(buffer) // batch_size * batch_size
-    batches = [buffer[k : k + batch_size] for k in range(0, full, batch_size)]
+    if max_tokens is None:
+        full = len(buffer) // batch_size * batch_size
+        batches = [buffer[k : k + batch_size] for k in range(0, full, batch_size)]
+    else:
+        lengths = np.array([len(s["input_ids"]) for s in buffer], dtype=np.int64)
+        cuts = budget_cuts(lengths, max_tokens, batch_size)
+        if cuts:
+            start, end = cuts[-1]
+            if end - start < max(1, min(batch_size, max_tokens // max(int(lengths[start]), 1))):
+                cuts = cuts[:-1]
+        batches = [buffer[x:y] for x, y in cuts]
+        full = cuts[-1][1] if cuts else 0
     if rng is not None:
         batches = [batches[k] for k in rng.permutation(len(batches))]
     return batches, buffer[full:]
@@ -198,19 +216,27 @@ def group_stream(
     megabatch_factor: int = 8,
     rng: np.random.Generator | None = None,
     drop_last: bool = False,
+    max_tokens: int | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Group a stream of samples into batches (lists of samples), by modality and length when `group`.
 
     Without `group` the samples are batched in arrival order. At the end of the stream every buffered sample
-    is emitted (the last, mixed-modality batch may be short unless `drop_last`).
+    is emitted (the last, mixed-modality batch may be short unless `drop_last`). `max_tokens`: token-budgeted
+    batches (`samples × longest ≤ max_tokens`, at most `batch_size` samples; lengths are the real token counts).
     """
     if not group:
         batch: list[dict] = []
+        longest = 0
         for s in samples:
+            n = len(s["input_ids"])
+            if batch and max_tokens is not None and (len(batch) + 1) * max(longest, n) > max_tokens:
+                yield batch
+                batch, longest = [], 0
             batch.append(s)
+            longest = max(longest, n)
             if len(batch) == batch_size:
                 yield batch
-                batch = []
+                batch, longest = [], 0
         if batch and not drop_last:
             yield batch
         return
@@ -220,15 +246,15 @@ def group_stream(
         buf = buffers[_n_images(s) > 0]
         buf.append(s)
         if len(buf) >= mega:
-            batches, _ = _sorted_batches(buf, batch_size, rng)
-            buf.clear()
+            batches, rest = _sorted_batches(buf, batch_size, rng, max_tokens)
+            buf[:] = rest  # only a budgeted cut leaves a remainder here (its last, not yet full batch)
             yield from batches
     left: list[dict] = []
     for buf in buffers.values():
-        batches, rest = _sorted_batches(buf, batch_size, rng)
+        batches, rest = _sorted_batches(buf, batch_size, rng, max_tokens)
         yield from batches
         left.extend(rest)
-    batches, rest = _sorted_batches(left, batch_size, None)
+    batches, rest = _sorted_batches(left, batch_size, None, max_tokens)
     yield from batches
     if rest and not drop_last:
         yield rest

@@ -135,6 +135,8 @@ class ShardStream(IterableDataset):
         epoch: first epoch number (the trainer's epoch on resume); each new iteration adds one.
         length_hint: what `len()` reports in one-pass mode (an upper bound), or None if unknown.
         expected_counts: samples per shard path from `index.json` (a shard that yields fewer is a `bad_shard`).
+        max_tokens: token budget per micro-batch (`samples × longest`, real token counts; `batch_size` is then the
+            most samples); needs `batches_per_rank`, since the number of batches a pass gives is not known.
     """
 
     def __init__(
@@ -156,10 +158,16 @@ class ShardStream(IterableDataset):
         epoch: int = 0,
         length_hint: int | None = None,
         expected_counts: dict[str, int] | None = None,
+        max_tokens: int | None = None,
     ) -> None:
         super().__init__()
         if not urls:
             raise ValueError("ShardStream needs at least one shard")
+        if max_tokens is not None and batches_per_rank is None:
+            raise ValueError(
+                "data.max_tokens with data.format=shards needs data.batches_per_epoch (how many token-budgeted "
+                "batches a pass over the shards gives is not known in advance)"
+            )
         if resampled and batches_per_rank is None:
             raise ValueError("data.resampled=true needs a fixed number of batches (data.batches_per_epoch)")
         if world_size > 1 and batches_per_rank is None:
@@ -173,6 +181,7 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer, self.seed = max(1, shuffle_buffer), seed
         self.epoch, self.length_hint = epoch, length_hint
         self.expected_counts = expected_counts or {}
+        self.max_tokens = max_tokens
         self.skip: tuple[int, int] | None = None  # (epoch, batches of this rank to fast-forward), set on resume
         self._iterations = 0
 
@@ -304,7 +313,10 @@ class ShardStream(IterableDataset):
             pending.clear()
             return batch
 
-        groups = group_stream(samples(), self.batch_size, group=self.group, megabatch_factor=self.megabatch_factor, rng=rng)
+        groups = group_stream(
+            samples(), self.batch_size, group=self.group, megabatch_factor=self.megabatch_factor, rng=rng,
+            max_tokens=self.max_tokens,
+        )
         if resume:
             # This role's share of the batches already trained on: regrouped but not decoded, skips not recounted.
             done = resume // n_workers + int(worker < resume % n_workers)

@@ -87,6 +87,29 @@ def test_group_stream_single_modality_and_one_mixed_leftover():
     assert pad(batches) < 0.5 * pad(plain)
 
 
+@pytest.mark.parametrize("group", [True, False])
+def test_group_stream_token_budget(group):
+    """Every batch holds n samples with n × longest ≤ budget and n ≤ batch_size; each sample once; the grouped
+    stream's batches (but the last) are single-modality and full: one more sample would break a limit."""
+    rng = np.random.default_rng(3)
+    samples = [
+        {"input_ids": [1] * int(rng.integers(5, 400)), "pixel_values": torch.zeros(int(rng.random() < 0.6), 3, 2, 2), "k": k}
+        for k in range(301)
+    ]
+    budget, most = 1024, 16
+    batches = list(group_stream(iter(samples), most, group=group, megabatch_factor=4, rng=rng, max_tokens=budget))
+    assert sorted(s["k"] for b in batches for s in b) == list(range(301))
+    for b in batches:
+        assert len(b) <= most and len(b) * max(len(s["input_ids"]) for s in b) <= budget
+    assert len({len(b) for b in batches}) > 3  # the batch size follows the lengths
+    if group:
+        mixed = [b for b in batches[:-2] if len({s["pixel_values"].shape[0] for s in b}) > 1]
+        assert not mixed
+        longest = [max(len(s["input_ids"]) for s in b) for b in batches[:-2]]
+        not_full = [b for b, m in zip(batches[:-2], longest) if len(b) < min(most, budget // m)]
+        assert len(not_full) <= 2  # at most one short remainder per modality, emitted at the end
+
+
 def test_datamodule_batches_are_single_modality_with_real_padding(tmp_path, tokenizer, template, visual):
     """End to end on a tokenised mix: the collate's padding counts agree with the mask, grouped < plain."""
     records = good_records(40, 24)
@@ -177,5 +200,5 @@ def test_datamodule_token_budget(tmp_path, tokenizer, template, visual):
     assert multi and all(len(ids) * max(estimate[i] for i in ids) <= 2048 for ids in multi)
     with pytest.raises(ValueError, match="data.max_tokens=100 must be an integer >= data.max_length=512"):
         LlavaDataModule(**common, max_tokens=100, max_length=512)
-    with pytest.raises(ValueError, match="data.format=json only"):
+    with pytest.raises(ValueError, match="data.format=shards needs data.batches_per_epoch"):  # tests/data/test_data_shards.py
         LlavaDataModule(tokenizer=tokenizer, template=template, visual=visual, format="shards", shards="x", max_tokens=4096)

@@ -129,3 +129,18 @@ def test_lightning_resume_continues_the_shard_stream(shard_dir, tokenizer, templ
     first = fit(2, save=True)
     rest = fit(5, ckpt=str(tmp_path / "ckpt" / "last.ckpt"))
     assert len(full) == 5 and len(first) == 2 and first + rest == full
+
+
+def test_token_budget_on_shards(shard_dir, tokenizer, template, visual):
+    """`data.max_tokens` on shards: every micro-batch within the budget on its real padded width, exactly
+    `batches_per_epoch` batches, more samples per batch for shorter sequences; no epoch length: refused."""
+    root, records = shard_dir
+    with pytest.raises(ValueError, match="data.max_tokens with data.format=shards needs data.batches_per_epoch"):
+        loader(root, tokenizer, template, visual, max_tokens=128)
+    dl = loader(root, tokenizer, template, visual, num_workers=2, batches_per_epoch=10, max_tokens=128)
+    batches = list(dl)
+    assert len(batches) == len(dl) == 10
+    widths = [tuple(b["input_ids"].shape) for b in batches]
+    assert all(n * width <= 128 and n <= 4 for n, width in widths), widths
+    assert len({n for n, _ in widths}) > 1  # the number of samples adapts to the lengths
+    assert {i for b in batches for i in b["ids"]} <= {r["id"] for r in records}
