@@ -3,10 +3,12 @@ on the meta device without loading anything: the config folder is the registry, 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 from dc.models.builder import build_connector, build_image_mode
 
@@ -20,6 +22,30 @@ TRAIN_GROUPS = ("encoder", "connector", "llm", "stage", "data", "image", "traine
 def test_every_train_option_composes(group: str, option: str) -> None:
     cfg = compose_config("train", [f"{group}={option}", *BASE])
     assert group == "experiment" or cfg[group] is not None
+    glued = [v for v in _strings(OmegaConf.to_container(cfg, resolve=False)) if re.search(r"\S# ", v)]
+    assert not glued, f"a YAML comment without a space before '#' became part of a value: {glued}"
+    assert cfg.llm.activation_checkpointing in ("none", "selective", "full")
+
+
+def _strings(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+@pytest.mark.parametrize("trainer", config_options("trainer"))
+@pytest.mark.parametrize("stage", config_options("stage"))
+def test_documented_launch_and_storage_keys_exist(trainer: str, stage: str) -> None:
+    """What scripts/torchrun.sh, the SLURM launcher and docs/training.md pass, without `+`."""
+    overrides = [f"trainer={trainer}", f"stage={stage}", "trainer.devices=8", "trainer.num_nodes=2"]
+    cfg = compose_config("train", [*overrides, "stage.frozen_dtype=float32", *BASE])
+    assert cfg.trainer.num_nodes == 2 and cfg.stage.frozen_dtype == "float32"
+    assert compose_config("train", [f"stage={stage}", *BASE]).stage.frozen_dtype == "auto"
 
 
 @pytest.mark.parametrize("encoder", config_options("encoder"))

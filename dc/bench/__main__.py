@@ -168,8 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": platform.python_version(),
         "total_wall_s": f"{time.perf_counter() - started:.1f}",
     }
-    json_path = write(args.out, meta, figures)
-    print(f"wrote {args.out} and {json_path}")
+    previous = args.out.with_suffix(".json")
+    gpu = json.loads(previous.read_text()).get("gpu") if previous.is_file() else None  # GPU runs are kept
+    json_path = write(args.out, meta, figures, gpu=gpu)
+    print(f"wrote {args.out} and {json_path}" + (f" (kept {len(gpu)} recorded GPU parts)" if gpu else ""))
     return 0
 
 

@@ -123,5 +123,5 @@ def p5_mfu() -> dict[str, Any]:
         "figure": "P5",
         "title": "MFU of a training step (GPU only)",
         "status": "not yet measured",
-        "goal": {"mfu": "see ecosystem-notes §B1/§B4 (LLaVA-1.5 7B ≈ 22–31 %)"},
+        "goal": {"mfu": "LLaVA-1.5 7B is estimated at ≈ 22–31 %"},
     }

@@ -1,4 +1,4 @@
-"""Reading a video (file or folder of extracted frames) as T frames sampled the reference way (reference-spec §6.1).
+"""Reading a video (file or folder of extracted frames) as T frames sampled the reference way.
 
 Decoder: PyAV (`av` on PyPI). Its wheels bundle the FFmpeg libraries (libavcodec, libavformat, libswscale, ...
 inside `av.libs/`), so decoding works offline on a machine with no FFmpeg installed. torchcodec does not: its wheel

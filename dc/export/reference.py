@@ -3,8 +3,7 @@
 A reference directory (`HuanjinYao/DenseConnector-v1.5-*`, or any LLaVA-1.5 one) holds `config.json`
 (`model_type: llava_llama`, the Llama config plus `mm_*` keys), the weights (`*.bin` or `*.safetensors`, possibly
 sharded with an index json) and the tokenizer files; a stage-1 directory holds only `mm_projector.bin` (and
-sometimes `config.json`). `import_reference` maps them onto dc, reproducing the reference's computation
-(reference-spec §1–2), never guessing:
+sometimes `config.json`). `import_reference` maps them onto dc, reproducing the reference's computation, never guessing:
 
 * **Encoder**: `mm_vision_tower` matched *exactly* against the `model.pretrained` ids of `configs/encoder/*.yaml`
   (openai/clip-vit-large-patch14-336 → clip_l336, google/siglip-so400m-patch14-384 → siglip); any other value

@@ -22,7 +22,7 @@ LLAVA_KEYS = (
     "freeze_mm_mlp_adapter", "image_aspect_ratio", "image_grid_pinpoints", "tokenizer_model_max_length",
     "tokenizer_padding_side", "tune_mm_mlp_adapter", "use_mm_proj", "unfreeze_mm_vision_tower", "is_video", "if_pool",
 )  # fmt: skip
-LLAMA3_PAD = "<|reserved_special_token_0|>"  # the reference's Llama-3 pad (reference-spec §3.1)
+LLAMA3_PAD = "<|reserved_special_token_0|>"  # the reference's Llama-3 pad
 
 
 def read_config(src: Path) -> dict[str, Any] | None:

@@ -1,6 +1,6 @@
 """Write directories in the Dense Connector reference's (LLaVA's) layout, for tests of `dc.export.reference`.
 
-The layout is what the reference's training saves (reference-spec §4): a full-model directory has a `config.json`
+The layout is what the reference's training saves: a full-model directory has a `config.json`
 of `model_type: llava_llama` (the Llama config plus `mm_vision_tower`, `mm_hidden_size`,
 `mm_vision_select_layer`, `mm_projector_type`, `mm_dense_connector_type` ...), the weights under LlavaLlama names
 (`model.layers...`, `lm_head.weight`, `model.mm_projector.{0,2}.*`), as one file or shards with an index json, and

@@ -15,6 +15,8 @@ import torch
 
 from dc.bench.__main__ import main
 
+from dc_testing import ROOT
+
 
 @pytest.fixture(autouse=True)
 def _restore_threads():
@@ -99,6 +101,10 @@ def test_verdict_flags_rounds_that_straddle_the_goal() -> None:
 
 def test_memory_and_padding_figures_tiny(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
+    gpu_part = json.loads(
+        (ROOT / "docs" / "gpu" / "gpu_part1.json").read_text()
+    )  # a recorded GPU run must survive a CPU rerun
+    out.with_suffix(".json").write_text(json.dumps({"meta": {}, "figures": [], "gpu": [gpu_part]}))
     assert main(["--mode", "quick", "--tiny", "--only", "P2,P8,P9,P10", "--threads", "1", "--out", str(out)]) == 0
     figures = {f["figure"]: f for f in json.loads(out.with_suffix(".json").read_text())["figures"]}
     p8 = figures["P8"]["values"]
@@ -110,8 +116,9 @@ def test_memory_and_padding_figures_tiny(tmp_path: Path) -> None:
     if p2["status"] == "recorded":  # like for like, from the README table: 613/1406 and 261/460 MiB
         assert p2["like_for_like"]["no_micro_batching"]["tensor_peak"] == pytest.approx(613 / 1406)
         assert p2["like_for_like"]["micro_batch_4"]["tensor_peak"] == pytest.approx(261 / 460)
+    assert json.loads(out.with_suffix(".json").read_text())["gpu"] == [gpu_part]
     md = out.read_text()
-    for needle in ("### P8:", "### P9:", "### P10:", "like for like", "bytes / (T·V)"):
+    for needle in ("### P8:", "### P9:", "### P10:", "like for like", "bytes / (T·V)", "### GPU part 1: NVIDIA H100"):
         assert needle in md
 
 

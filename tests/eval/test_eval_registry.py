@@ -13,7 +13,7 @@ from dc.eval.benchmarks.base import Benchmark
 
 from dc_testing import benchmark_classes, config_options, get_benchmark, load_option
 
-# max_new_tokens per benchmark, from reference-spec §7 (video: §6).
+# max_new_tokens per benchmark, from the reference code's evaluation scripts (video: its video scripts).
 SPEC_MAX_NEW_TOKENS = {
     "gqa": 128,
     "vqav2": 128,
@@ -27,7 +27,7 @@ SPEC_MAX_NEW_TOKENS = {
     "seed": 128,
     "llava_bench": 1024,
     "mmvet": 1024,
-    # video (reference-spec §6.4): the Dense Connector's 512
+    # video (as in the reference code): the Dense Connector's 512
     "msvd_qa": 512,
     "msrvtt_qa": 512,
     "activitynet_qa": 512,

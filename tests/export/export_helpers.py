@@ -1,5 +1,5 @@
 """Helpers for the export tests: tiny dc models from the real configs, offline tokenizers, probe inputs, and the
-reference's computation written out as plain tensor ops (reference-spec §1–2)."""
+reference's computation written out as plain tensor ops (as in the reference code)."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def saved(tokenizer: PreTrainedTokenizerBase, path: Path) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The reference's computation, written from reference-spec §1–2 (HF hidden_states indexing)
+# The reference's computation, written from the reference code (HF hidden_states indexing)
 
 
 def reference_features(

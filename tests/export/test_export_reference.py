@@ -1,5 +1,5 @@
 """Import of reference (LLaVA-layout) directories: the dc model built from the import computes what the reference
-computes, written out here from reference-spec §1–2 on the stock HF tower and Llama; import -> export round trip;
+computes, written out here from the reference code on the stock HF tower and Llama; import -> export round trip;
 stage-1 directories; known hub ids; refusals."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """STI / SCI / DCI against the reference formulas, written out here as plain tensor ops.
 
-The reference (reference-spec §1–§2) is computed from a stock Hugging Face `CLIPVisionModel` /
+The reference is computed from a stock Hugging Face `CLIPVisionModel` /
 `SiglipVisionModel` forward with `output_hidden_states=True`, on tiny random towers with the REAL layer counts
 (24 / 27 blocks) and the REAL patch grids (24×24 / 27×27) but width 32, batch 1, fp32. It is compared with
 (a) `Connector.fuse_hidden_states` on that tuple and (b) our encoder's running-sum path
@@ -38,7 +38,7 @@ TOL = dict(atol=1e-6, rtol=0.0)
 WIDTH = 32
 TOWER = dict(hidden_size=WIDTH, intermediate_size=64, num_attention_heads=4)
 
-# The paper's choices in the HF `hidden_states` convention, hard-coded from reference-spec §1-§2 (not read from
+# The paper's choices in the HF `hidden_states` convention, hard-coded from the reference code (not read from
 # the code under test): final feature, STI/SCI layers, DCI groups (inclusive), prefix tokens dropped.
 REFERENCE = {
     "clip": dict(states=25, final=23, layers=(7, 15), groups=((0, 11), (12, 23)), prefix=1, grid=24),
@@ -79,7 +79,7 @@ def tiny_layout(family: str) -> EncoderLayout:
 
 
 def reference_fusion(kind: str, hidden_states: tuple[torch.Tensor, ...], ref: dict) -> torch.Tensor:
-    """reference-spec §2, written out: drop the prefix, pick / average states, concatenate."""
+    """The reference's fusion, written out: drop the prefix, pick / average states, concatenate."""
     h = [s[:, ref["prefix"] :] for s in hidden_states]
     x = h[ref["final"]]
     a, b = (h[i] for i in ref["layers"])
@@ -169,7 +169,7 @@ def test_fusion_matches_reference_formula(tower, kind):
         fused = connector.fuse(encoder(pixels))
     torch.testing.assert_close(fused, expected, **TOL)
 
-    # reference-spec §11 shape table at the real grids (D = 32 here)
+    # the reference's token counts at the real grids (D = 32 here)
     n = ref["grid"] ** 2
     shapes = {"sti": (1, n + 2 * (n // 8), WIDTH), "sci": (1, n, 3 * WIDTH), "dci": (1, n, 3 * WIDTH)}
     assert fused.shape == shapes[kind]

@@ -93,9 +93,9 @@ def test_frozen_parts_stored_in_the_compute_dtype(stage: str, tmp_path: Path, da
     assert all(p.dtype == torch.bfloat16 for p in module.vlm.encoder.parameters())
     if stage == "lora":
         assert all(p.dtype == torch.float32 for n, p in params.items() if "lora_" in n)
-    opt_out = _module(tmp_path, data_dir, f"stage={stage}", "+stage.frozen_dtype=float32", trainer=trainer)
+    opt_out = _module(tmp_path, data_dir, f"stage={stage}", "stage.frozen_dtype=float32", trainer=trainer)
     assert {p.dtype for p in opt_out.vlm.parameters()} == {torch.float32}
     cpu = _module(tmp_path, data_dir, f"stage={stage}", trainer=SimpleNamespace(precision="32-true", strategy=None))
     assert {p.dtype for p in cpu.vlm.parameters()} == {torch.float32}  # fp32 compute: nothing changes
     with pytest.raises(ValueError, match="stage.frozen_dtype='int8'"):
-        _module(tmp_path, data_dir, f"stage={stage}", "+stage.frozen_dtype=int8", trainer=trainer)
+        _module(tmp_path, data_dir, f"stage={stage}", "stage.frozen_dtype=int8", trainer=trainer)

@@ -10,7 +10,7 @@ folder, its options as keys); nothing else registers it. Usage (the generation r
     bench.write_submission(records, answers, out_dir)
 
 Each module's docstring says where its files go under ``$DATA_ROOT/eval``, the prompt suffix and
-``max_new_tokens`` (reference-spec §7). Shared pieces: :mod:`answers_io` (resumable JSONL answers),
+``max_new_tokens`` (as in the reference code). Shared pieces: :mod:`answers_io` (resumable JSONL answers),
 :mod:`report` (atomic JSON/markdown reports), :mod:`vqa_eval` (VQA normalisation and accuracy).
 """
 

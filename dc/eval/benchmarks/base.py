@@ -41,7 +41,7 @@ class EvalRecord:
         prompt: User-turn text exactly as the model should see it, with ``<image>\\n`` at the front
             when an image is used and the benchmark's prompt suffix at the end.
         image: Image path, list of paths, or ``None`` for text-only prompts.
-        max_new_tokens: Generation budget from reference-spec §7.
+        max_new_tokens: Generation budget from the reference code.
         meta: JSON-serialisable extras (ground truth, category, original question id, ...).
         video: A video file or a folder of its frames, or ``None``. A video is one visual input: the prompt
             holds one ``<image>`` for it and ``image`` is ``None``.
@@ -84,7 +84,7 @@ class Benchmark(ABC):
     name: ClassVar[str] = ""
     prompt_suffix: ClassVar[str | None] = None
     max_new_tokens: ClassVar[int] = 128
-    # Generation settings the runner should use; greedy everywhere except MMMU (reference-spec §7).
+    # Generation settings the runner should use; greedy everywhere except MMMU (as in the reference code).
     generation_kwargs: ClassVar[dict[str, Any]] = {"do_sample": False, "num_beams": 1}
     # Extra passes over the same questions with altered inputs (e.g. "blank" images), scored as `<control>_<metric>`.
     controls: tuple[str, ...] = ()

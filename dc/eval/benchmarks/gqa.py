@@ -7,7 +7,7 @@ Files under ``$DATA_ROOT/eval/gqa`` (LLaVA's eval.zip layout)::
     data/testdev_balanced_questions.json       official questions with answers (also accepted at root)
 
 Prompt: ``<image>\\n{question}\\nAnswer the question using a single word or phrase.`` (the suffix is
-already in the question file); ``max_new_tokens = 128`` (reference-spec §7).
+already in the question file); ``max_new_tokens = 128`` (as in the reference code).
 
 Scoring: prediction = raw text with trailing ``.`` stripped and lower-cased (whitespace trimmed);
 correct iff it equals the official ``answer``. Reports accuracy plus per structural / semantic type.

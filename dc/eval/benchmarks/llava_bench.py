@@ -7,7 +7,7 @@ Files under ``$DATA_ROOT/eval/llava-bench-in-the-wild``::
     answers_gpt4.jsonl     {"question_id", "text"}       (reference answers, "Assistant 1")
     images/<image>
 
-Prompt: ``<image>\\n{question}`` -- no suffix; ``max_new_tokens = 1024`` (reference-spec §7).
+Prompt: ``<image>\\n{question}`` -- no suffix; ``max_new_tokens = 1024`` (as in the reference code).
 
 Judging (LLaVA ``eval_gpt_review_bench``): one request per question with the caption, the question,
 the GPT-4 reference as Assistant 1 and our answer as Assistant 2, plus the ``llava_bench_<category>``

@@ -16,7 +16,7 @@ Prompt (DC's ``model_math_vista.create_one_query``, zero-shot, "solution" hints)
     (A) ...
     (B) ...]
 
-No suffix beyond the hint; ``max_new_tokens = 1024`` (reference-spec §7).
+No suffix beyond the hint; ``max_new_tokens = 1024`` (as in the reference code).
 
 Scoring: extraction + normalisation of :mod:`mathvista_extract`, accuracy overall and per
 question type, answer type, task and skill. The official pipeline extracts answers with GPT after its

@@ -8,7 +8,7 @@ Files under ``$DATA_ROOT/eval/mmbench``::
 
 Prompt (LLaVA model_vqa_mmbench ``--single-pred-prompt``): ``<image>\\n[{hint}\\n]{question}\\nA. {opt}
 \\nB. {opt}...\\nAnswer with the option's letter from the given choices directly.`` (CN suffix
-"请直接回答选项字母。"); ``max_new_tokens = 1024`` (reference-spec §7).
+"请直接回答选项字母。"); ``max_new_tokens = 1024`` (as in the reference code).
 
 Circular evaluation: a question is right only if every rotation of its options is answered right.
 A TSV that already holds rotated copies (OpenCompass convention: rows ``index + k * 1_000_000``,

@@ -10,7 +10,7 @@ Files under ``$DATA_ROOT/eval/MME``::
 
 Prompt: the question-file text with ``<image>\\n`` in front, e.g. ``<image>\\n{question} Please answer
 yes or no.\\nAnswer the question using a single word or phrase.`` (the suffix is appended if missing);
-``max_new_tokens = 128`` (reference-spec §7). Answer keys are looked up by the MME question text
+``max_new_tokens = 128`` (as in the reference code). Answer keys are looked up by the MME question text
 (with "Please answer yes or no.", re-added if the question file dropped it).
 
 Reading an answer (``scoring_rule``, recorded in the result's ``options``):

@@ -23,7 +23,7 @@ Prompt (MMMU's ``configs/llava1.5.yaml`` as YAML parses it, with ``<image>\\n`` 
 multiple-choice ``{question}\\n(A) {opt}\\n(B) {opt}\\n\\nAnswer with the option's letter from the given
 choices directly.``; open ``{question}\\nAnswer the question using a single word or phrase.``;
 ``max_new_tokens = 128``. Generation is *not* greedy here: ``do_sample=True, temperature=1,
-num_beams=5``, seed 42 (``generation_kwargs``; reference-spec §7). Only ``image_1`` is given to the
+num_beams=5``, seed 42 (``generation_kwargs``; the reference code). Only ``image_1`` is given to the
 model.
 
 Samples whose options are images (``option_image_rule``, recorded in the result's ``options``):
@@ -31,7 +31,7 @@ Samples whose options are images (``option_image_rule``, recorded in the result'
 - ``"official"`` (default): generated with ``image_1`` like every other sample, and the answer scored
   normally. The official script has a branch that would answer them without generation, but it is
   never taken: it looks for ``<img='...'>`` in the characters of the dataset's ``options`` *string*
-  (MMMU issue #16; reference-spec §7, corrected 2026-11-27). A sample without ``image_1`` does take
+  (MMMU issue #16). A sample without ``image_1`` does take
   that path in the script (no image to generate with): it gets a random letter (multiple choice) or
   the invalid string (open), recorded in ``meta["answer_override"]``.
 - ``"script_branch"``: the branch as written was meant to work -- a sample whose parsed options hold

@@ -6,7 +6,7 @@ Files under ``$DATA_ROOT/eval/mm-vet``::
     images/v1_<n>.png
     mm-vet.json            official {"v1_<n>": {"question", "answer", "capability": [...]}} (for grading)
 
-Prompt: ``<image>\\n{question}`` -- no suffix; ``max_new_tokens = 1024`` (reference-spec §7).
+Prompt: ``<image>\\n{question}`` -- no suffix; ``max_new_tokens = 1024`` (as in the reference code).
 
 ``write_submission`` writes ``mmvet_results.json`` (``{"v1_<n>": answer}``, what the official
 evaluator takes) and, with ``mm-vet.json`` present, ``mmvet_judge_requests.jsonl`` (OpenAI Batch API

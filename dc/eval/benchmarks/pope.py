@@ -7,7 +7,7 @@ Files under ``$DATA_ROOT/eval/pope``::
     coco/coco_pope_{random,popular,adversarial}.json   JSONL labels {"image", "text", "label": yes|no}
 
 Prompt: ``<image>\\n{question}\\nAnswer the question using a single word or phrase.``;
-``max_new_tokens = 128`` (reference-spec §7).
+``max_new_tokens = 128`` (as in the reference code).
 
 Scoring (per split, "yes" is the positive class): keep the text before the first ``.``, drop commas,
 split on spaces; the answer is "no" if a word is ``No``, ``no`` or ``not``, else "yes". Reports

@@ -8,7 +8,7 @@ Files under ``$DATA_ROOT/eval/scienceqa``::
     pid_splits.json           (not needed: the question file already is the test split)
 
 Prompt: ``<image>\\n{Context/Question/Options text}\\nAnswer with the option's letter from the given
-choices directly.`` (LLaVA ``--single-pred-prompt``); ``max_new_tokens = 1024`` (reference-spec §7).
+choices directly.`` (LLaVA ``--single-pred-prompt``); ``max_new_tokens = 1024`` (as in the reference code).
 
 Parsing (exactly LLaVA's): the trimmed output is a bare letter ``A``-``E``; or starts with
 ``"X. "``; or contains exactly one ``The answer is X`` -- otherwise it fails (counts wrong). Note that

@@ -8,7 +8,7 @@ Files under ``$DATA_ROOT/eval/seed_bench``::
     SEED-Bench-image/...          images; SEED-Bench-video-image/... (LLaVA's middle frames of videos)
 
 Prompt: the question file text (options and ``Answer with the option's letter from the given choices
-directly.`` already in it), ``<image>\\n`` in front; ``max_new_tokens = 128`` (reference-spec §7).
+directly.`` already in it), ``<image>\\n`` in front; ``max_new_tokens = 128`` (as in the reference code).
 
 Scoring (``scoring_rule``, recorded in the result's ``options``):
 

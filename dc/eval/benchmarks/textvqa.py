@@ -8,8 +8,8 @@ Files under ``$DATA_ROOT/eval/textvqa``::
     TextVQA_0.5.1_val.json             official annotations {"data": [{image_id, question, answers}]}
 
 Prompt: ``<image>\\n{question}\\nReference OCR token: ...\\nAnswer the question using a single word or
-phrase.``; ``max_new_tokens = 128`` (reference-spec §7). The paper numbers use the OCR tokens
-(ecosystem-notes §A8); ``ocr=False`` removes the ``Reference OCR token:`` line from the prompt (or
+phrase.``; ``max_new_tokens = 128`` (as in the reference code). The paper numbers use the OCR tokens
+(as lmms-eval and LLaVA do); ``ocr=False`` removes the ``Reference OCR token:`` line from the prompt (or
 point ``question_file`` at a file without it).
 
 Scoring: LLaVA's question file keys questions by *image* id, so ground truth is matched on

@@ -1,4 +1,4 @@
-"""Zero-shot open-ended video QA judged by GPT: MSVD-QA, MSRVTT-QA, ActivityNet-QA (reference-spec §6.5).
+"""Zero-shot open-ended video QA judged by GPT: MSVD-QA, MSRVTT-QA, ActivityNet-QA (as in the reference code).
 
 The files are Video-ChatGPT's "GPT_Zero_Shot_QA" downloads (also shipped by Video-LLaVA and used by FreeVA and the
 Dense Connector). Each dataset's folder, renamed::

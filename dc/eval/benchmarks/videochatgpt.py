@@ -1,4 +1,4 @@
-"""Video-ChatGPT's generative benchmark: five GPT-judged 0-5 scores (reference-spec §6.5).
+"""Video-ChatGPT's generative benchmark: five GPT-judged 0-5 scores (as in the reference code).
 
 Files (Video-ChatGPT's benchmark download, the Dense Connector's ``GPT_Zero_Shot_QA`` layout) under
 ``$DATA_ROOT/eval/videochatgpt``::

@@ -9,7 +9,7 @@ Files under ``$DATA_ROOT/eval/vqav2``::
     v2_mscoco_val2014_annotations.json          /  official files, images from val2014/
 
 Prompt: ``<image>\\n{question}\\nAnswer the question using a single word or phrase.``;
-``max_new_tokens = 128`` (reference-spec §7).
+``max_new_tokens = 128`` (as in the reference code).
 
 Scoring (``scoring_rule``, recorded in the result's ``options``):
 

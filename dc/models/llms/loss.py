@@ -1,7 +1,7 @@
 """Causal-LM loss as HF's `ForCausalLM(..., labels=...).loss`, without ever building the [B, S, V] logits.
 
 HF's loss builds logits [B, S, V] in the model dtype, upcasts them to fp32 and runs `cross_entropy` over every
-position: about 13.5 bytes per token x vocabulary element at peak (≈ 53 GiB for a 16 x 2048 batch at Llama-3's
+position: about 14 bytes per token x vocabulary element at peak (measured 14.0; ≈ 55 GiB for a 16 x 2048 batch at Llama-3's
 128,256 vocabulary). `causal_lm_loss` instead runs the decoder without its lm_head, shifts the labels as HF does,
 keeps only the supervised positions (typically a fraction of the batch), so the lm_head runs on those rows alone,
 and computes their cross-entropy with `linear_cross_entropy` (chunked; see `dc.models.llms.linear_ce`).

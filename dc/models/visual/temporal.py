@@ -1,4 +1,4 @@
-"""Temporal aggregation of a video's per-frame visual tokens, applied after the projector (reference-spec §6.3).
+"""Temporal aggregation of a video's per-frame visual tokens, applied after the projector (as in the reference code).
 
 Each of the T frames goes through the encoder and the connector as one image, giving `[T, N, D]` (N tokens per
 frame in raster order, D the LLM width). The video then becomes one token sequence by one of:
@@ -72,7 +72,7 @@ def temporal_aggregate(frames: torch.Tensor, mode: str = "pool") -> torch.Tensor
     if mode == "concat":
         return frames.reshape(*lead, t * n, d)
     # Pairs of consecutive tokens, an odd last token dropped: the same values as max_pool1d(kernel 2, stride 2) on
-    # the token axis, in any dtype. reshape, not view: the input may be non-contiguous (reference-spec §6.6).
+    # the token axis, in any dtype. reshape, not view: the input may be non-contiguous.
     half = n // 2
     pairs = frames[..., : 2 * half, :].reshape(*lead, t, half, 2, d)
     return pairs.amax(dim=-2).reshape(*lead, t * half, d)

@@ -13,7 +13,7 @@ LLAMA_3_SYSTEM = (
     "You are a helpful language and vision assistant. You are able to understand the visual content that the "
     "user provides, and assist the user with a variety of tasks using natural language."
 )
-"""System prompt of the Dense Connector / LLaVA-Llama-3 template (reference-spec §3.1)."""
+"""System prompt of the Dense Connector / LLaVA-Llama-3 template (as in the reference code)."""
 
 
 class Llama3(ChatTemplate):
@@ -54,7 +54,7 @@ class Llama3DC(Llama3):
     """Llama-3 as the Dense Connector reference wrote it: assistant turns under the **system** header.
 
     HJYao00/DenseConnector's `conv_llama_3` uses `<|start_header_id|>system<|end_header_id|>\\n\\n` as the
-    assistant role (reference-spec §3.1). The released DC Llama3-8B checkpoint was trained and evaluated that
+    assistant role (as in the reference code). The released DC Llama3-8B checkpoint was trained and evaluated that
     way, so use this template to fine-tune or evaluate it; use `llama_3` for anything trained here from scratch.
     """
 
