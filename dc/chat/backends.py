@@ -30,6 +30,7 @@ from dc.chat.preflight import model_source
 from dc.constants import IMAGE_PLACEHOLDER
 from dc.data.collate import Collator
 from dc.data.records import expand_visual_tokens
+from dc.eval.generate import generate_batch
 from dc.eval.models import DCModel, HFLlavaModel, InferenceModel, VideoSettings, Visual
 from dc.models.llms.templates import HUMAN
 from dc.utils.instantiate import instantiate, trusted_prefixes
@@ -119,19 +120,8 @@ class DCBackend(ChatBackend):
     def generate(self, sample: dict[str, Any], max_new_tokens: int, **settings: Any) -> torch.Tensor:
         vlm = self.model.vlm
         batch = Collator(self.tokenizer.pad_token_id, padding_side="left")([sample])
-        device = next(vlm.llm.parameters()).device
-        dtype = next(vlm.connector.parameters()).dtype
-        pixels = batch["pixel_values"].to(device, dtype) if batch["pixel_values"] is not None else None
-        out = vlm.generate(
-            batch["input_ids"].to(device),
-            batch["attention_mask"].to(device),
-            pixels,
-            max_new_tokens,
-            vlm.llm.template.stop_token_ids(self.tokenizer),
-            visual=batch["visual"],
-            **settings,
-        )
-        return out[0]
+        stop = vlm.llm.template.stop_token_ids(self.tokenizer)
+        return generate_batch(vlm, batch, max_new_tokens, stop, **settings)[0]
 
 
 def _message_content(text: str) -> list[dict[str, str]]:

@@ -43,6 +43,25 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 @torch.no_grad()
+def generate_batch(
+    vlm: VLM, batch: dict[str, Any], max_new_tokens: int, stop: Sequence[int], **generation: Any
+) -> torch.Tensor:
+    """Generated ids [B, new] for one left-padded collated batch, moved to the model's device and dtype."""
+    device = next(vlm.llm.parameters()).device
+    dtype = next(vlm.connector.parameters()).dtype
+    pixels = batch["pixel_values"].to(device, dtype) if batch["pixel_values"] is not None else None
+    return vlm.generate(
+        batch["input_ids"].to(device),
+        batch["attention_mask"].to(device),
+        pixels,
+        max_new_tokens,
+        stop,
+        visual=batch["visual"],
+        **generation,
+    )
+
+
+@torch.no_grad()
 def generate_texts(
     vlm: VLM,
     samples: Sequence[dict[str, Any]],
@@ -58,24 +77,12 @@ def generate_texts(
     tok = vlm.llm.tokenizer
     collate = Collator(tok.pad_token_id, padding_side="left")
     stop = vlm.llm.template.stop_token_ids(tok)
-    device = next(vlm.llm.parameters()).device
-    dtype = next(vlm.connector.parameters()).dtype
     answers: list[str] = []
     was_training = vlm.training
     vlm.eval()
     try:
         for chunk in _batches(samples, batch_size):
-            batch = collate(list(chunk))
-            pixels = batch["pixel_values"].to(device, dtype) if batch["pixel_values"] is not None else None
-            out = vlm.generate(
-                batch["input_ids"].to(device),
-                batch["attention_mask"].to(device),
-                pixels,
-                max_new_tokens,
-                stop,
-                visual=batch["visual"],
-                **generation,
-            )
+            out = generate_batch(vlm, collate(list(chunk)), max_new_tokens, stop, **generation)
             answers.extend(tok.decode(row, skip_special_tokens=True).strip() for row in out)
     finally:
         vlm.train(was_training)
