@@ -1,20 +1,16 @@
 """Train a Dense Connector VLM: `python train.py connector=dci encoder=siglip llm=vicuna7b stage=finetune`."""
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 from dc.pipeline import optimized_metric, train, user_errors
+from dc.utils.cli import errors_as_messages
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
+    with errors_as_messages(user_errors()):  # the message names the key and the fix: no traceback
         metrics, _ = train(cfg)
-    except user_errors() as err:  # the message names the key and the fix: no traceback
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
     return optimized_metric(cfg, metrics)  # the value a Hydra sweeper optimises (`optimized_metric=<key>`)
 
 

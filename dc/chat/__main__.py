@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from dc.chat.preflight import preflight
+from dc.utils.cli import errors_as_messages
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")
 SHORTHANDS = {"image=": "image_file=", "video=": "video_file="}
@@ -39,17 +40,22 @@ def expand_shorthands(args: list[str]) -> list[str]:
 @hydra.main(version_base="1.3", config_path=CONFIGS, config_name="chat")
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    with errors_as_messages((ValueError, FileNotFoundError)):
         preflight(cfg)  # a wrong path fails here, before torch loads
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
     from dc.chat.inputs import ChatError
     from dc.models.hub import PretrainedNotFoundError
     from dc.training.checkpoint import UnsafeCheckpointError
     from dc.utils.instantiate import UntrustedTargetError
 
-    try:
+    errors = (
+        ChatError,
+        FileNotFoundError,
+        PretrainedNotFoundError,
+        UnsafeCheckpointError,
+        UntrustedTargetError,
+        ValueError,
+    )
+    with errors_as_messages(errors):
         if cfg.mode == "web":
             from dc.chat.web import serve
 
@@ -58,16 +64,6 @@ def main(cfg: DictConfig) -> None:
             from dc.chat.cli import run
 
             status = run(cfg)
-    except (
-        ChatError,
-        FileNotFoundError,
-        PretrainedNotFoundError,
-        UnsafeCheckpointError,
-        UntrustedTargetError,
-        ValueError,
-    ) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
     raise SystemExit(status)
 
 
