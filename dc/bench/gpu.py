@@ -21,6 +21,7 @@ each one, so a timeout keeps what finished. `--tiny` runs the same code at toy s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import gc
 import json
@@ -46,12 +47,14 @@ from dc.models.builder import build_vlm as build_from_config
 from dc.models.llms.layout import token_layout
 from dc.models.visual import VisualMeta
 from dc.training.fsdp2 import shard_vlm
+from dc.training.optim import adamw_impl_kwargs
 from dc.training.precision import store_frozen
 from dc.training.stages import apply_freezing
 from dc.training.throughput import PEAK_BF16_FLOPS, flops_spec
 from dc.utils.memtrack import LiveTensorBytes
 
 MFU_GOAL = 0.45  # torchtitan convention, ~1B shape, training-like setup, H100
+PROFILED = "packed_none_compiled_fused_enc"  # the variant `profile_1b` breaks down
 
 
 # --- plumbing -----------------------------------------------------------------------------------------------------
@@ -211,70 +214,115 @@ def calibration(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {"gemm": f"{n}x{n}x{n} bf16", "tflops": rate / 1e12, "vs_h100_sxm_peak": rate / PEAK_BF16_FLOPS["h100_sxm"]}
 
 
+@dataclasses.dataclass(frozen=True)
+class MfuVariant:
+    """One `mfu_1b` configuration: model config overrides plus the optimizer kernel and gradient accumulation.
+
+    `accumulate_samples`: micro-batches are accumulated into optimizer steps of about this many samples (LLaVA's
+    stage-2 global batch is 128), a fixed count per step as Lightning's `accumulate_grad_batches`; gradients are
+    reduce-scattered once per step (`trainer.strategy.reduce_grads_per=step`). None: one optimizer step per
+    micro-batch (the earlier variants).
+    """
+
+    overrides: tuple[str, ...]
+    optimizer_impl: str = "foreach"
+    accumulate_samples: int | None = None
+
+
+_PACKED_NONE_COMPILED = ("llm.attention=unpadded", "llm.activation_checkpointing=none", "llm.compile=true")
+_ENCODER_COMPILED = ("encoder.model.compile=true",)
 MFU_VARIANTS = {
-    "packed_selective": ("llm.attention=unpadded", "llm.activation_checkpointing=selective"),
-    "packed_none": ("llm.attention=unpadded", "llm.activation_checkpointing=none"),
-    "packed_full": ("llm.attention=unpadded", "llm.activation_checkpointing=full"),
-    "padded_selective": ("llm.attention=padded", "llm.activation_checkpointing=selective"),
-    "packed_selective_compiled": (
-        "llm.attention=unpadded",
-        "llm.activation_checkpointing=selective",
-        "llm.compile=true",
+    "packed_selective": MfuVariant(("llm.attention=unpadded", "llm.activation_checkpointing=selective")),
+    "packed_none": MfuVariant(("llm.attention=unpadded", "llm.activation_checkpointing=none")),
+    "packed_full": MfuVariant(("llm.attention=unpadded", "llm.activation_checkpointing=full")),
+    "padded_selective": MfuVariant(("llm.attention=padded", "llm.activation_checkpointing=selective")),
+    "packed_selective_compiled": MfuVariant(
+        ("llm.attention=unpadded", "llm.activation_checkpointing=selective", "llm.compile=true")
     ),
-    "packed_none_compiled": ("llm.attention=unpadded", "llm.activation_checkpointing=none", "llm.compile=true"),
+    "packed_none_compiled": MfuVariant(_PACKED_NONE_COMPILED),
+    "packed_none_compiled_fused": MfuVariant(_PACKED_NONE_COMPILED, optimizer_impl="fused"),
+    "packed_none_compiled_fused_enc": MfuVariant(_PACKED_NONE_COMPILED + _ENCODER_COMPILED, optimizer_impl="fused"),
+    "packed_none_compiled_fused_enc_acc128": MfuVariant(
+        _PACKED_NONE_COMPILED + _ENCODER_COMPILED, optimizer_impl="fused", accumulate_samples=128
+    ),
+    "packed_selective_compiled_fused_enc_acc128": MfuVariant(
+        ("llm.attention=unpadded", "llm.activation_checkpointing=selective", "llm.compile=true", *_ENCODER_COMPILED),
+        optimizer_impl="fused",
+        accumulate_samples=128,
+    ),
 }
 
 
-def mfu_variant(
-    cfg: dict[str, Any], device: torch.device, overrides: tuple[str, ...], calibrated: float | None
-) -> dict[str, Any]:
-    """Train steps of the ~1B VLM with `overrides`; tokens/s, MFU (both conventions), HFU, peak memory."""
-    _free(device)
-    started = time.perf_counter()
-    vlm, spec = build_training_vlm(cfg, device, *overrides)
-    packed = "llm.attention=unpadded" in overrides
-    batches = [vlm_batch(vlm, lens, device, packed=packed, seed=k) for k, lens in enumerate(budget_batches(cfg, 4))]
+def _training_setup(
+    cfg: dict[str, Any], device: torch.device, variant: MfuVariant
+) -> tuple[Any, Any, list[list[dict[str, Any]]], Callable[[list[dict[str, Any]]], None]]:
+    """The sharded VLM, its FLOP spec, the optimizer steps (lists of micro-batches) and a `step(micro_batches)`."""
+    vlm, spec = build_training_vlm(cfg, device, *variant.overrides)
+    packed = "llm.attention=unpadded" in variant.overrides
+    lengths = budget_batches(cfg, 4 if variant.accumulate_samples is None else 16)
+    micro = [vlm_batch(vlm, lens, device, packed=packed, seed=k) for k, lens in enumerate(lengths)]
+    per_step = 1
+    if variant.accumulate_samples is not None:
+        mean_samples = float(np.mean([len(lens) for lens in lengths]))
+        per_step = max(1, min(len(micro), round(variant.accumulate_samples / mean_samples)))
+    steps = [micro[i : i + per_step] for i in range(0, len(micro) - per_step + 1, per_step)]
     params = [p for p in vlm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5)
+    opt = torch.optim.AdamW(params, lr=1e-5, **adamw_impl_kwargs(params, variant.optimizer_impl))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16)
-    state = {"k": 0}
 
-    def step() -> None:
-        batch = batches[state["k"] % len(batches)]
-        state["k"] += 1
+    def step(batches: list[dict[str, Any]]) -> None:
         opt.zero_grad(set_to_none=True)
-        with autocast:
-            loss = vlm(**batch).loss
-        loss.backward()
+        for k, batch in enumerate(batches):
+            last = k == len(batches) - 1
+            vlm.set_requires_gradient_sync(last)  # reduce once per optimizer step (reduce_grads_per=step)
+            with autocast:
+                loss = vlm(**batch).loss / len(batches)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
 
-    for _ in range(cfg["warmup"]):
-        step()
+    return vlm, spec, steps, step
+
+
+def mfu_variant(
+    cfg: dict[str, Any], device: torch.device, variant: MfuVariant, calibrated: float | None
+) -> dict[str, Any]:
+    """Optimizer steps of the ~1B VLM in `variant`; tokens/s, MFU (both conventions), HFU, peak memory."""
+    _free(device)
+    started = time.perf_counter()
+    vlm, spec, steps, step = _training_setup(cfg, device, variant)
+    for k in range(cfg["warmup"]):
+        step(steps[k % len(steps)])
     build_s = time.perf_counter() - started
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    state["k"] = 0
     flops = {"no_attention": 0.0, "model": 0.0, "hardware": 0.0}
-    tokens = 0
+    tokens = samples = micro_batches = 0
+    repeats = cfg["repeats"] if variant.accumulate_samples is None else max(2, cfg["repeats"] // 2)
     start = time.perf_counter()
-    for _ in range(cfg["repeats"]):
-        batch = batches[state["k"] % len(batches)]
-        step()
-        lens = batch["layout"].seq_lens
-        tokens += sum(lens)
-        for key, value in spec.flops(sum(lens), len(lens), lens).items():
-            flops[key] += value
+    for k in range(repeats):
+        batches = steps[k % len(steps)]
+        step(batches)
+        for batch in batches:
+            lens = batch["layout"].seq_lens
+            tokens += sum(lens)
+            samples += len(lens)
+            micro_batches += 1
+            for key, value in spec.flops(sum(lens), len(lens), lens).items():
+                flops[key] += value
     _sync(device)
     seconds = time.perf_counter() - start
     peak = PEAK_BF16_FLOPS["h100_sxm"]
-    out = {
-        "overrides": list(overrides),
-        "steps": cfg["repeats"],
-        "tokens_per_step": tokens / cfg["repeats"],
+    return {
+        "overrides": list(variant.overrides),
+        "optimizer_impl": variant.optimizer_impl,
+        "micro_batches_per_step": micro_batches / repeats,
+        "samples_per_step": samples / repeats,
+        "steps": repeats,
+        "tokens_per_step": tokens / repeats,
         "tokens_per_s": tokens / seconds,
-        "step_s": seconds / cfg["repeats"],
+        "step_s": seconds / repeats,
         "model_tflops_per_s": flops["model"] / seconds / 1e12,
         "mfu": flops["model"] / seconds / peak,
         "mfu_no_attention": flops["no_attention"] / seconds / peak,
@@ -284,7 +332,74 @@ def mfu_variant(
         "setup_and_warmup_s": build_s,
         "loss_impl": vlm.llm.loss,
     }
-    return out
+
+
+KERNEL_CATEGORIES = (  # first match wins; matched against lower-cased kernel names
+    ("attention", ("flash", "fmha", "attention", "attn", "varlen")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("communication", ("nccl", "all_gather", "reduce_scatter", "allreduce")),
+    ("gemm", ("gemm", "cutlass", "nvjet", "xmma", "sm90_", "sm80_", "cublas", "matmul", "mm_", "triton_tem")),
+    ("triton", ("triton",)),  # Inductor's fused pointwise/reduction kernels
+    ("copy", ("memcpy", "memset", "copy", "cast", "fill")),
+)
+
+
+def kernel_category(name: str) -> str:
+    """The `profile_1b` category of a kernel (or CPU op) name: attention, optimizer, gemm, ..., else elementwise."""
+    lowered = name.lower()
+    for category, keys in KERNEL_CATEGORIES:
+        if any(k in lowered for k in keys):
+            return category
+    return "elementwise"
+
+
+def profile_variant(cfg: dict[str, Any], device: torch.device, variant: MfuVariant, steps: int = 2) -> dict[str, Any]:
+    """Where a step's time goes: `torch.profiler` over `steps` optimizer steps of `variant` after warm-up.
+
+    Device (kernel) time per category and the busy fraction (kernel time / wall time: the rest is the GPU
+    waiting for the host; kernels overlapping on other streams, e.g. NCCL, can push it above 1). On CPU the same code adds up CPU operator self time instead: a logic check only.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    _free(device)
+    vlm, _, batches, step = _training_setup(cfg, device, variant)
+    for k in range(cfg["warmup"]):
+        step(batches[k % len(batches)])
+    _sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for k in range(steps):
+            step(batches[k % len(batches)])
+        _sync(device)
+        wall = time.perf_counter() - start
+    kind = DeviceType.CUDA if device.type == "cuda" else DeviceType.CPU
+    by_category: dict[str, float] = {}
+    top: dict[str, float] = {}
+    for event in prof.events():
+        if event.device_type != kind:
+            continue
+        if kind == DeviceType.CUDA:  # a kernel (or memcpy/memset) event: its own duration
+            us = float(event.time_range.elapsed_us())
+        else:
+            us = float(event.self_cpu_time_total)
+        by_category[kernel_category(event.name)] = by_category.get(kernel_category(event.name), 0.0) + us
+        top[event.name] = top.get(event.name, 0.0) + us
+    busy = sum(by_category.values()) / 1e6
+    del vlm
+    return {
+        "overrides": list(variant.overrides),
+        "optimizer_impl": variant.optimizer_impl,
+        "steps": steps,
+        "wall_ms_per_step": 1000 * wall / steps,
+        "timed": "device kernels" if kind == DeviceType.CUDA else "cpu operators (self)",
+        "busy_fraction": busy / wall,
+        "ms_per_step": {k: v / 1000 / steps for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
+        "top_kernels_ms_per_step": {
+            name[:120]: us / 1000 / steps for name, us in sorted(top.items(), key=lambda kv: -kv[1])[:15]
+        },
+    }
 
 
 # --- part 2 ------------------------------------------------------------------------------------------------------
@@ -551,9 +666,11 @@ def run_part(part: int, out_dir: Path, tiny: bool = False, only: list[str] | Non
     if part == 1:
         cal = record("calibration", lambda: calibration(cfg, device))
         calibrated = cal["tflops"] * 1e12 if cal and cal.get("status") == "ok" else None
-        for name, overrides in MFU_VARIANTS.items():
-            record(f"mfu_1b/{name}", lambda o=overrides: mfu_variant(cfg, device, o, calibrated))
+        for name, variant in MFU_VARIANTS.items():
+            record(f"mfu_1b/{name}", lambda v=variant: mfu_variant(cfg, device, v, calibrated))
             _free(device)
+        record("profile_1b", lambda: profile_variant(cfg, device, MFU_VARIANTS[PROFILED]))
+        _free(device)
         best = max(
             (v for k, v in result["sections"].items() if k.startswith("mfu_1b/") and v.get("status") == "ok"),
             key=lambda v: v["mfu"],

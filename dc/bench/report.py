@@ -249,6 +249,13 @@ def _render_extra_gpu(doc: dict[str, Any]) -> list[str]:
     return []
 
 
+def _per_step(row: dict[str, Any]) -> str:
+    """'micro-batches (samples)' per optimizer step of an mfu_1b row (rows before accumulation existed: 1)."""
+    if "micro_batches_per_step" not in row:
+        return "1"
+    return f"{row['micro_batches_per_step']:.0f} ({row['samples_per_step']:.0f})"
+
+
 def render_gpu(parts: list[dict[str, Any]]) -> list[str]:
     """The GPU results (`--mode gpu` JSON, and the scripts' JSON), section by section, with device and date."""
     lines: list[str] = []
@@ -281,16 +288,31 @@ def render_gpu(parts: list[dict[str, Any]]) -> list[str]:
             lines += [
                 "~1B LLM + CLIP-L/336 + DCI, stage 2, bf16, FSDP2 on one GPU, token-budgeted micro-batches (16,384 tokens, ≤ 32 samples, sequences ≤ 2048):",
                 "",
-                "| variant | tokens/s | step (s) | MFU (torchtitan) | MFU (6·N·D) | HFU | MFU vs calibrated GEMM | peak GiB | loss |",
-                "|---|---|---|---|---|---|---|---|---|",
+                "| variant | AdamW | micro-batches (samples) per step | tokens/s | step (s) | MFU (torchtitan) | MFU (6·N·D) | HFU | MFU vs calibrated GEMM | peak GiB | loss |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             lines += [
-                f"| {k} | {v['tokens_per_s']:,.0f} | {v['step_s']:.3f} | **{_pct(v['mfu'])}** | {_pct(v['mfu_no_attention'])} | "
+                f"| {k} | {v.get('optimizer_impl', 'foreach')} | {_per_step(v)} | {v['tokens_per_s']:,.0f} | {v['step_s']:.3f} | "
+                f"**{_pct(v['mfu'])}** | {_pct(v['mfu_no_attention'])} | "
                 f"{_pct(v['hfu'])} | {_pct(v.get('mfu_vs_calibrated'))} | {_f(v.get('peak_memory_gib'), 1)} | {v['loss_impl']} |"
                 for k, v in mfu.items()
             ]
             summary = part.get("summary") or {}
             lines += ["", f"Goal {summary.get('goal')}: " + ("met" if summary.get("goal_met") else "**not met**"), ""]
+        prof = sections.get("profile_1b", {})
+        if prof.get("status") == "ok":
+            lines += [
+                f"Where a step goes ({', '.join(prof['overrides'])}, AdamW {prof['optimizer_impl']}; "
+                f"torch.profiler, {prof['timed']}, {prof['steps']} steps): {prof['wall_ms_per_step']:.1f} ms per "
+                f"step, busy {_pct(prof['busy_fraction'])}.",
+                "",
+                "| category | ms per step | share of the step |",
+                "|---|---|---|",
+            ]
+            lines += [
+                f"| {k} | {ms:.1f} | {_pct(ms / prof['wall_ms_per_step'])} |" for k, ms in prof["ms_per_step"].items()
+            ]
+            lines += [""]
         loss = sections.get("loss_variants", {})
         if loss.get("status") == "ok":
             lines += [

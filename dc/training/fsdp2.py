@@ -22,12 +22,19 @@ to fp32 master weights — and it is the API PyTorch maintains (FSDP1 is depreca
 * checkpoints: `state_dict_type: full` gathers one file on rank 0 (holding only what a checkpoint must keep, see
   `DCModule.on_save_checkpoint`); `sharded` writes a DTensor (DCP) folder from every rank, which resumes on any
   number of devices and consolidates to one file with `python -m dc.export.consolidate`;
+* gradient accumulation (`reduce_grads_per`): `micro_batch` (default) reduce-scatters every micro-batch's
+  gradients and accumulates them sharded; `step` keeps them unsharded (in the reduce dtype) until the last
+  micro-batch of the accumulation window and reduce-scatters once per optimizer step — one collective instead of
+  one per micro-batch, for the memory of an unsharded gradient of every trained parameter (worth it when those
+  fit: the connector, LoRA, a model well below the GPU's size);
 * `generate` is registered as an FSDP forward method (predictions during training gather the root parameters).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Generator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -38,6 +45,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD")
+REDUCE_GRADS_PER = ("micro_batch", "step")
 STATE_DICT_TYPES = ("full", "sharded")
 
 
@@ -110,6 +118,8 @@ class VLMFSDP2Strategy(ModelParallelStrategy):
         cpu_ram_efficient_loading: only rank 0 reads the pretrained LLM (see the module docstring).
         state_dict_type: "full" (one file) or "sharded" (a DCP folder).
         cpu_offload: keep sharded parameters, gradients and optimizer state in host memory (`CPUOffloadPolicy`).
+        reduce_grads_per: "micro_batch" or "step": when gradients are reduce-scattered under gradient
+            accumulation (see the module docstring).
         **kwargs: further `ModelParallelStrategy` arguments (`process_group_backend`, `timeout`).
     """
 
@@ -123,6 +133,7 @@ class VLMFSDP2Strategy(ModelParallelStrategy):
         cpu_ram_efficient_loading: bool = True,
         state_dict_type: str = "full",
         cpu_offload: bool = False,
+        reduce_grads_per: str = "micro_batch",
         **kwargs: Any,
     ) -> None:
         if sharding_strategy not in SHARDING:
@@ -130,6 +141,10 @@ class VLMFSDP2Strategy(ModelParallelStrategy):
         if state_dict_type not in STATE_DICT_TYPES:
             raise ValueError(
                 f"trainer.strategy.state_dict_type={state_dict_type!r}: expected one of {STATE_DICT_TYPES}"
+            )
+        if reduce_grads_per not in REDUCE_GRADS_PER:
+            raise ValueError(
+                f"trainer.strategy.reduce_grads_per={reduce_grads_per!r}: expected one of {REDUCE_GRADS_PER}"
             )
         super().__init__(save_distributed_checkpoint=state_dict_type == "sharded", **kwargs)
         self.sharding_strategy = sharding_strategy
@@ -141,6 +156,7 @@ class VLMFSDP2Strategy(ModelParallelStrategy):
         self.cpu_ram_efficient_loading = bool(cpu_ram_efficient_loading)
         self._state_dict_type = state_dict_type
         self.cpu_offload = bool(cpu_offload)
+        self.reduce_grads_per = reduce_grads_per
         self.units: list[nn.Module] = []
 
     @property
@@ -175,6 +191,22 @@ class VLMFSDP2Strategy(ModelParallelStrategy):
         full_finetune = "llm" in list(stage.get("train") or []) and not stage.get("lora")
         return torch.float32 if full_finetune else self.param_dtype
 
+    @contextmanager
+    def block_backward_sync(self) -> Generator[None, None, None]:
+        """Lightning runs the backward of every micro-batch but an accumulation window's last inside this: with
+        `reduce_grads_per=step` FSDP2 skips their reduce-scatter (gradients stay unsharded and accumulate), so the
+        window's last backward reduces the sum once. With `micro_batch`, nothing changes.
+        """
+        root = self.units[-1] if self.units and self.reduce_grads_per == "step" else None
+        if root is None:
+            yield
+            return
+        root.set_requires_gradient_sync(False)  # recursive: every unit under the VLM
+        try:
+            yield
+        finally:
+            root.set_requires_gradient_sync(True)
+
     # --- sharding ----------------------------------------------------------------------------------
     def parallelize(self, pl_module: nn.Module) -> None:
         """`fully_shard` the module's built VLM (called from `DCModule.configure_model`)."""
@@ -197,13 +229,14 @@ class VLMFSDP2Strategy(ModelParallelStrategy):
             self._receive_rank0_weights(vlm, full_state)
         blocks = len(vlm.encoder.blocks()) if self.wrap_vision_blocks else 0
         log.info(
-            "FSDP2 %s: %d units (%d vision blocks, connector, %d decoder layers, VLM), param %s, reduce %s",
+            "FSDP2 %s: %d units (%d vision blocks, connector, %d decoder layers, VLM), param %s, reduce %s per %s",
             self.sharding_strategy,
             len(self.units),
             blocks,
             len(self.units) - 2 - blocks,
             self.param_dtype,
             reduce,
+            self.reduce_grads_per.replace("_", "-"),
         )
 
     def _broadcasts_weights(self, pl_module: nn.Module) -> bool:

@@ -156,3 +156,48 @@ def test_gpu_mode_runs_tiny_on_cpu(tmp_path: Path) -> None:
         == 0
     )
     assert "### GPU part 1" in out.read_text() and "Loss variants" in out.read_text()
+
+
+def test_kernel_categories() -> None:
+    from dc.bench.gpu import kernel_category
+
+    cases = {
+        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64": "gemm",
+        "nvjet_tst_128x256_64x4_1x2_h_bz_coopA_TNT": "gemm",
+        "flash_fwd_kernel": "attention",
+        "pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel": "attention",
+        "void at::native::(anonymous namespace)::fused_adamw_kernel": "optimizer",
+        "multi_tensor_apply_kernel": "optimizer",
+        "ncclDevKernel_ReduceScatter_Sum_f32_RING_LL": "communication",
+        "Memcpy DtoD (Device -> Device)": "copy",
+        "triton_tem_fused_mm_0": "gemm",
+        "triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_0": "triton",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>": "elementwise",
+    }
+    assert {name: kernel_category(name) for name in cases} == cases
+
+
+@pytest.mark.slow
+def test_gpu_mode_new_mfu_levers_and_profile_run_tiny_on_cpu(tmp_path: Path) -> None:
+    """Fused AdamW, a compiled encoder, accumulation to ~128 samples per step (reduced once per step) and the
+    profile section run end to end at toy shapes (Inductor on CPU, FSDP2 on a one-process gloo group)."""
+    sections = "mfu_1b/packed_none_compiled_fused_enc_acc128,profile_1b"
+    assert main(["--mode", "gpu", "--tiny", "--part", "1", "--out-dir", str(tmp_path), "--sections", sections]) == 0
+    part1 = json.loads((tmp_path / "gpu_part1.json").read_text())
+    assert {k: v["status"] for k, v in part1["sections"].items()} == {
+        "mfu_1b/packed_none_compiled_fused_enc_acc128": "ok",
+        "profile_1b": "ok",
+    }, part1
+    acc = part1["sections"]["mfu_1b/packed_none_compiled_fused_enc_acc128"]
+    assert acc["optimizer_impl"] == "fused" and acc["micro_batches_per_step"] > 1
+    assert acc["samples_per_step"] > 4  # more than one micro-batch's at most 4 samples
+    assert acc["tokens_per_step"] <= acc["micro_batches_per_step"] * 256  # each micro-batch within its budget
+    prof = part1["sections"]["profile_1b"]
+    assert prof["timed"] == "cpu operators (self)" and 0 < prof["busy_fraction"] <= 1.0
+    assert sum(prof["ms_per_step"].values()) <= prof["wall_ms_per_step"]
+    assert "gemm" in prof["ms_per_step"]  # aten::mm / addmm on CPU
+    out, base = tmp_path / "bench.md", tmp_path / "base.json"
+    base.write_text(json.dumps({"meta": {"command": "x"}, "figures": []}))
+    assert main(["--from-json", str(base), "--gpu-json", str(tmp_path / "gpu_part1.json"), "--out", str(out)]) == 0
+    md = out.read_text()
+    assert "| packed_none_compiled_fused_enc_acc128 | fused |" in md and "Where a step goes" in md

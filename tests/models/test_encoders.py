@@ -281,3 +281,45 @@ def test_micro_batch_is_validated(value):
             micro_batch=value,
             config={"intermediate_size": 16, "num_attention_heads": 2},
         )
+
+
+# --- compile ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("encoder", ["tiny_clip", "tiny_siglip", "tiny_timm", "tiny_mgm"])
+def test_compiled_blocks_give_the_eager_taps_and_only_for_training(encoder: str) -> None:
+    """`encoder.model.compile`: the blocks that run are compiled when training starts (a frozen tower too, which
+    stays in eval mode), never before; the taps equal the uncompiled tower's on the same weights."""
+    eager, conn = build_encoder(encoder, "dci")
+    compiled, _ = build_encoder(encoder, "dci", "encoder.model.compile={backend: aot_eager}")
+    compiled.load_state_dict(eager.state_dict())
+    assert compiled.compile_options == {"backend": "aot_eager"} and not compiled.compiled
+    assert all(b._compiled_call_impl is None for b in compiled.blocks())  # built for inference: nothing compiled
+    torch.nn.Sequential(compiled).train()  # as the trainer does: train() reaches the tower through its parent
+    assert compiled.compiled and not compiled.training  # frozen: compiled, still in eval mode
+    ran = list(compiled.blocks()[: compiled.depth])
+    assert all(b._compiled_call_impl is not None for b in ran)
+    assert all(b._compiled_call_impl is None for b in list(compiled.blocks())[compiled.depth :])
+    size = conn.layout.input_size if encoder == "tiny_mgm" else conn.layout.image_size
+    pixels = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
+    want, got = eager(pixels), compiled(pixels)
+    assert len(got) == len(want) >= len(conn.taps)  # the dual tower adds its aux map
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    names = {k for k, _ in compiled.state_dict().items()}
+    assert names == set(eager.state_dict())  # checkpoint keys unchanged
+
+
+def test_compile_value_is_checked() -> None:
+    with pytest.raises(ValueError, match=r"encoder.model.compile='yes': expected true, false or a mapping"):
+        build_encoder("tiny_clip", "dci", "encoder.model.compile=yes")
+
+
+def test_inductor_compiled_tower_matches_eager_across_batch_sizes() -> None:
+    """The default backend (Inductor, C++ on CPU) as users run it, including the recompile a new batch size causes."""
+    eager, conn = build_encoder("tiny_clip", "dci")
+    compiled, _ = build_encoder("tiny_clip", "dci", "encoder.model.compile=true")
+    compiled.load_state_dict(eager.state_dict())
+    compiled.train()
+    for batch in (2, 5):
+        pixels = torch.randn(batch, 3, conn.layout.image_size, conn.layout.image_size)
+        for g, w in zip(compiled(pixels), eager(pixels), strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)

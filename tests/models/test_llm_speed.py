@@ -254,6 +254,32 @@ def test_compile_only_in_training_mode():
     assert all(layer._compiled_call_impl is None for layer in inference.decoder_layers())
 
 
+def test_compiled_packed_layers_do_not_recompile_per_batch_composition():
+    """Packed batches with new sequence counts and boundaries reuse the compiled layers once shapes went dynamic:
+    the per-sequence SDPA loop (CPU's varlen backend) is kept out of the graph, so Dynamo never guards on the
+    Python boundaries (it used to recompile every new batch until its recompile limit sent the layers to eager)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    llm = make_llm(compile={"backend": "eager"})
+    vocab = llm.model.config.vocab_size
+
+    def run(lengths):
+        width = max(lengths)
+        ids = torch.randint(0, vocab, (len(lengths), width), generator=torch.Generator().manual_seed(len(lengths)))
+        mask = (torch.arange(width)[None] < torch.tensor(lengths)[:, None]).long()
+        labels = ids.masked_fill(mask == 0, IGNORE)
+        layout = token_layout(mask, labels, packed=True)
+        llm(inputs_embeds=llm.embed(ids), attention_mask=mask, labels=labels, layout=layout).loss.backward()
+
+    for lengths in ([7, 11, 4], [9, 3]):  # first compile, then the recompile that makes the token count dynamic
+        run(lengths)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for lengths in ([5, 6, 10, 2], [12], [8, 8, 3, 3, 1], [6, 9]):
+            run(lengths)
+    torch._dynamo.reset()
+
+
 def test_options_are_validated():
     for key, value, match in [
         ("loss", "fused", "llm.loss='fused'"),

@@ -118,6 +118,41 @@ def test_shard_vlm_units_dtypes_and_same_gradients(
         torch.testing.assert_close(g_got[name], g_want[name], msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("per", ["step", "micro_batch"])
+def test_accumulation_reduces_once_per_step_or_every_micro_batch(
+    per: str, tmp_path: Path, data_dir: Path, one_process_group
+) -> None:
+    """`reduce_grads_per`: inside Lightning's `block_backward_sync` (every micro-batch but a window's last) `step`
+    leaves the sharded gradients unset (nothing reduced yet); after the window both give the sum of the
+    micro-batches' gradients computed on the unsharded model."""
+    _, module = _module(tmp_path, data_dir, "stage=finetune")
+    reference = copy.deepcopy(module.vlm)
+    batches = [_batch(module, seed=0), _batch(module, seed=1)]
+    strategy = VLMFSDP2Strategy(reduce_grads_per=per)
+    with strategy.block_backward_sync():  # before sharding: no units, nothing to do
+        pass
+    strategy.units = shard_vlm(
+        module.vlm, mesh=one_process_group, param_dtype=torch.float32, reduce_dtype=torch.float32
+    )
+    vlm = module.vlm
+    trained = {n: p for n, p in vlm.named_parameters() if p.requires_grad}
+    with strategy.block_backward_sync():
+        vlm(**batches[0]).loss.backward()
+    reduced = {n for n, p in trained.items() if p.grad is not None}
+    assert reduced == (set() if per == "step" else set(trained))
+    vlm(**batches[1]).loss.backward()
+    for batch in batches:
+        reference(**batch).loss.backward()
+    want = {n: p.grad for n, p in reference.named_parameters() if p.requires_grad}
+    assert want.keys() == trained.keys()
+    for name, param in trained.items():
+        torch.testing.assert_close(param.grad.full_tensor(), want[name], msg=lambda m, name=name: f"{name}: {m}")
+    groups = [unit._get_fsdp_state()._fsdp_param_group for unit in strategy.units]
+    assert all(group.reduce_grads for group in groups if group is not None)  # sync restored after the block
+    with pytest.raises(ValueError, match="trainer.strategy.reduce_grads_per='layer'"):
+        VLMFSDP2Strategy(reduce_grads_per="layer")
+
+
 def test_strategy_options(tmp_path: Path, data_dir: Path) -> None:
     cfg = compose_config(
         "train",
@@ -207,6 +242,24 @@ def test_sharded_checkpoint_resumes_exactly_and_consolidates(tmp_path: Path, dat
     )
     weights = consolidate(resumed / "checkpoints" / "last.ckpt", weights_only=True)
     assert weights["state_dict"].keys() == want["state_dict"].keys() and "optimizer_states" not in weights
+
+
+@pytest.mark.slow
+def test_reducing_once_per_step_trains_like_every_micro_batch(tmp_path: Path, data_dir: Path) -> None:
+    """2 processes × 2 accumulated micro-batches per step, 3 steps: `reduce_grads_per=step` ends with the weights
+    and optimizer state of the default (fp32: equal up to the summation order)."""
+    common = ["trainer.max_steps=3", "data.batch_size=2"]  # global 8 = 2 per micro-batch × 2 ranks × 2 accumulated
+    _run(tmp_path / "micro", data_dir, *common)
+    _run(tmp_path / "step", data_dir, *common, "trainer.strategy.reduce_grads_per=step")
+    want, got = (load_ckpt(tmp_path / d / "checkpoints" / "last.ckpt") for d in ("micro", "step"))
+    assert want["global_step"] == got["global_step"] == 3
+    assert want["state_dict"].keys() == got["state_dict"].keys()
+    changed = 0
+    for name, value in want["state_dict"].items():
+        torch.testing.assert_close(got["state_dict"][name], value, rtol=1e-5, atol=1e-6)
+        changed += int(".llm." in name)
+    assert changed > 0  # the LLM trains in this stage
+    assert "× 2 per device × 2 accumulation" in (tmp_path / "step" / "train.log").read_text()
 
 
 @pytest.mark.slow

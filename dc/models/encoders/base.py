@@ -9,11 +9,14 @@ the end. The paper's "layer k" is index k - 1.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+from dc.models.compiling import compile_modules, compile_options
 
 Tap = tuple[int, ...]
 """A feature a connector asks for: the mean of the hidden states at these (non-negative) indices."""
@@ -105,12 +108,21 @@ class VisionEncoder(nn.Module, ABC):
         micro_batch: run at most this many images through the blocks at a time (None: the whole batch). The
             taps are identical; the peak drops because a block's scratch activations (the MLP's 4·D-wide
             hidden layer dominates) scale with the images in flight. Useful for a frozen tower at large batch.
+        compile: `torch.compile` the blocks that run (True, or a mapping of `torch.compile` options) the first
+            time the model enters training mode (`dc.models.compiling`); never for inference-only use.
     """
 
     def __init__(
-        self, layout: EncoderLayout, taps: Sequence[Tap], freeze: bool = True, micro_batch: int | None = None
+        self,
+        layout: EncoderLayout,
+        taps: Sequence[Tap],
+        freeze: bool = True,
+        micro_batch: int | None = None,
+        compile: bool | Mapping[str, Any] = False,  # noqa: A002 - the config key's name
     ) -> None:
         super().__init__()
+        self.compile_options = compile_options(compile, "encoder.model.compile")
+        self.compiled = False
         valid = micro_batch is None or (type(micro_batch) is int and micro_batch >= 1)
         if not valid:
             raise ValueError(f"encoder.model.micro_batch={micro_batch!r} must be a positive integer or null")
@@ -144,8 +156,14 @@ class VisionEncoder(nn.Module, ABC):
             self.eval()
 
     def train(self, mode: bool = True) -> VisionEncoder:
-        """Keep a frozen tower in eval mode whatever the trainer asks (no dropout, fixed features)."""
-        return super().train(mode and not self.freeze)
+        """Keep a frozen tower in eval mode whatever the trainer asks (no dropout, fixed features); with `compile`,
+        the blocks that run are compiled the first time training is asked for (frozen or not).
+        """
+        super().train(mode and not self.freeze)
+        if mode and self.compile_options is not None and not self.compiled:
+            compile_modules(list(self.blocks()[: self.depth]), self.compile_options)
+            self.compiled = True
+        return self
 
     @property
     def dtype(self) -> torch.dtype:

@@ -48,6 +48,7 @@ class DualEncoder(HFVisionEncoder):
         attn_implementation: the CLIP tower's attention.
         freeze: both towers frozen (MGM freezes both).
         micro_batch: images per pass through the CLIP blocks (the aux tower has its own `aux.micro_batch`).
+        compile: compile the CLIP blocks for training (see `VisionEncoder`); the ConvNeXt runs eagerly.
         aux: `ConvNeXtEncoder` keyword arguments except image_size, dtype and freeze (set from the layout and the
             arguments above). `aux.pretrained` must agree with `pretrained` (both set or both unset): a checkpoint
             keeps the encoder weights exactly when `encoder.model.pretrained` is unset.
@@ -65,6 +66,7 @@ class DualEncoder(HFVisionEncoder):
         attn_implementation: str = "sdpa",
         freeze: bool = True,
         micro_batch: int | None = None,
+        compile: bool | Mapping[str, Any] = False,  # noqa: A002 - the config key's name
         aux: Mapping[str, Any],
     ) -> None:
         aux_kwargs = dict(aux or {})
@@ -95,6 +97,7 @@ class DualEncoder(HFVisionEncoder):
             attn_implementation=attn_implementation,
             freeze=freeze,
             micro_batch=micro_batch,
+            compile=compile,
         )
         self.aux = ConvNeXtEncoder(image_size=int(layout.input_size), dtype=dtype, freeze=freeze, **aux_kwargs)
 

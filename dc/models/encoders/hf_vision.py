@@ -8,7 +8,7 @@ passes through them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -39,6 +39,7 @@ class HFVisionEncoder(VisionEncoder):
         attn_implementation: "sdpa" (default), "eager" or "flash_attention_2".
         freeze: keep the tower frozen and run it under `no_grad`.
         micro_batch: images run through the blocks at a time (None: all); see `VisionEncoder`.
+        compile: compile the blocks for training; see `VisionEncoder`.
     """
 
     def __init__(
@@ -53,8 +54,9 @@ class HFVisionEncoder(VisionEncoder):
         attn_implementation: str = "sdpa",
         freeze: bool = True,
         micro_batch: int | None = None,
+        compile: bool | Mapping[str, Any] = False,  # noqa: A002 - the config key's name
     ) -> None:
-        super().__init__(layout, taps, freeze, micro_batch)
+        super().__init__(layout, taps, freeze, micro_batch, compile)
         if family not in _FAMILIES:
             raise ValueError(f"encoder.family={family!r}: expected one of {sorted(_FAMILIES)}")
         config_cls, model_cls = _FAMILIES[family]

@@ -18,7 +18,7 @@ sums for DCI instead of a list of intermediates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import timm
@@ -42,6 +42,7 @@ class TimmViTEncoder(VisionEncoder):
         dtype: parameter dtype name.
         freeze: keep the tower frozen and run it under `no_grad`.
         micro_batch: images run through the blocks at a time (None: all); see `VisionEncoder`.
+        compile: compile the blocks for training; see `VisionEncoder`.
     """
 
     def __init__(
@@ -56,8 +57,9 @@ class TimmViTEncoder(VisionEncoder):
         dtype: str = "float32",
         freeze: bool = True,
         micro_batch: int | None = None,
+        compile: bool | Mapping[str, Any] = False,  # noqa: A002 - the config key's name
     ) -> None:
-        super().__init__(layout, taps, freeze, micro_batch)
+        super().__init__(layout, taps, freeze, micro_batch, compile)
         kwargs = dict(model_kwargs or {})
         kwargs["num_classes"] = 0
         if pretrained:

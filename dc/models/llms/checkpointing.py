@@ -82,10 +82,3 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
         enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def compile_layers(layers: list[nn.Module], options: dict[str, Any] | None = None) -> int:
-    """`nn.Module.compile` each layer in place (names and state-dict keys unchanged); returns how many."""
-    for layer in layers:
-        layer.compile(**(options or {}))
-    return len(layers)

@@ -21,9 +21,10 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from dc.models.compiling import compile_modules, compile_options
 from dc.models.hub import from_pretrained
 from dc.models.llms.base import LanguageModel
-from dc.models.llms.checkpointing import MODES, apply_activation_checkpointing, compile_layers
+from dc.models.llms.checkpointing import MODES, apply_activation_checkpointing
 from dc.models.llms.layout import TokenLayout
 from dc.models.llms.linear_ce import IMPLS, linear_cross_entropy
 from dc.models.llms.loss import causal_lm_loss, lm_head_of, unwrap_causal_lm
@@ -84,9 +85,7 @@ class HFCausalLM(LanguageModel):
         self.attention = attention
         self.varlen_backend = varlen_backend
         self.activation_checkpointing = activation_checkpointing
-        self.compile_options: dict[str, Any] | None = (
-            (dict(compile) if isinstance(compile, Mapping) else {}) if compile else None
-        )
+        self.compile_options = compile_options(compile, "llm.compile")
         self.compiled = False
         if attention == "unpadded":
             register_varlen_attention()
@@ -136,7 +135,7 @@ class HFCausalLM(LanguageModel):
         """Training mode; with `compile`, the decoder layers are compiled the first time (never for inference)."""
         super().train(mode)
         if mode and self.compile_options is not None and not self.compiled:
-            compile_layers(self.decoder_layers(), self.compile_options)
+            compile_modules(self.decoder_layers(), self.compile_options)
             self.compiled = True
         return self
 
@@ -208,7 +207,8 @@ class HFCausalLM(LanguageModel):
                 "varlen_backend": backend,
             }
             if backend == "sdpa_loop":
-                varlen["seq_bounds"] = layout.seq_bounds
+                # a host tensor, not a tuple: a compiled layer guards on a tuple's length (recompiling per batch)
+                varlen["seq_bounds"] = torch.tensor(layout.seq_bounds)
             out = decoder(
                 inputs_embeds=packed,
                 attention_mask=packed_mask(packed.device),

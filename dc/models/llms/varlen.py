@@ -94,10 +94,24 @@ def register_varlen_attention() -> None:
     AttentionMaskInterface.register(VARLEN, sdpa_mask)
 
 
+@torch.compiler.disable
 def _sdpa_loop(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: Sequence[int], scale: float | None, dropout: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bounds: Sequence[int] | torch.Tensor,
+    scale: float | None,
+    dropout: float,
 ) -> torch.Tensor:
-    """q/k/v [1, H, T, D] (k/v may have fewer heads) → [1, H, T, D], causal within each [bounds[i], bounds[i+1])."""
+    """q/k/v [1, H, T, D] (k/v may have fewer heads) → [1, H, T, D], causal within each [bounds[i], bounds[i+1]).
+
+    Never traced by `torch.compile` (`llm.compile`): a compiled layer would specialise on the sequence bounds and
+    recompile for every new batch composition until Dynamo's recompile limit sends it back to eager. The layer
+    compiles around this call (a graph break) and the bounds reach it as a host tensor, whose size Dynamo treats
+    as dynamic; the loop of SDPA kernels runs as it is.
+    """
+    if isinstance(bounds, torch.Tensor):
+        bounds = bounds.tolist()  # a host tensor: no device sync
     gqa = k.shape[1] != q.shape[1]
     outs = [
         F.scaled_dot_product_attention(
@@ -105,7 +119,7 @@ def _sdpa_loop(
         )
         for s, e in zip(bounds[:-1], bounds[1:])
     ]
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+    return torch.cat(outs, dim=2)  # always a fresh contiguous tensor: one layout for the compiled code after it
 
 
 @cache
@@ -145,7 +159,7 @@ def varlen_attention(
     max_seqlen: int,
     *,
     backend: str,
-    seq_bounds: Sequence[int] | None = None,
+    seq_bounds: Sequence[int] | torch.Tensor | None = None,
     scale: float | None = None,
     dropout: float = 0.0,
 ) -> torch.Tensor:
@@ -156,7 +170,7 @@ def varlen_attention(
         cu_seqlens: [N + 1] int32 sequence starts (on the tensors' device).
         max_seqlen: the longest sequence (a Python int: no device sync).
         backend: a concrete backend (see `resolve_backend`).
-        seq_bounds: `cu_seqlens` on the host (needed by "sdpa_loop").
+        seq_bounds: `cu_seqlens` on the host, as ints or a CPU tensor (needed by "sdpa_loop").
         scale: softmax scale (None: 1/sqrt(D)).
         dropout: attention dropout (only "sdpa_loop" supports it).
 
