@@ -291,7 +291,7 @@ def mfu_variant(
     _free(device)
     started = time.perf_counter()
     vlm, spec, steps, step = _training_setup(cfg, device, variant)
-    for k in range(cfg["warmup"]):
+    for k in range(max(cfg["warmup"], len(steps))):  # every distinct step once: no (re)compile while timed
         step(steps[k % len(steps)])
     build_s = time.perf_counter() - started
     _sync(device)
@@ -357,14 +357,15 @@ def profile_variant(cfg: dict[str, Any], device: torch.device, variant: MfuVaria
     """Where a step's time goes: `torch.profiler` over `steps` optimizer steps of `variant` after warm-up.
 
     Device (kernel) time per category and the busy fraction (kernel time / wall time: the rest is the GPU
-    waiting for the host; kernels overlapping on other streams, e.g. NCCL, can push it above 1). On CPU the same code adds up CPU operator self time instead: a logic check only.
+    waiting for the host; kernels overlapping on other streams, e.g. NCCL, can push it above 1). On CPU the same
+    code adds up CPU operator self time instead: a logic check only.
     """
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     _free(device)
     vlm, _, batches, step = _training_setup(cfg, device, variant)
-    for k in range(cfg["warmup"]):
+    for k in range(max(cfg["warmup"], len(batches))):  # every distinct step once: no (re)compile while timed
         step(batches[k % len(batches)])
     _sync(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
