@@ -24,7 +24,7 @@ from dc.models.llms.templates import ChatTemplate
 from dc.models.vlm import VLM
 from dc.training.checkpoint import MODEL_KEYS, check_checkpoint_keys, keeps_key, read_checkpoint
 from dc.training.lora import apply_lora
-from dc.training.optim import adamw_impl_kwargs, param_groups, warmup_cosine
+from dc.training.optim import adamw_impl_kwargs, keep_adamw_impl, param_groups, warmup_cosine
 from dc.training.precision import resolve_frozen_dtype, store_frozen
 from dc.training.stages import PARTS, apply_freezing, part_of
 from dc.training.throughput import FlopsSpec, flops_spec
@@ -156,6 +156,7 @@ class DCModule(L.LightningModule):
         groups = param_groups(model.named_parameters(), lr_for, part_of, float(stage.weight_decay))
         impl = adamw_impl_kwargs((p for g in groups for p in g["params"]), str(stage.get("optimizer_impl", "auto")))
         optimizer = torch.optim.AdamW(groups, betas=tuple(stage.betas), eps=float(stage.eps), **impl)
+        keep_adamw_impl(optimizer, impl)  # a resumed run keeps this choice, whatever the checkpoint's was
         total = self.total_steps if self.total_steps is not None else int(self.trainer.estimated_stepping_batches)
         scheduler = warmup_cosine(optimizer, total, float(stage.warmup_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -7,18 +7,19 @@
 #   scripts/gpu_checks.sh             # the real run (CUDA)
 #   scripts/gpu_checks.sh --dry-run   # the same steps at toy sizes, on whatever device (CPU included): checks the
 #                                     # script and the benchmark code paths, numbers meaningless
-#   scripts/gpu_checks.sh --mfu       # only the MFU levers (~4 min on an H100): calibration, the best earlier
-#                                     # variant as the same-call baseline, fused AdamW, compiled encoder, accumulation
-#                                     # to ~128 samples per step, and the profile of a step (gpu_part1.json)
+#   scripts/gpu_checks.sh --mfu       # only the MFU levers (~5 min on an H100, limits 430 s): calibration, the best
+#                                     # earlier variant as the same-call baseline, fused AdamW, compiled encoder,
+#                                     # accumulation to ~128 samples per step, SHARD_GRAD_OP, and the profile of a step
+#                                     # (gpu_part1.json)
 #
 # Steps and time limits (expected on one H100):
 #   1. env          (~10 s)  versions, device, which kernels are importable (liger-kernel, flash-attn, varlen_attn)
-#   2. gpu tests    (~90 s, limit 150 s)  pytest -m gpu: Liger/chunked loss vs dense in bf16; packed (varlen) vs
+#   2. gpu tests    (~90 s, limit 110 s)  pytest -m gpu: Liger/chunked loss vs dense in bf16; packed (varlen) vs
 #                   padded loss and gradients in bf16 and fp32; FSDP2 bf16-mixed on one GPU through train.py,
 #                   killed after a sharded checkpoint, resumed, compared with the uninterrupted run
 #   3. eval throughput (limit 75 s) 7B-shaped random VLM generating: tokens/s, batch size, peak memory
-#   4. bench part 1 (~4 min, limit 260 s)  calibration GEMM, ~1B + CLIP-L + DCI training-like MFU in 10 variants
-#                   (fused AdamW, compiled encoder, accumulation to ~128 samples), profile of a step
+#   4. bench part 1 (~2.5 min, limit 200 s)  calibration GEMM, ~1B + CLIP-L + DCI training-like MFU in the six
+#                   baseline variants (the lever variants and the profile are --mfu's: run it as a second call)
 #   5. bench part 2 (~1 min, limit 90 s) loss variants, attention variants, P3 at 7B, 7B memory feasibility
 # Afterwards (on any machine): python -m dc.bench --from-json docs/benchmarks.json \
 #     --gpu-json <OUT>/gpu_part1.json <OUT>/gpu_part2.json --out docs/benchmarks.md
@@ -71,7 +72,7 @@ EOF
 
 if [ "$MFU" = 1 ]; then
   step bench_mfu 400 "$PY" -m dc.bench --mode gpu --part 1 --out-dir "$OUT" --sections \
-    calibration,mfu_1b/packed_none_compiled,mfu_1b/packed_none_compiled_fused,mfu_1b/packed_none_compiled_fused_enc,mfu_1b/packed_none_compiled_fused_enc_acc128,mfu_1b/packed_selective_compiled_fused_enc_acc128,profile_1b
+    calibration,mfu_1b/packed_none_compiled,mfu_1b/packed_none_compiled_fused,mfu_1b/packed_none_compiled_fused_enc,mfu_1b/packed_none_compiled_fused_enc_acc128,mfu_1b/packed_none_compiled_fused_enc_acc128_sgo,mfu_1b/packed_selective_compiled_fused_enc_acc128,profile_1b
 elif [ "$DRY" = 1 ]; then
   # Toy sizes: the GPU tests skip themselves without CUDA; the benchmark runs its tiny shapes.
   step gpu_tests 150 "$PY" -m pytest -q -p no:xdist -m gpu --junitxml="$OUT/pytest-gpu.xml" \
@@ -82,12 +83,13 @@ elif [ "$DRY" = 1 ]; then
   step eval_throughput 60 "$PY" experiments/eval_throughput/measure.py --tiny --batches 1,2 --new-tokens 4 \
     --out "$OUT/eval_throughput.json"
 else
-  # Limits sum to ~545 s so the whole script fits one 600 s device call (the wheels install first, ~15 s).
-  step gpu_tests 120 "$PY" -m pytest -q -p no:xdist -m gpu -rA --junitxml="$OUT/pytest-gpu.xml" \
+  # Limits sum to 505 s with env's 30 s, so the whole script fits one 600 s device call (wheels install first, ~15 s).
+  step gpu_tests 110 "$PY" -m pytest -q -p no:xdist -m gpu -rA --junitxml="$OUT/pytest-gpu.xml" \
     tests/models/test_llm_speed.py tests/models/test_loss.py tests/training/test_training_fsdp2.py
   step eval_throughput 75 "$PY" experiments/eval_throughput/measure.py --batches 1,16,64 --new-tokens 64 \
     --out "$OUT/eval_throughput.json"
-  step bench_part1 260 "$PY" -m dc.bench --mode gpu --part 1 --out-dir "$OUT"
+  step bench_part1 200 "$PY" -m dc.bench --mode gpu --part 1 --out-dir "$OUT" --sections \
+    calibration,mfu_1b/packed_selective,mfu_1b/packed_none,mfu_1b/packed_full,mfu_1b/padded_selective,mfu_1b/packed_selective_compiled,mfu_1b/packed_none_compiled
   step bench_part2 90 "$PY" -m dc.bench --mode gpu --part 2 --out-dir "$OUT"
 fi
 echo "results in $OUT:"

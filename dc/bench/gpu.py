@@ -64,6 +64,10 @@ def _sync(device: torch.device) -> None:
 
 
 def _free(device: torch.device) -> None:
+    """Release the previous section's memory and compiled code (each variant compiles afresh: Dynamo's per-code
+    cache is shared by every transformers layer class, and earlier variants' entries would count against it).
+    """
+    torch._dynamo.reset()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -190,8 +194,14 @@ def vlm_batch(vlm: Any, lengths: list[int], device: torch.device, *, packed: boo
     }
 
 
-def build_training_vlm(cfg: dict[str, Any], device: torch.device, *overrides: str) -> tuple[Any, Any]:
-    """The ~1B VLM of `mfu_1b` (stage 2), frozen parts in bf16, FSDP2-sharded on one device; returns (vlm, spec)."""
+def build_training_vlm(
+    cfg: dict[str, Any], device: torch.device, *overrides: str, reshard_after_forward: bool = True
+) -> tuple[Any, Any]:
+    """The ~1B VLM of `mfu_1b` (stage 2), frozen parts in bf16, FSDP2-sharded on one device; returns (vlm, spec).
+
+    `reshard_after_forward`: True is `stage.sharding=FULL_SHARD` (parameters gathered again for the backward),
+    False is `SHARD_GRAD_OP` (kept gathered from forward to backward).
+    """
     node = model_config("dci", cfg["vit"], cfg["llm"], "float32", *overrides)
     with torch.device(device):
         vlm = build_from_config(node)
@@ -199,7 +209,13 @@ def build_training_vlm(cfg: dict[str, Any], device: torch.device, *overrides: st
     vlm.train()
     spec = flops_spec(vlm)
     store_frozen(vlm, torch.bfloat16)
-    shard_vlm(vlm, mesh=_one_rank_mesh(device), param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    shard_vlm(
+        vlm,
+        mesh=_one_rank_mesh(device),
+        param_dtype=torch.bfloat16,
+        reduce_dtype=torch.float32,
+        reshard_after_forward=reshard_after_forward,
+    )
     return vlm, spec
 
 
@@ -214,6 +230,13 @@ def calibration(cfg: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {"gemm": f"{n}x{n}x{n} bf16", "tflops": rate / 1e12, "vs_h100_sxm_peak": rate / PEAK_BF16_FLOPS["h100_sxm"]}
 
 
+def _graphs_compiled() -> int:
+    """Graphs Dynamo has compiled in this process so far (a compile inside a timed loop would show here)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 @dataclasses.dataclass(frozen=True)
 class MfuVariant:
     """One `mfu_1b` configuration: model config overrides plus the optimizer kernel and gradient accumulation.
@@ -221,12 +244,13 @@ class MfuVariant:
     `accumulate_samples`: micro-batches are accumulated into optimizer steps of about this many samples (LLaVA's
     stage-2 global batch is 128), a fixed count per step as Lightning's `accumulate_grad_batches`; gradients are
     reduce-scattered once per step (`trainer.strategy.reduce_grads_per=step`). None: one optimizer step per
-    micro-batch (the earlier variants).
+    micro-batch (the earlier variants). `sharding`: `stage.sharding`, FULL_SHARD or SHARD_GRAD_OP.
     """
 
     overrides: tuple[str, ...]
     optimizer_impl: str = "foreach"
     accumulate_samples: int | None = None
+    sharding: str = "FULL_SHARD"
 
 
 _PACKED_NONE_COMPILED = ("llm.attention=unpadded", "llm.activation_checkpointing=none", "llm.compile=true")
@@ -245,6 +269,12 @@ MFU_VARIANTS = {
     "packed_none_compiled_fused_enc_acc128": MfuVariant(
         _PACKED_NONE_COMPILED + _ENCODER_COMPILED, optimizer_impl="fused", accumulate_samples=128
     ),
+    "packed_none_compiled_fused_enc_acc128_sgo": MfuVariant(
+        _PACKED_NONE_COMPILED + _ENCODER_COMPILED,
+        optimizer_impl="fused",
+        accumulate_samples=128,
+        sharding="SHARD_GRAD_OP",
+    ),
     "packed_selective_compiled_fused_enc_acc128": MfuVariant(
         ("llm.attention=unpadded", "llm.activation_checkpointing=selective", "llm.compile=true", *_ENCODER_COMPILED),
         optimizer_impl="fused",
@@ -257,7 +287,11 @@ def _training_setup(
     cfg: dict[str, Any], device: torch.device, variant: MfuVariant
 ) -> tuple[Any, Any, list[list[dict[str, Any]]], Callable[[list[dict[str, Any]]], None]]:
     """The sharded VLM, its FLOP spec, the optimizer steps (lists of micro-batches) and a `step(micro_batches)`."""
-    vlm, spec = build_training_vlm(cfg, device, *variant.overrides)
+    if variant.sharding not in ("FULL_SHARD", "SHARD_GRAD_OP"):
+        raise ValueError(f"MfuVariant.sharding={variant.sharding!r}: expected FULL_SHARD or SHARD_GRAD_OP")
+    vlm, spec = build_training_vlm(
+        cfg, device, *variant.overrides, reshard_after_forward=variant.sharding == "FULL_SHARD"
+    )
     packed = "llm.attention=unpadded" in variant.overrides
     lengths = budget_batches(cfg, 4 if variant.accumulate_samples is None else 16)
     micro = [vlm_batch(vlm, lens, device, packed=packed, seed=k) for k, lens in enumerate(lengths)]
@@ -299,6 +333,7 @@ def mfu_variant(
         torch.cuda.reset_peak_memory_stats(device)
     flops = {"no_attention": 0.0, "model": 0.0, "hardware": 0.0}
     tokens = samples = micro_batches = 0
+    graphs_before = _graphs_compiled()
     repeats = cfg["repeats"] if variant.accumulate_samples is None else max(2, cfg["repeats"] // 2)
     start = time.perf_counter()
     for k in range(repeats):
@@ -315,8 +350,10 @@ def mfu_variant(
     seconds = time.perf_counter() - start
     peak = PEAK_BF16_FLOPS["h100_sxm"]
     return {
+        "graphs_compiled_while_timed": _graphs_compiled() - graphs_before,
         "overrides": list(variant.overrides),
         "optimizer_impl": variant.optimizer_impl,
+        "sharding": variant.sharding,
         "micro_batches_per_step": micro_batches / repeats,
         "samples_per_step": samples / repeats,
         "steps": repeats,
@@ -335,12 +372,14 @@ def mfu_variant(
 
 
 KERNEL_CATEGORIES = (  # first match wins; matched against lower-cased kernel names
-    ("attention", ("flash", "fmha", "attention", "attn", "varlen")),
-    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("attention", ("flash", "fmha", "attention", "attn", "varlen", "sdpa")),
+    ("optimizer", ("adam",)),
     ("communication", ("nccl", "all_gather", "reduce_scatter", "allreduce")),
     ("gemm", ("gemm", "cutlass", "nvjet", "xmma", "sm90_", "sm80_", "cublas", "matmul", "mm_", "triton_tem")),
+    ("gemm", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")),  # CPU operator names
+    ("multi_tensor", ("multi_tensor",)),  # foreach kernels outside the optimizer: FSDP copy-in, clip_grad_norm_
     ("triton", ("triton",)),  # Inductor's fused pointwise/reduction kernels
-    ("copy", ("memcpy", "memset", "copy", "cast", "fill")),
+    ("copy", ("memcpy", "memset", "copy_kernel", "direct_copy", "fill_kernel", "catarray", "cat_kernel")),
 )
 
 
@@ -353,6 +392,27 @@ def kernel_category(name: str) -> str:
     return "elementwise"
 
 
+def device_time(events: Any, *, cuda: bool) -> tuple[dict[str, float], dict[str, float]]:
+    """Microseconds per kernel category and per kernel name from profiler events.
+
+    CUDA: the device events' own durations, leaving out user-annotation ranges (FSDP's `FSDP::*`, the optimizer's
+    `Optimizer.step#...`, compiled regions), which span kernels counted already. CPU: operator self time.
+    """
+    from torch.autograd import DeviceType
+
+    kind = DeviceType.CUDA if cuda else DeviceType.CPU
+    by_category: dict[str, float] = {}
+    top: dict[str, float] = {}
+    for event in events:
+        if event.device_type != kind or getattr(event, "is_user_annotation", False):
+            continue
+        us = float(event.time_range.elapsed_us()) if cuda else float(event.self_cpu_time_total)
+        category = kernel_category(event.name)
+        by_category[category] = by_category.get(category, 0.0) + us
+        top[event.name] = top.get(event.name, 0.0) + us
+    return by_category, top
+
+
 def profile_variant(cfg: dict[str, Any], device: torch.device, variant: MfuVariant, steps: int = 2) -> dict[str, Any]:
     """Where a step's time goes: `torch.profiler` over `steps` optimizer steps of `variant` after warm-up.
 
@@ -360,7 +420,6 @@ def profile_variant(cfg: dict[str, Any], device: torch.device, variant: MfuVaria
     waiting for the host; kernels overlapping on other streams, e.g. NCCL, can push it above 1). On CPU the same
     code adds up CPU operator self time instead: a logic check only.
     """
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     _free(device)
@@ -375,18 +434,7 @@ def profile_variant(cfg: dict[str, Any], device: torch.device, variant: MfuVaria
             step(batches[k % len(batches)])
         _sync(device)
         wall = time.perf_counter() - start
-    kind = DeviceType.CUDA if device.type == "cuda" else DeviceType.CPU
-    by_category: dict[str, float] = {}
-    top: dict[str, float] = {}
-    for event in prof.events():
-        if event.device_type != kind:
-            continue
-        if kind == DeviceType.CUDA:  # a kernel (or memcpy/memset) event: its own duration
-            us = float(event.time_range.elapsed_us())
-        else:
-            us = float(event.self_cpu_time_total)
-        by_category[kernel_category(event.name)] = by_category.get(kernel_category(event.name), 0.0) + us
-        top[event.name] = top.get(event.name, 0.0) + us
+    by_category, top = device_time(prof.events(), cuda=device.type == "cuda")
     busy = sum(by_category.values()) / 1e6
     del vlm
     return {
@@ -394,7 +442,7 @@ def profile_variant(cfg: dict[str, Any], device: torch.device, variant: MfuVaria
         "optimizer_impl": variant.optimizer_impl,
         "steps": steps,
         "wall_ms_per_step": 1000 * wall / steps,
-        "timed": "device kernels" if kind == DeviceType.CUDA else "cpu operators (self)",
+        "timed": "device kernels" if device.type == "cuda" else "cpu operators (self)",
         "busy_fraction": busy / wall,
         "ms_per_step": {k: v / 1000 / steps for k, v in sorted(by_category.items(), key=lambda kv: -kv[1])},
         "top_kernels_ms_per_step": {
@@ -672,14 +720,14 @@ def run_part(part: int, out_dir: Path, tiny: bool = False, only: list[str] | Non
             _free(device)
         record("profile_1b", lambda: profile_variant(cfg, device, MFU_VARIANTS[PROFILED]))
         _free(device)
-        best = max(
-            (v for k, v in result["sections"].items() if k.startswith("mfu_1b/") and v.get("status") == "ok"),
-            key=lambda v: v["mfu"],
-            default=None,
+        best_name, best = max(
+            ((k, v) for k, v in result["sections"].items() if k.startswith("mfu_1b/") and v.get("status") == "ok"),
+            key=lambda kv: kv[1]["mfu"],
+            default=(None, None),
         )
         result["summary"] = {
             "best_mfu": best["mfu"] if best else None,
-            "best_variant": best["overrides"] if best else None,
+            "best_variant": best_name,
             "goal": f"mfu >= {MFU_GOAL} (torchtitan convention, attention included)",
             "goal_met": bool(best and best["mfu"] >= MFU_GOAL),
         }

@@ -61,8 +61,10 @@ def adamw_impl_kwargs(params: Iterable[torch.Tensor], impl: str) -> dict[str, bo
       them back once (about 28 bytes per fp32 parameter per step); "foreach" (PyTorch's default) runs a dozen
       multi-tensor passes over the same tensors; "for_loop" one small kernel chain per parameter.
     * "auto": "fused" when every parameter is on a CUDA device (sharded DTensors included), else PyTorch's default
-      — so CPU runs keep the foreach update they always had.
-    The three compute the same AdamW update (to float rounding; tested against each other).
+      (the for-loop on CPU, foreach on accelerators) — so CPU runs keep the update they always had (also with
+      FSDP's `cpu_offload`, although a fused CPU kernel exists: choose "fused" there explicitly).
+    The three compute the same AdamW update (to float rounding; tested against each other). `keep_adamw_impl`
+    keeps the choice across a checkpoint load.
     """
     if impl not in OPTIMIZER_IMPLS:
         raise ValueError(f"stage.optimizer_impl={impl!r}: expected one of {OPTIMIZER_IMPLS}")
@@ -81,6 +83,29 @@ def adamw_impl_kwargs(params: Iterable[torch.Tensor], impl: str) -> dict[str, bo
             )
         return {"fused": True}
     return {"foreach": impl == "foreach"}
+
+
+def keep_adamw_impl(optimizer: torch.optim.Optimizer, impl_kwargs: dict[str, bool]) -> None:
+    """Make `optimizer` keep the kernel `impl_kwargs` chose (`adamw_impl_kwargs`) after `load_state_dict`.
+
+    Loading restores the saved param groups' `fused`/`foreach` flags, so a run resumed from a checkpoint written
+    with another kernel (or before `stage.optimizer_impl` existed) would silently keep the old one. The hook puts
+    the chosen flags back and moves each `step` counter where that kernel keeps it (float32: on the parameter's
+    device for fused, on the CPU otherwise).
+    """
+
+    def hook(opt: torch.optim.Optimizer) -> None:
+        for group in opt.param_groups:
+            group["fused"] = impl_kwargs.get("fused")
+            group["foreach"] = impl_kwargs.get("foreach")
+            on_device = bool(group["fused"] or group.get("capturable"))
+            for param in group["params"]:
+                step = opt.state.get(param, {}).get("step")
+                if isinstance(step, torch.Tensor):
+                    device = param.device if on_device else torch.device("cpu")
+                    opt.state[param]["step"] = step.to(device=device, dtype=torch.float32)
+
+    optimizer.register_load_state_dict_post_hook(hook)
 
 
 def warmup_cosine(

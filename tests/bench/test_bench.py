@@ -167,7 +167,10 @@ def test_kernel_categories() -> None:
         "flash_fwd_kernel": "attention",
         "pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel": "attention",
         "void at::native::(anonymous namespace)::fused_adamw_kernel": "optimizer",
-        "multi_tensor_apply_kernel": "optimizer",
+        "void at::native::multi_tensor_apply_kernel<at::native::FusedAdamMathFunctor<float, 4>>": "optimizer",
+        "void at::native::multi_tensor_apply_kernel<at::native::CopyFunctor<c10::BFloat16, float>>": "multi_tensor",
+        "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<MulFunctor>>": "elementwise",
+        "void at::native::direct_copy_kernel_cuda": "copy",
         "ncclDevKernel_ReduceScatter_Sum_f32_RING_LL": "communication",
         "Memcpy DtoD (Device -> Device)": "copy",
         "triton_tem_fused_mm_0": "gemm",
@@ -175,6 +178,43 @@ def test_kernel_categories() -> None:
         "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>": "elementwise",
     }
     assert {name: kernel_category(name) for name in cases} == cases
+
+
+def test_device_time_counts_kernels_once_and_skips_annotations() -> None:
+    """CUDA: kernel durations per category; annotation ranges (FSDP::*, Optimizer.step) span kernels counted
+    already and are left out; CPU-side events are ignored. CPU mode: operator self time."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from dc.bench.gpu import device_time
+
+    def event(name, device, us, annotation=False, self_cpu=0.0):
+        span = SimpleNamespace(elapsed_us=lambda: us)
+        return SimpleNamespace(
+            name=name, device_type=device, time_range=span, is_user_annotation=annotation, self_cpu_time_total=self_cpu
+        )
+
+    events = [
+        event("sm90_xmma_gemm_bf16", DeviceType.CUDA, 300.0),
+        event("nvjet_tst_128x256", DeviceType.CUDA, 100.0),
+        event("flash_fwd_kernel", DeviceType.CUDA, 50.0),
+        event("fused_adamw_kernel", DeviceType.CUDA, 40.0),
+        event("Optimizer.step#AdamW.step", DeviceType.CUDA, 45.0, annotation=True),
+        event("FSDP::all_gather_copy_in", DeviceType.CUDA, 12.0, annotation=True),
+        event("aten::mm", DeviceType.CPU, 999.0, self_cpu=7.0),
+        event("aten::add", DeviceType.CPU, 999.0, self_cpu=3.0),
+    ]
+    by_category, top = device_time(events, cuda=True)
+    assert by_category == {"gemm": 400.0, "attention": 50.0, "optimizer": 40.0}
+    assert top == {
+        "sm90_xmma_gemm_bf16": 300.0,
+        "nvjet_tst_128x256": 100.0,
+        "flash_fwd_kernel": 50.0,
+        "fused_adamw_kernel": 40.0,
+    }
+    by_category, _ = device_time(events, cuda=False)
+    assert by_category == {"gemm": 7.0, "elementwise": 3.0}
 
 
 @pytest.mark.slow
@@ -190,6 +230,7 @@ def test_gpu_mode_new_mfu_levers_and_profile_run_tiny_on_cpu(tmp_path: Path) -> 
     }, part1
     acc = part1["sections"]["mfu_1b/packed_none_compiled_fused_enc_acc128"]
     assert acc["optimizer_impl"] == "fused" and acc["micro_batches_per_step"] > 1
+    assert acc["graphs_compiled_while_timed"] == 0  # the warm-up saw every distinct step
     assert acc["samples_per_step"] > 4  # more than one micro-batch's at most 4 samples
     assert acc["tokens_per_step"] <= acc["micro_batches_per_step"] * 256  # each micro-batch within its budget
     prof = part1["sections"]["profile_1b"]

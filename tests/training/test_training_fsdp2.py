@@ -246,8 +246,9 @@ def test_sharded_checkpoint_resumes_exactly_and_consolidates(tmp_path: Path, dat
 
 @pytest.mark.slow
 def test_reducing_once_per_step_trains_like_every_micro_batch(tmp_path: Path, data_dir: Path) -> None:
-    """2 processes × 2 accumulated micro-batches per step, 3 steps: `reduce_grads_per=step` ends with the weights
-    and optimizer state of the default (fp32: equal up to the summation order)."""
+    """2 processes × 2 accumulated micro-batches per step, 3 steps: `reduce_grads_per=step` (which reached the
+    strategy: its log line) ends with the weights and optimizer state of the default (fp32: equal up to the
+    summation order). That the first micro-batch's reduction is really skipped is the one-process test above."""
     common = ["trainer.max_steps=3", "data.batch_size=2"]  # global 8 = 2 per micro-batch × 2 ranks × 2 accumulated
     _run(tmp_path / "micro", data_dir, *common)
     _run(tmp_path / "step", data_dir, *common, "trainer.strategy.reduce_grads_per=step")
@@ -259,7 +260,13 @@ def test_reducing_once_per_step_trains_like_every_micro_batch(tmp_path: Path, da
         torch.testing.assert_close(got["state_dict"][name], value, rtol=1e-5, atol=1e-6)
         changed += int(".llm." in name)
     assert changed > 0  # the LLM trains in this stage
-    assert "× 2 per device × 2 accumulation" in (tmp_path / "step" / "train.log").read_text()
+    opt_want, opt_got = (flatten_optimizer(c["optimizer_states"][0]) for c in (want, got))
+    assert opt_want.keys() == opt_got.keys() and opt_want
+    for name, value in opt_want.items():
+        torch.testing.assert_close(opt_got[name], value, rtol=1e-4, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
+    step_log, micro_log = ((tmp_path / d / "train.log").read_text() for d in ("step", "micro"))
+    assert "× 2 per device × 2 accumulation" in step_log
+    assert "reduce torch.float32 per step" in step_log and "reduce torch.float32 per micro-batch" in micro_log
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dc.training.optim import adamw_impl_kwargs
+from dc.training.optim import adamw_impl_kwargs, keep_adamw_impl
 
 from dc_testing import make_module
 from train_helpers import compose_config
@@ -57,6 +57,41 @@ def test_every_kernel_gives_the_adamw_update(impl: str) -> None:
         torch.testing.assert_close(got.detach(), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(("saved", "chosen"), [("foreach", "fused"), ("fused", "for_loop"), ("for_loop", "auto")])
+def test_a_loaded_state_keeps_the_configured_kernel(saved: str, chosen: str) -> None:
+    """A checkpoint written with one kernel, resumed with another: the configured one runs (loading alone would
+    restore the saved flags), and the 4 steps equal the AdamW formula."""
+    g = torch.Generator().manual_seed(1)
+    init = [torch.randn(6, 3, generator=g), torch.randn(3, generator=g)]
+    grads = [[torch.randn_like(p) for p in init] for _ in range(4)]
+    first = [torch.nn.Parameter(p.clone()) for p in init]
+    opt = torch.optim.AdamW(first, lr=1e-2, weight_decay=0.1, **adamw_impl_kwargs(first, saved))
+    for step_grads in grads[:2]:
+        for p, grad in zip(first, step_grads, strict=True):
+            p.grad = grad.clone()
+        opt.step()
+    state = opt.state_dict()
+
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in first]
+    kwargs = adamw_impl_kwargs(resumed, chosen)
+    plain = torch.optim.AdamW(resumed, lr=1e-2, weight_decay=0.1, **kwargs)
+    plain.load_state_dict(state)
+    assert plain.param_groups[0]["fused"] == state["param_groups"][0]["fused"]  # what loading alone does
+    kept = torch.optim.AdamW(resumed, lr=1e-2, weight_decay=0.1, **kwargs)
+    keep_adamw_impl(kept, kwargs)
+    kept.load_state_dict(state)
+    assert kept.param_groups[0]["fused"] is kwargs.get("fused")
+    assert kept.param_groups[0]["foreach"] is kwargs.get("foreach")
+    assert all(s["step"].dtype == torch.float32 and s["step"].device.type == "cpu" for s in kept.state.values())
+    for step_grads in grads[2:]:
+        for p, grad in zip(resumed, step_grads, strict=True):
+            p.grad = grad.clone()
+        kept.step()
+    want = _reference_adamw(init, grads, 1e-2, (0.9, 0.999), 1e-8, [0.1, 0.1])
+    for got, expected in zip(resumed, want, strict=True):
+        torch.testing.assert_close(got.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_auto_is_fused_only_when_every_parameter_is_on_cuda() -> None:
     on = [SimpleNamespace(device=torch.device("cuda", 0)), SimpleNamespace(device=torch.device("cuda", 1))]
     assert adamw_impl_kwargs(on, "auto") == {"fused": True}
@@ -89,6 +124,12 @@ def test_module_builds_adamw_with_the_chosen_kernel(impl: str, tmp_path: Path, d
     assert {g["foreach"] for g in optimizer.param_groups} == {True if impl == "foreach" else None}
     trained = {id(p) for p in module.parameters() if p.requires_grad}
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == trained
+    state = optimizer.state_dict()  # as a checkpoint written with another kernel would hold it
+    for group in state["param_groups"]:
+        group["fused"], group["foreach"] = False, False
+    optimizer.load_state_dict(state)
+    assert {g["fused"] for g in optimizer.param_groups} == {True if impl == "fused" else None}
+    assert {g["foreach"] for g in optimizer.param_groups} == {True if impl == "foreach" else None}
 
 
 def test_every_stage_config_sets_the_optimizer_kernel() -> None:
