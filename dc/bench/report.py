@@ -304,7 +304,7 @@ def render_gpu(parts: list[dict[str, Any]]) -> list[str]:
             lines += [
                 f"Where a step goes ({', '.join(prof['overrides'])}, AdamW {prof['optimizer_impl']}; "
                 f"torch.profiler, {prof['timed']}, {prof['steps']} steps): {prof['wall_ms_per_step']:.1f} ms per "
-                f"step, busy {_pct(prof['busy_fraction'])}.",
+                f"step under the profiler, device busy {_pct(prof['busy_fraction'])} of it.",
                 "",
                 "| category | ms per step | share of the step |",
                 "|---|---|---|",
