@@ -12,6 +12,7 @@ import torch
 
 from dc.constants import IMAGE_TOKEN_INDEX
 from dc.models.visual import VisualMeta
+from dc.training.optim import adamw_impl_kwargs
 from dc.training.throughput import batch_shape
 
 from dc_testing import make_module
@@ -99,3 +100,40 @@ def test_frozen_parts_stored_in_the_compute_dtype(stage: str, tmp_path: Path, da
     assert {p.dtype for p in cpu.vlm.parameters()} == {torch.float32}  # fp32 compute: nothing changes
     with pytest.raises(ValueError, match="stage.frozen_dtype='int8'"):
         _module(tmp_path, data_dir, f"stage={stage}", "stage.frozen_dtype=int8", trainer=trainer)
+
+
+@pytest.mark.parametrize("attention", ["unpadded", "padded"])
+@pytest.mark.parametrize("stage", ["finetune", "pretrain", "lora"])
+def test_training_step_reads_nothing_back_from_the_device(stage: str, attention: str, tmp_path, data_dir) -> None:
+    """The whole step — encoder, connector, visual splice, decoder, chunked loss, backward, gradient-norm clip and
+    the fused AdamW update — on fake tensors (shapes without values): any op that needs device values on the host
+    (`.item()`, `.tolist()`, `nonzero`, boolean-mask indexing, `if tensor:`) raises there, so a step that runs
+    queues GPU work without waiting on it. The host-side layout is computed before, on the CPU batch, as in
+    training."""
+    import dataclasses
+
+    from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
+    from torch.func import functional_call
+
+    module = _module(tmp_path, data_dir, f"stage={stage}", f"llm.attention={attention}")
+    batch = module.on_before_batch_transfer(_batch(module), 0)
+    mode = FakeTensorMode()
+
+    def fake(value):
+        return mode.from_tensor(value) if isinstance(value, torch.Tensor) else value
+
+    vlm = module.vlm
+    state = {name: fake(t) for name, t in [*vlm.named_parameters(), *vlm.named_buffers()]}
+    layout = batch.pop("layout")
+    tensors = {f.name: fake(getattr(layout, f.name)) for f in dataclasses.fields(layout)}
+    fake_batch = {k: fake(v) for k, v in batch.items()} | {"layout": dataclasses.replace(layout, **tensors)}
+    with mode:
+        with pytest.raises(DataDependentOutputException):  # the detector: a host read of a fake tensor raises
+            fake(torch.ones(3)).sum().item()
+        loss = functional_call(vlm, state, (), fake_batch).loss
+        trained = [state[name] for name, p in vlm.named_parameters() if p.requires_grad]
+        for param, grad in zip(trained, torch.autograd.grad(loss, trained), strict=True):
+            param.grad = grad
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
+        torch.optim.AdamW(trained, lr=1e-3, **adamw_impl_kwargs(trained, "fused")).step()
+    assert loss.shape == () and all(p.grad.shape == p.shape for p in trained)

@@ -30,7 +30,14 @@ from dc.models.llms.linear_ce import IMPLS, linear_cross_entropy
 from dc.models.llms.loss import causal_lm_loss, lm_head_of, unwrap_causal_lm
 from dc.models.llms.templates import ChatTemplate
 from dc.models.llms.tokenizers import load_tokenizer
-from dc.models.llms.varlen import BACKENDS, VARLEN, packed_mask, register_varlen_attention, resolve_backend
+from dc.models.llms.varlen import (
+    BACKENDS,
+    VARLEN,
+    HostBounds,
+    packed_mask,
+    register_varlen_attention,
+    resolve_backend,
+)
 
 
 class HFCausalLM(LanguageModel):
@@ -207,8 +214,8 @@ class HFCausalLM(LanguageModel):
                 "varlen_backend": backend,
             }
             if backend == "sdpa_loop":
-                # a host tensor, not a tuple: a compiled layer guards on a tuple's length (recompiling per batch)
-                varlen["seq_bounds"] = torch.tensor(layout.seq_bounds)
+                # opaque to a compiled layer, which would guard on a tuple's length (a recompile per batch)
+                varlen["seq_bounds"] = HostBounds(layout.seq_bounds)
             out = decoder(
                 inputs_embeds=packed,
                 attention_mask=packed_mask(packed.device),

@@ -94,12 +94,26 @@ def register_varlen_attention() -> None:
     AttentionMaskInterface.register(VARLEN, sdpa_mask)
 
 
+class HostBounds:
+    """Packed sequence bounds on the host (0, len_0, len_0 + len_1, ...), in an opaque holder.
+
+    Handed to the attention through the decoder layers' keyword arguments. A compiled layer guards on what it
+    inspects: a tuple would be inspected (its length guarded, a recompile per batch composition) and a host tensor
+    would be a graph input; this object is only passed through to `_sdpa_loop`, which runs outside the graph.
+    """
+
+    __slots__ = ("bounds",)
+
+    def __init__(self, bounds: Sequence[int]) -> None:
+        self.bounds = tuple(int(b) for b in bounds)
+
+
 @torch.compiler.disable
 def _sdpa_loop(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    bounds: Sequence[int] | torch.Tensor,
+    bounds: Sequence[int] | HostBounds,
     scale: float | None,
     dropout: float,
 ) -> torch.Tensor:
@@ -107,11 +121,11 @@ def _sdpa_loop(
 
     Never traced by `torch.compile` (`llm.compile`): a compiled layer would specialise on the sequence bounds and
     recompile for every new batch composition until Dynamo's recompile limit sends it back to eager. The layer
-    compiles around this call (a graph break) and the bounds reach it as a host tensor, whose size Dynamo treats
-    as dynamic; the loop of SDPA kernels runs as it is.
+    compiles around this call (a graph break) and the bounds reach it in a `HostBounds`, which Dynamo passes
+    through without guarding on it; the loop of SDPA kernels runs as it is.
     """
-    if isinstance(bounds, torch.Tensor):
-        bounds = bounds.tolist()  # a host tensor: no device sync
+    if isinstance(bounds, HostBounds):
+        bounds = bounds.bounds
     gqa = k.shape[1] != q.shape[1]
     outs = [
         F.scaled_dot_product_attention(
@@ -159,7 +173,7 @@ def varlen_attention(
     max_seqlen: int,
     *,
     backend: str,
-    seq_bounds: Sequence[int] | torch.Tensor | None = None,
+    seq_bounds: Sequence[int] | HostBounds | None = None,
     scale: float | None = None,
     dropout: float = 0.0,
 ) -> torch.Tensor:
@@ -170,7 +184,7 @@ def varlen_attention(
         cu_seqlens: [N + 1] int32 sequence starts (on the tensors' device).
         max_seqlen: the longest sequence (a Python int: no device sync).
         backend: a concrete backend (see `resolve_backend`).
-        seq_bounds: `cu_seqlens` on the host, as ints or a CPU tensor (needed by "sdpa_loop").
+        seq_bounds: `cu_seqlens` on the host, as ints or a `HostBounds` (needed by "sdpa_loop").
         scale: softmax scale (None: 1/sqrt(D)).
         dropout: attention dropout (only "sdpa_loop" supports it).
 
