@@ -137,7 +137,10 @@ class DCModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        # Not `prog_bar=True`: Lightning turns progress-bar metrics into Python floats after every batch, a device
+        # sync per micro-batch (the GPU drains its queue and idles while the host prepares the next batch). The
+        # loggers convert it every `log_every_n_steps`; the bar shows it through `dc.training.callbacks.LossBar*`.
+        self.log("train/loss", loss, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

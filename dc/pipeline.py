@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from dc.data.visual import build_visual_processor
 from dc.lit_module import DCModule, model_config
 from dc.models.llms.tokenizers import load_tokenizer
+from dc.training.callbacks import loss_progress_bar
 from dc.training.checkpoint import resolve_ckpt_path
 from dc.training.checkpoint_io import DirectCheckpointIO, clean_partial_files
 from dc.training.data import ResumableDataModule
@@ -193,6 +194,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         callbacks = [instantiate(cb, allowed=allowed) for cb in (cfg.get("callbacks") or {}).values() if cb is not None]
         if not loggers:  # Lightning refuses a LearningRateMonitor without a logger (logger=[])
             callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+        bar = loss_progress_bar(callbacks) if cfg.trainer.get("enable_progress_bar", True) else None
+        callbacks += [bar] if bar is not None else []  # the loss on the bar without a device sync per batch
         trainer: L.Trainer = instantiate(
             cfg.trainer, allowed=allowed, logger=loggers or False, callbacks=callbacks, plugins=[DirectCheckpointIO()]
         )

@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -201,3 +201,51 @@ class ProgressLog(L.Callback):
             elapsed,
             f", ~{left:.0f} s left" if left is not None else "",
         )
+
+
+class _LossOnBar:
+    """Mixin for a Lightning progress bar: shows `train/loss` as a host float, read every
+    `trainer.log_every_n_steps` optimizer steps (and at the first), when the loggers read it anyway.
+
+    `self.log(..., prog_bar=True)` would do the same through Lightning, which converts every progress-bar metric to
+    a Python float after every batch — a device sync per micro-batch, leaving the GPU idle while the host prepares
+    the next batch.
+    """
+
+    _loss: float | None = None
+    _loss_step: int = -1
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step != self._loss_step and (step <= 1 or step % max(1, int(trainer.log_every_n_steps)) == 0):
+            value = trainer.callback_metrics.get("train/loss")
+            if value is not None:
+                self._loss, self._loss_step = float(value), step
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)  # type: ignore[misc]
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
+        if self._loss is not None:
+            items["loss"] = self._loss
+        return items
+
+
+class LossBarRich(_LossOnBar, RichProgressBar):
+    """Lightning's Rich progress bar with the loss shown sync-free (see `_LossOnBar`)."""
+
+
+class LossBarTQDM(_LossOnBar, TQDMProgressBar):
+    """Lightning's tqdm progress bar with the loss shown sync-free (see `_LossOnBar`)."""
+
+
+def loss_progress_bar(callbacks: list[Any]) -> ProgressBar | None:
+    """The bar `train` adds when `trainer.enable_progress_bar` is on: Rich when installed (Lightning's own choice),
+    else tqdm; None when the callbacks already hold a progress bar (the user's wins).
+    """
+    if any(isinstance(cb, ProgressBar) for cb in callbacks):
+        return None
+    from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+
+    return LossBarRich() if _RICH_AVAILABLE else LossBarTQDM()

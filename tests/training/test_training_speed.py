@@ -137,3 +137,58 @@ def test_training_step_reads_nothing_back_from_the_device(stage: str, attention:
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         torch.optim.AdamW(trained, lr=1e-3, **adamw_impl_kwargs(trained, "fused")).step()
     assert loss.shape == () and all(p.grad.shape == p.shape for p in trained)
+
+
+def test_training_loop_reads_the_loss_back_only_every_log_interval(train_cfg) -> None:
+    """Through `train`: over 12 optimizer steps (log every 5, progress bar on, CSV logger, fused AdamW) training
+    values are read back to the host only on the steps the bar and the loggers refresh (1, 5, 10), not after every
+    batch as `self.log(..., prog_bar=True)` makes Lightning do. Reads of host data (records, collate, the layout
+    computed before the transfer, the sampler) belong to the data pipeline and are not counted."""
+    import sys
+    import traceback
+    from collections import Counter
+
+    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dc.pipeline import train
+    from dc.training.callbacks import LossBarRich, LossBarTQDM
+
+    host_side = ("dc/data/", "dc/models/llms/layout.py", "dc/training/data.py", "lightning/pytorch/utilities/data.py")
+
+    def fit_step() -> int | None:
+        frame = sys._getframe(2)
+        while frame is not None:
+            loop = frame.f_locals.get("self")
+            if isinstance(loop, _TrainingEpochLoop):
+                return loop.trainer.global_step
+            frame = frame.f_back
+        return None
+
+    reads: Counter[tuple[int | None, str]] = Counter()
+
+    class HostReads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                files = [f.filename.replace("\\", "/") for f in traceback.extract_stack()[:-1]]
+                if not any(part in name for name in files for part in host_side):
+                    site = next((name for name in reversed(files) if "/torch/" not in name), files[-1])
+                    reads[(fit_step(), site.rsplit("/", 1)[-1])] += 1
+            return func(*args, **(kwargs or {}))
+
+    cfg = train_cfg(
+        "stage=finetune",
+        "stage.optimizer_impl=fused",  # CPU's default AdamW reads its host step counters with .item()
+        "trainer.max_steps=12",
+        "trainer.max_epochs=-1",
+        "trainer.log_every_n_steps=5",
+        "trainer.enable_progress_bar=true",
+        "data.prepare.n_instruct=64",
+    )
+    with HostReads():
+        _, objects = train(cfg)
+    bar = objects["trainer"].progress_bar_callback
+    assert isinstance(bar, (LossBarRich, LossBarTQDM)) and bar._loss is not None and bar._loss_step == 10
+    in_fit = {step for step, _ in reads if step is not None}
+    assert in_fit <= {1, 5, 10}, reads
+    assert {1, 5, 10} <= in_fit  # the bar read the loss on those steps
