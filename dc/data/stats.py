@@ -61,6 +61,13 @@ class DataStats:
         )
 
 
+def host_tensors(metrics: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Host-side values as CPU tensors for `self.log`: Lightning turns a Python number into a tensor on the module's
+    device, and a blocking host-to-GPU copy waits for all queued GPU work (a sync per step); a CPU tensor stays on
+    the CPU until a logger reads it."""
+    return {k: torch.tensor(float(v), dtype=torch.float32) for k, v in metrics.items()}
+
+
 def log_data_stats(module: L.LightningModule, batch: dict[str, Any], stats: DataStats) -> None:
     """Log the batch's padding fraction and the cumulative skip/truncation counts (summed over ranks).
 
@@ -68,7 +75,7 @@ def log_data_stats(module: L.LightningModule, batch: dict[str, Any], stats: Data
     at every step (one scalar); per-reason totals over ranks come from `DataStatsCallback` at epoch end.
     """
     bs = int(batch["input_ids"].shape[0])
-    module.log_dict(stats.update(batch), on_step=True, on_epoch=True, batch_size=bs)
+    module.log_dict(host_tensors(stats.update(batch)), on_step=True, on_epoch=True, batch_size=bs)
     module.log("data/skipped_total", float(sum(stats.skipped.values())), on_step=True, on_epoch=False,
                reduce_fx="sum", sync_dist=True, batch_size=bs)
 
@@ -102,7 +109,7 @@ class DataStatsCallback(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if isinstance(batch, dict) and "input_ids" in batch:
-            metrics = self.stats.update(batch)
+            metrics = host_tensors(self.stats.update(batch))
             pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=int(batch["input_ids"].shape[0]))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -192,3 +192,27 @@ def test_training_loop_reads_the_loss_back_only_every_log_interval(train_cfg) ->
     in_fit = {step for step, _ in reads if step is not None}
     assert in_fit <= {1, 5, 10}, reads
     assert {1, 5, 10} <= in_fit  # the bar read the loss on those steps
+
+
+def test_per_step_data_stats_are_logged_as_host_tensors() -> None:
+    """`DataStatsCallback` logs each batch's padding fraction as a CPU tensor: given a Python number, Lightning
+    would build a tensor on the module's device every step, and a blocking host-to-GPU copy waits for the GPU."""
+    import lightning as L
+
+    from dc.data.stats import DataStatsCallback
+
+    class Recorder(L.LightningModule):  # records what the callback hands to `log_dict`
+        def __init__(self) -> None:
+            super().__init__()
+            self.logged: list[dict] = []
+
+        def log_dict(self, dictionary, **kwargs) -> None:
+            self.logged.append(dict(dictionary))
+
+    module = Recorder()
+    batch = {"input_ids": torch.zeros(4, 10, dtype=torch.long), "num_tokens": 30, "num_padding": 10}
+    DataStatsCallback().on_train_batch_start(None, module, batch, 0)
+    (logged,) = module.logged
+    value = logged["data/padding_frac"]
+    assert isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.dtype == torch.float32
+    assert value.item() == pytest.approx(10 / 40)
