@@ -47,3 +47,12 @@ def compile_modules(modules: list[nn.Module], options: dict[str, Any] | None = N
     for module in modules:
         module.compile(**(options or {}))
     return len(modules)
+
+
+def compile_on_first_training(owner: nn.Module, modules: list[nn.Module]) -> None:
+    """Compile `modules` with `owner.compile_options` once: the first time `owner` enters training mode (call from
+    its `train(mode=True)`); `owner.compiled` records that it happened. Nothing when compile is off.
+    """
+    if owner.compile_options is not None and not owner.compiled:
+        compile_modules(modules, owner.compile_options)
+        owner.compiled = True

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dc.models.compiling import compile_modules, compile_options
+from dc.models.compiling import compile_on_first_training, compile_options
 
 Tap = tuple[int, ...]
 """A feature a connector asks for: the mean of the hidden states at these (non-negative) indices."""
@@ -160,9 +160,8 @@ class VisionEncoder(nn.Module, ABC):
         the blocks that run are compiled the first time training is asked for (frozen or not).
         """
         super().train(mode and not self.freeze)
-        if mode and self.compile_options is not None and not self.compiled:
-            compile_modules(list(self.blocks()[: self.depth]), self.compile_options)
-            self.compiled = True
+        if mode:
+            compile_on_first_training(self, list(self.blocks()[: self.depth]))
         return self
 
     @property

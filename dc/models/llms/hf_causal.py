@@ -21,7 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from dc.models.compiling import compile_modules, compile_options
+from dc.models.compiling import compile_on_first_training, compile_options
 from dc.models.hub import from_pretrained
 from dc.models.llms.base import LanguageModel
 from dc.models.llms.checkpointing import MODES, apply_activation_checkpointing
@@ -141,9 +141,8 @@ class HFCausalLM(LanguageModel):
     def train(self, mode: bool = True) -> HFCausalLM:
         """Training mode; with `compile`, the decoder layers are compiled the first time (never for inference)."""
         super().train(mode)
-        if mode and self.compile_options is not None and not self.compiled:
-            compile_modules(self.decoder_layers(), self.compile_options)
-            self.compiled = True
+        if mode:
+            compile_on_first_training(self, self.decoder_layers())
         return self
 
     def layout_mode(self) -> str | None:
