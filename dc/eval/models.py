@@ -158,7 +158,8 @@ class DCModel(InferenceModel):
             raise ValueError(
                 f"a video of {frames} frames aggregates to {tokens} visual tokens ({self.visual.view.total} per frame, "
                 f"aggregate={self.video.aggregate!r}) but the LLM takes at most {limit} positions; lower "
-                f"eval.video.num_frames or use eval.video.aggregate=pool (halves each frame) or mean"
+                f"video.num_frames (or the benchmark's own benchmark.num_frames) or use video.aggregate=pool "
+                f"(halves each frame) or mean"
             )
 
     def sample(self, text: str, visuals: Sequence[Visual]) -> dict[str, Any]:

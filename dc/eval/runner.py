@@ -50,9 +50,14 @@ def record_visuals(record: EvalRecord, num_frames: int) -> list[Visual]:
     if video is not None:
         from dc.data.video import decode_video
 
-        frames = int(record.meta.get("num_frames") or num_frames)
+        frames = int(record.meta.get("num_frames") or num_frames)  # the benchmark's count, else video.num_frames
         out.append(decode_video(video, frames).frames)
     return out
+
+
+def video_frames(record: EvalRecord, cfg: DictConfig) -> int:
+    """How many frames `record_visuals` samples from a record's video under `cfg` (eval.py's config)."""
+    return int(record.meta.get("num_frames") or (cfg.get("video") or {}).get("num_frames", 8))
 
 
 def answer_records(
@@ -127,7 +132,11 @@ def build_model(cfg: DictConfig, device: torch.device) -> InferenceModel:
 
 
 def _benchmark(cfg: DictConfig) -> Benchmark:
-    bench = instantiate(cfg.benchmark, allowed=trusted_prefixes(cfg.get("extra_target_prefixes")))
+    node = cfg.benchmark
+    if "num_frames" in node and node.get("num_frames") is None:
+        # a video benchmark follows `video.num_frames` unless its own `num_frames` is set
+        node = OmegaConf.merge(node, {"num_frames": int((cfg.get("video") or {}).get("num_frames", 8))})
+    bench = instantiate(node, allowed=trusted_prefixes(cfg.get("extra_target_prefixes")))
     if not isinstance(bench, Benchmark):
         raise ValueError(f"benchmark._target_={cfg.benchmark.get('_target_')} is not a Benchmark")
     return bench
@@ -207,8 +216,9 @@ def run_benchmark(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     bench = _benchmark(cfg)
     model = build_model(cfg, fabric.device)
     records, skips = bench.load()
-    if any(getattr(r, "video", None) is not None for r in records) and hasattr(model, "check_video_fits"):
-        model.check_video_fits()  # refuse before answering anything
+    frames = [video_frames(r, cfg) for r in records if getattr(r, "video", None) is not None]
+    if frames and hasattr(model, "check_video_fits"):
+        model.check_video_fits(max(frames))  # refuse before answering anything
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     answers, run_skips = run_pass(fabric, model, cfg, bench, records, out_dir, None)

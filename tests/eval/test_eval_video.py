@@ -109,7 +109,8 @@ def test_msvd_records(files):
     r = records[0]
     assert r.prompt == "<image>\nwhat is the man doing?" and r.image is None and r.max_new_tokens == 512
     assert r.video == files.root / "msvd_qa/videos/v1.avi" and records[3].video == files.root / "msvd_qa/videos/v3"
-    assert (r.meta["answer"], records[1].meta["answer"], r.meta["num_frames"]) == ("singing", "man", 8)
+    # the config leaves the frame count to eval.py's video.num_frames (the runner fills it in)
+    assert (r.meta["answer"], records[1].meta["answer"], r.meta["num_frames"]) == ("singing", "man", None)
     assert sorted((s.id, s.reason) for s in skips) == [("q3", "missing_video"), ("row:5", "missing_field")]
 
 

@@ -90,5 +90,26 @@ def _frame(root: Path):
 
 def test_too_many_frames_are_refused_naming_the_keys(setup, tmp_path: Path) -> None:
     ckpt, root = setup
-    with pytest.raises(ValueError, match=r"eval.video.num_frames.*eval.video.aggregate"):
+    with pytest.raises(ValueError, match=r"200 frames.*lower video.num_frames.*video.aggregate=pool"):
         _run(ckpt, root, tmp_path / "x", "video.num_frames=200", "video.aggregate=concat")
+    with pytest.raises(ValueError, match=r"200 frames"):  # a benchmark's own count is the one checked
+        _run(ckpt, root, tmp_path / "y", "benchmark.num_frames=200", "video.aggregate=concat")
+
+
+def _eval_cfg(root: Path, *extra: str):
+    return compose_config("eval", ["ckpt_path=x.ckpt", "benchmark=synthetic_video", f"benchmark.root={root}", *extra])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "frames"),
+    [((), 8), (("video.num_frames=3",), 3), (("video.num_frames=3", "benchmark.num_frames=5"), 5)],
+)
+def test_the_frame_count_comes_from_video_num_frames_unless_the_benchmark_sets_one(setup, overrides, frames) -> None:
+    from dc.eval.runner import _benchmark, record_visuals, video_frames
+
+    _, root = setup
+    cfg = _eval_cfg(root, *overrides)
+    record = next(r for r in _benchmark(cfg).load()[0] if "move_0000" in str(r.video))
+    assert video_frames(record, cfg) == frames
+    # what is decoded: as many frames as the count (the clip has more), independently of the runner's default
+    assert len(record_visuals(record, num_frames=8)[0]) == frames

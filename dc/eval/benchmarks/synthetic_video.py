@@ -32,7 +32,7 @@ class SyntheticVideoQA(Benchmark):
     Args:
         root: the task folder.
         question_file: relative to root.
-        num_frames: frames sampled per clip (the reference's 8).
+        num_frames: frames sampled per clip (the reference's 8); None: eval.py's ``video.num_frames``.
         max_new_tokens: generation budget.
         controls: control passes to run ("blank", "frame").
         generate_if_missing: write the task (deterministic, offline) when `root` holds none.
@@ -43,7 +43,7 @@ class SyntheticVideoQA(Benchmark):
     max_new_tokens = 8
 
     def __init__(
-        self, root: str | Path, *, question_file: str = "questions.jsonl", num_frames: int = 8, max_new_tokens: int = 8,
+        self, root: str | Path, *, question_file: str = "questions.jsonl", num_frames: int | None = 8, max_new_tokens: int = 8,
         controls: Sequence[str] = ("blank", "frame"), generate_if_missing: bool = True, n_per_kind: int = 20, **kw: Any,
     ) -> None:  # fmt: skip
         super().__init__(root, **kw)
@@ -51,7 +51,7 @@ class SyntheticVideoQA(Benchmark):
         if bad:
             raise ValueError(f"synthetic_video.controls: unknown {bad}; allowed ['blank', 'frame']")
         self.question_file = self.root / question_file
-        self.num_frames = int(num_frames)
+        self.num_frames = None if num_frames is None else int(num_frames)
         self.max_new_tokens = int(max_new_tokens)
         self.controls = tuple(controls)
         self.generate_if_missing = generate_if_missing
@@ -93,7 +93,7 @@ class SyntheticVideoQA(Benchmark):
             for r in records:
                 still = folder / f"{Path(r.video).stem}.png"
                 if not still.exists():
-                    frames = decode_video(r.video, self.num_frames).frames
+                    frames = decode_video(r.video, int(r.meta.get("num_frames") or 8)).frames
                     frames[len(frames) // 2].save(still)
                 out.append(EvalRecord(r.id, r.prompt, still, r.max_new_tokens, r.meta))
             return out

@@ -112,7 +112,8 @@ class VideoQA(Benchmark):
         video_folder: Relative to root (default: the dataset's).
         video_prefix: Prepended to ``video_name`` (default: the dataset's).
         video_extensions: Extensions tried in order.
-        num_frames: Frames per video (stored in each record's meta for the runner).
+        num_frames: Frames per video (stored in each record's meta for the runner); None: eval.py's
+            ``video.num_frames`` (the configs' default).
         max_new_tokens: Generation budget (default 512).
         use_judge / judge_model / judge_api_key_env / judge_responses: See :mod:`judge`.
         judge_temperature: Sent with each request (the reference sends none: the API default 1.0).
@@ -132,7 +133,7 @@ class VideoQA(Benchmark):
         video_folder: str | None = None,
         video_prefix: str | None = None,
         video_extensions: Sequence[str] = VIDEO_EXTENSIONS,
-        num_frames: int = 8,
+        num_frames: int | None = 8,
         max_new_tokens: int | None = None,
         use_judge: bool = False,
         judge_model: str = DEFAULT_JUDGE_MODEL,
@@ -142,7 +143,7 @@ class VideoQA(Benchmark):
         **kw: Any,
     ) -> None:
         super().__init__(root, **kw)
-        if num_frames <= 0:
+        if num_frames is not None and num_frames <= 0:
             raise ValueError(f"{self.name}: num_frames must be positive, got {num_frames}")
         self.question_file = self.root / question_file
         self.answer_file = self.root / answer_file

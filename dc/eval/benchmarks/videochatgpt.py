@@ -69,7 +69,8 @@ class VideoChatGPTBench(Benchmark):
         video_folder: Relative to root.
         video_extensions: Extensions tried in order.
         subsets: Which of ``generic``, ``temporal``, ``consistency`` to load.
-        num_frames: Frames per video (stored in each record's meta for the runner).
+        num_frames: Frames per video (stored in each record's meta for the runner); None: eval.py's
+            ``video.num_frames`` (the configs' default).
         max_new_tokens: Generation budget (default 512).
         use_judge / judge_model / judge_api_key_env / judge_responses: See :mod:`judge`.
         judge_temperature: Sent with each request (the reference sends none: the API default 1.0).
@@ -89,7 +90,7 @@ class VideoChatGPTBench(Benchmark):
         video_folder: str = "Test_Videos",
         video_extensions: Sequence[str] = VIDEO_EXTENSIONS,
         subsets: Sequence[str] = SUBSETS,
-        num_frames: int = 8,
+        num_frames: int | None = 8,
         max_new_tokens: int | None = None,
         use_judge: bool = False,
         judge_model: str = DEFAULT_JUDGE_MODEL,
@@ -102,7 +103,7 @@ class VideoChatGPTBench(Benchmark):
         bad = sorted(set(subsets) - set(SUBSETS))
         if bad or not subsets:
             raise ValueError(f"{self.name}: subsets {list(subsets)} must be a non-empty selection of {SUBSETS}")
-        if num_frames <= 0:
+        if num_frames is not None and num_frames <= 0:
             raise ValueError(f"{self.name}: num_frames must be positive, got {num_frames}")
         self.files = {
             "generic": self.root / generic_file,
