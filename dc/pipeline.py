@@ -170,6 +170,25 @@ def _float_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+class _FitStart(L.Callback):
+    """Records the global step at which `fit` began training (None: `fit` had nothing to do)."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.step = trainer.global_step
+
+
+def _earlier_metrics(path: Path) -> dict[str, float]:
+    """The numbers of an earlier `metrics.json` (a run re-entered with nothing left to train keeps them)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Train one stage as configured; return final metrics and the trainer/module/datamodule.
 
@@ -196,6 +215,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
         bar = loss_progress_bar(callbacks) if cfg.trainer.get("enable_progress_bar", True) else None
         callbacks += [bar] if bar is not None else []  # the loss on the bar without a device sync per batch
+        fit_start = _FitStart()
+        callbacks.append(fit_start)
         trainer: L.Trainer = instantiate(
             cfg.trainer, allowed=allowed, logger=loggers or False, callbacks=callbacks, plugins=[DirectCheckpointIO()]
         )
@@ -213,10 +234,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         )
         trainer.fit(module, datamodule=ResumableDataModule(datamodule, seed=int(cfg.seed)), ckpt_path=ckpt_path)
         metrics = _float_metrics(trainer.callback_metrics)
+        metrics_file = output_dir / "metrics.json"
+        if fit_start.step is None and ckpt_path is not None:
+            # re-entered a finished run (a requeued job, `ckpt_path=auto`): keep what the run reported before
+            metrics = {**_earlier_metrics(metrics_file), **metrics}
+            if trainer.is_global_zero:
+                print(
+                    f"nothing to train: {ckpt_path} is at step {trainer.global_step}, epoch {trainer.current_epoch} "
+                    f"(trainer.max_steps={cfg.trainer.get('max_steps')}, trainer.max_epochs="
+                    f"{cfg.trainer.get('max_epochs')}); raise one of them to train on"
+                )
         ckpt_cb = trainer.checkpoint_callback
         if ckpt_cb is not None and trainer.is_global_zero:
             last = Path(ckpt_cb.dirpath) / "last.ckpt" if ckpt_cb.dirpath else None
-            metrics_file = output_dir / "metrics.json"
             metrics_file.write_text(json.dumps({**metrics, "last_ckpt": str(last) if last else None}, indent=2))
             if last is not None:
                 print(f"checkpoint: {last}  (step {trainer.global_step}; metrics in {metrics_file})")

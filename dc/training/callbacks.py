@@ -39,7 +39,14 @@ class StepCheckpoint(ModelCheckpoint):
       2,180 steps with k=500 would end with step 2,000 in `last.ckpt`; stage 2 initialises from that file.
     * Lightning writes checkpoints in place: a preemption during the write leaves a truncated `last.ckpt` and no
       previous one. Here every checkpoint is written to `<name>.partial` and renamed when complete.
+    * A run that stops at `max_steps` inside an epoch: Lightning counts that epoch as completed before
+      `on_train_end`, so its final checkpoint would say "epoch done" while the data position says "k batches into
+      it"; a run extended from it (`ckpt_path=last trainer.max_steps=<more>`) would then stop at once at
+      `max_epochs` or start the next epoch and skip the rest of this one. The final checkpoint records the epoch
+      as unfinished, as a periodic checkpoint taken at the same step does.
     """
+
+    _saving_final_mid_epoch = False
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         partial = filepath + ".partial"
@@ -52,8 +59,28 @@ class StepCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._saving_final_mid_epoch = not epoch_finished(trainer)
+            try:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            finally:
+                self._saving_final_mid_epoch = False
         super().on_train_end(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._saving_final_mid_epoch:
+            progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]
+            for counts in (progress["total"], progress["current"]):  # undo Lightning's epoch-end increments
+                counts["processed"] -= 1
+                counts["completed"] -= 1
+            checkpoint["epoch"] -= 1
+
+
+def epoch_finished(trainer: L.Trainer) -> bool:
+    """Whether the current training epoch consumed all its batches (False: stopped inside it by `max_steps`)."""
+    batches = trainer.fit_loop.epoch_loop.batch_progress
+    total = trainer.num_training_batches
+    return batches.is_last_batch or total == float("inf") or batches.current.ready >= total
 
 
 def collect_rng_states() -> dict[str, Any]:

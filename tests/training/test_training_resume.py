@@ -3,6 +3,7 @@ to an uninterrupted run (weights and optimizer state), across gradient accumulat
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -237,3 +238,53 @@ def test_epoch_based_schedule_resumes_bit_identically(
     assert_same_tensors(a["state_dict"], b["state_dict"])
     assert_same_tensors(flatten_optimizer(a["optimizer_states"][0]), flatten_optimizer(b["optimizer_states"][0]))
     assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == 2 * epochs
+
+
+def test_a_run_ended_by_max_steps_inside_an_epoch_extends_as_if_never_stopped(
+    tmp_path: Path, data_dir: Path, restore_determinism
+) -> None:
+    """`max_steps=1` stops after 2 of epoch 0's 4 batches; extending it to 3 steps must finish epoch 0 and go on
+    into epoch 1 as a straight 3-step run does (the final checkpoint records the epoch as unfinished). Weights are
+    not compared: the schedule was configured for 1 step (its LR after step 1 is 0), as the user asked."""
+    # no periodic checkpoint at step 1: the final one (written at the end of training) is the one resumed
+    common = [*RUN, f"paths.data_dir={data_dir}", "callbacks.checkpoint.every_n_train_steps=100"]
+    straight, extended = tmp_path / "straight", tmp_path / "extended"
+    train(compose_config("train", [*common, f"paths.output_dir={straight}"]))
+    train(compose_config("train", [*common, f"paths.output_dir={extended}", "trainer.max_steps=1"]))
+    first = load_ckpt(extended / "checkpoints" / "last.ckpt")
+    assert (first["global_step"], first["epoch"]) == (1, 0)
+    assert first["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 0
+    assert first["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 0, "batches": 2, "items_per_batch": 1, "world_size": 1}
+    ]
+    train(compose_config("train", [*common, f"paths.output_dir={extended}", "ckpt_path=last"]))
+    a = load_ckpt(straight / "checkpoints" / "last.ckpt")
+    b = load_ckpt(extended / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 3
+    assert (
+        a["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+        == b["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+        == [{"epoch": 1, "batches": 2, "items_per_batch": 1, "world_size": 1}]
+    )
+    assert a["epoch"] == b["epoch"] == 1
+    assert a["loops"]["fit_loop"]["epoch_progress"] == b["loops"]["fit_loop"]["epoch_progress"]
+
+
+def test_re_entering_a_finished_run_trains_nothing_and_keeps_its_metrics(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A requeued job (`ckpt_path=auto`) of a run that already finished: no step, no error, the earlier metrics
+    kept (in metrics.json and as the returned metrics a sweeper reads), the checkpoint untouched."""
+    args = [*RUN, f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path}", "trainer.max_steps=1"]
+    args += ["ckpt_path=auto", "optimized_metric=train/loss"]
+    first, _ = train(compose_config("train", args))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    written = ckpt.stat().st_mtime_ns
+    assert "train/loss" in first
+    second, objects = train(compose_config("train", args))
+    assert objects["trainer"].global_step == 1
+    assert second["train/loss"] == first["train/loss"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["train/loss"] == first["train/loss"]
+    assert ckpt.stat().st_mtime_ns == written
+    assert "nothing to train" in capsys.readouterr().out
