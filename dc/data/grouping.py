@@ -83,7 +83,9 @@ class GroupedBatchSampler(DistributedSampler):
         drop_last: bool = False,
         max_tokens: int | None = None,
     ) -> None:
-        super().__init__(range(len(lengths)), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        super().__init__(
+            range(len(lengths)), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
         if batch_size < 1 or megabatch_factor < 1:
             raise ValueError(f"batch_size={batch_size} and megabatch_factor={megabatch_factor} must be >= 1")
         if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
@@ -97,6 +99,15 @@ class GroupedBatchSampler(DistributedSampler):
         self.batch_size = batch_size
         self.group = group
         self.megabatch_factor = megabatch_factor
+
+    def batching(self) -> dict[str, Any]:
+        """The settings that decide which records form each batch (a restored data position must share them)."""
+        return {
+            "batch_size": self.batch_size,
+            "max_tokens": self.max_tokens,
+            "group_by_modality_length": self.group,
+            "megabatch_factor": self.megabatch_factor,
+        }
 
     def _pools(self) -> list[np.ndarray]:
         idx = np.arange(len(self.lengths))

@@ -87,6 +87,12 @@ class ResumableDataLoader(DataLoader):
     def _items_per_batch(self) -> int:
         return 1 if self.batch_size is None else int(self.batch_size)  # batch_size=None: the sampler yields batches
 
+    @property
+    def _batching(self) -> dict[str, Any] | None:
+        """A batch sampler's batching settings (`GroupedBatchSampler.batching`), None when it has none."""
+        describe = getattr(self.sampler.inner, "batching", None)  # type: ignore[attr-defined]
+        return describe() if self.batch_size is None and callable(describe) else None
+
     def __iter__(self) -> Iterator[Any]:  # a generator: the sampler is read at the first batch, after set_epoch
         sampler: SkipSampler = self.sampler  # type: ignore[assignment]
         if sampler.epoch != self._epoch or sampler._skip_epoch != sampler.epoch:
@@ -95,13 +101,16 @@ class ResumableDataLoader(DataLoader):
             self._yielded += 1
             yield batch
 
-    def state_dict(self) -> dict[str, int]:
-        return {
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
             "epoch": self._epoch,
             "batches": self._yielded,
             "items_per_batch": self._items_per_batch,
             "world_size": int(self.sampler.num_replicas),
         }
+        if self._batching is not None:
+            state["batching"] = self._batching
+        return state
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         sampler: SkipSampler = self.sampler  # type: ignore[assignment]
@@ -109,6 +118,17 @@ class ResumableDataLoader(DataLoader):
             raise ValueError(
                 f"cannot resume the data position: the checkpoint's loader took {state['items_per_batch']} sampler "
                 f"items per batch, this one {self._items_per_batch} (was data.batch_size changed?)"
+            )
+        saved, current = state.get("batching"), self._batching
+        if saved is not None and current is not None and saved != current:
+            changed = ", ".join(
+                f"data.{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+                for k in sorted(set(saved) | set(current))
+                if saved.get(k) != current.get(k)
+            )
+            raise ValueError(
+                f"cannot resume the data position: the batches are formed differently from the checkpoint's "
+                f"({changed}); resume with the checkpoint's settings"
             )
         if int(state.get("world_size", sampler.num_replicas)) != sampler.num_replicas:
             raise ValueError(

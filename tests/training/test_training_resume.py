@@ -7,6 +7,7 @@ import json
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
@@ -46,6 +47,10 @@ RUN = [
 ]
 
 
+# how the instruct loader (GroupedBatchSampler) forms its batches under RUN, recorded with the data position
+BATCHING = {"batch_size": 4, "max_tokens": None, "group_by_modality_length": False, "megabatch_factor": 8}
+
+
 @pytest.fixture
 def restore_determinism():
     yield
@@ -65,7 +70,7 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path: Path, data_dir: Path,
     mid = load_ckpt(crashed / "checkpoints" / "last.ckpt")
     assert mid["global_step"] == 1
     assert mid["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
-        {"epoch": 0, "batches": 2, "items_per_batch": 1, "world_size": 1}
+        {"epoch": 0, "batches": 2, "items_per_batch": 1, "world_size": 1, "batching": BATCHING}
     ]
 
     _, objects = train(compose_config("train", [*common, f"paths.output_dir={crashed}", "ckpt_path=last"]))
@@ -76,7 +81,7 @@ def test_killed_and_resumed_run_is_bit_identical(tmp_path: Path, data_dir: Path,
     b = load_ckpt(crashed / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 3
     assert a["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
-        {"epoch": 1, "batches": 2, "items_per_batch": 1, "world_size": 1}
+        {"epoch": 1, "batches": 2, "items_per_batch": 1, "world_size": 1, "batching": BATCHING}
     ]
     assert_same_tensors(a["state_dict"], b["state_dict"])
     assert_same_tensors(flatten_optimizer(a["optimizer_states"][0]), flatten_optimizer(b["optimizer_states"][0]))
@@ -163,6 +168,38 @@ def test_changed_batch_size_or_world_size_refuses_to_resume() -> None:
         loader.load_state_dict({"epoch": 0, "batches": 1, "items_per_batch": 4, "world_size": 1})
     with pytest.raises(ValueError, match="2 ranks"):
         loader.load_state_dict({"epoch": 0, "batches": 1, "items_per_batch": 2, "world_size": 2})
+
+
+def test_changed_batching_of_a_batch_sampler_refuses_to_resume() -> None:
+    """The JSON loaders sample whole batches (`batch_size=None`): their batching settings travel with the position."""
+    from dc.data.grouping import GroupedBatchSampler
+
+    lengths, has_image = np.arange(10, 42), np.ones(32, dtype=bool)
+
+    class Batches(torch.utils.data.Dataset):  # a batch sampler's items are lists of indices
+        def __len__(self) -> int:
+            return 32
+
+        def __getitem__(self, indices):
+            return torch.tensor(indices)
+
+    def make(batch_size: int, max_tokens: int | None = None) -> DataLoader:
+        sampler = GroupedBatchSampler(lengths, has_image, batch_size, seed=3, max_tokens=max_tokens)
+        return resumable_loader(DataLoader(Batches(), sampler=sampler, batch_size=None), seed=0, num_replicas=1, rank=0)
+
+    first = make(4)
+    it = iter(first)
+    for _ in range(3):
+        next(it)
+    state = first.state_dict()
+    assert state["batching"]["batch_size"] == 4 and state["batches"] == 3
+    resumed = make(4)
+    resumed.load_state_dict(state)
+    assert _batches(resumed) == _batches(make(4))[3:]
+    with pytest.raises(ValueError, match=r"data.batch_size: 4 -> 2"):
+        make(2).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"data.max_tokens: None -> 64"):
+        make(4, max_tokens=64).load_state_dict(state)
 
 
 class _FakeStrategy:
@@ -255,7 +292,7 @@ def test_a_run_ended_by_max_steps_inside_an_epoch_extends_as_if_never_stopped(
     assert (first["global_step"], first["epoch"]) == (1, 0)
     assert first["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 0
     assert first["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
-        {"epoch": 0, "batches": 2, "items_per_batch": 1, "world_size": 1}
+        {"epoch": 0, "batches": 2, "items_per_batch": 1, "world_size": 1, "batching": BATCHING}
     ]
     train(compose_config("train", [*common, f"paths.output_dir={extended}", "ckpt_path=last"]))
     a = load_ckpt(straight / "checkpoints" / "last.ckpt")
@@ -264,7 +301,7 @@ def test_a_run_ended_by_max_steps_inside_an_epoch_extends_as_if_never_stopped(
     assert (
         a["loops"]["fit_loop"]["state_dict"]["combined_loader"]
         == b["loops"]["fit_loop"]["state_dict"]["combined_loader"]
-        == [{"epoch": 1, "batches": 2, "items_per_batch": 1, "world_size": 1}]
+        == [{"epoch": 1, "batches": 2, "items_per_batch": 1, "world_size": 1, "batching": BATCHING}]
     )
     assert a["epoch"] == b["epoch"] == 1
     assert a["loops"]["fit_loop"]["epoch_progress"] == b["loops"]["fit_loop"]["epoch_progress"]
