@@ -22,7 +22,14 @@ from dc.models.builder import build_vlm
 from dc.models.llms.layout import token_layout
 from dc.models.llms.templates import ChatTemplate
 from dc.models.vlm import VLM
-from dc.training.checkpoint import MODEL_KEYS, check_checkpoint_keys, keeps_key, read_checkpoint
+from dc.training.checkpoint import (
+    MODEL_KEYS,
+    ResumeConfigError,
+    check_checkpoint_keys,
+    keeps_key,
+    read_checkpoint,
+    resume_changes,
+)
 from dc.training.lora import apply_lora
 from dc.training.optim import adamw_impl_kwargs, keep_adamw_impl, param_groups, warmup_cosine
 from dc.training.precision import resolve_frozen_dtype, store_frozen
@@ -219,6 +226,14 @@ class DCModule(L.LightningModule):
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("hyper_parameters") or {}
+        changes = resume_changes(saved, self.hparams) if "model" in saved else []
+        if changes:
+            shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+            raise ResumeConfigError(
+                f"ckpt_path resumes a run trained with another model: {shown}. Resume with the checkpoint's "
+                f"settings, or start a new run (stage.init_connector_from=<this checkpoint> takes its connector)"
+            )
         self.configure_model()
         if "state_dict" in checkpoint:  # absent for sharded FSDP checkpoints (loaded straight into the shards)
             check_checkpoint_keys(self.state_keys, checkpoint["state_dict"], self.model_cfg, self.stage)

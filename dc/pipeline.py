@@ -134,13 +134,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says everything a user needs: the entry points print it alone, without a traceback."""
     from dc.eval.parallel import StaleAnswersError
     from dc.models.hub import PretrainedNotFoundError
-    from dc.training.checkpoint import UnsafeCheckpointError
+    from dc.training.checkpoint import NotACheckpointError, ResumeConfigError, UnsafeCheckpointError
     from dc.utils.instantiate import UntrustedTargetError
 
     return (
         ConfigError,
         PretrainedNotFoundError,
         UnsafeCheckpointError,
+        NotACheckpointError,
+        ResumeConfigError,
         StaleAnswersError,
         UntrustedTargetError,
         FileNotFoundError,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,14 @@ from dc.utils.instantiate import check_targets, model_targets
 log = logging.getLogger(__name__)
 
 MODEL_KEYS = ("encoder", "connector", "llm", "image")
+
+
+class NotACheckpointError(ValueError):
+    """A path given as a checkpoint is a folder, not a file `torch.save` wrote, or a truncated/corrupt one."""
+
+
+class ResumeConfigError(ValueError):
+    """`ckpt_path` resumes a run whose checkpoint was trained with another model (or what trains differs)."""
 
 
 class UnsafeCheckpointError(ValueError):
@@ -78,13 +87,31 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
     Raises:
         FileNotFoundError: no such file (the message names it).
+        NotACheckpointError: a folder, a file `torch.save` did not write, or a truncated one.
         UnsafeCheckpointError: the file holds other objects (a pickle that would run code on load).
     """
     path = Path(path)
+    if path.is_dir():
+        raise NotACheckpointError(
+            f"{path} is a folder, not a checkpoint file: pass a run's <run dir>/checkpoints/last.ckpt; a sharded "
+            f"FSDP checkpoint folder is made one file by `python -m dc.export.consolidate` (docs/training.md)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6; Lightning always does
+        with path.open("rb") as f:
+            head = f.read(16)
+        raise NotACheckpointError(
+            f"{path}: not a checkpoint (torch.save writes a zip archive; this {path.stat().st_size}-byte file starts "
+            f"with {head!r})"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except RuntimeError as exc:  # a zip whose members are cut short or damaged
+        raise NotACheckpointError(
+            f"{path}: truncated or damaged checkpoint ({str(exc).splitlines()[0][:200]}); a write that was killed? "
+            f"use an earlier checkpoint"
+        ) from None
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(
             f"{path}: refusing to load it: it holds objects other than tensors and plain data, which could run code "
@@ -130,6 +157,61 @@ def checkpoint_config(
     if any(k in stage for k in ("_target_",)):
         raise UnsafeCheckpointError(f"{source}: the stored stage config names a _target_")
     return OmegaConf.create(dict(model)), OmegaConf.create(dict(stage))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Resuming: the same model
+
+# Model keys that say how to run the model, not what it is: a resume may change them (speed, memory, where the
+# pretrained weights are read from).
+RUNTIME_KEYS = (
+    "encoder.model.pretrained",
+    "encoder.model.dtype",
+    "encoder.model.attn_implementation",
+    "encoder.model.micro_batch",
+    "encoder.model.compile",
+    "encoder.model.aux.pretrained_file",
+    "encoder.model.aux.micro_batch",
+    "llm.pretrained",
+    "llm.dtype",
+    "llm.attn_implementation",
+    "llm.loss",
+    "llm.loss_chunk_size",
+    "llm.attention",
+    "llm.varlen_backend",
+    "llm.activation_checkpointing",
+    "llm.compile",
+)
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out or {prefix[:-1]: {}}
+    return {prefix[:-1]: list(node) if isinstance(node, (list, tuple)) else node}
+
+
+def resume_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """`key: saved -> current` for every model key (and `stage.train` / `stage.lora`) a resume must not change.
+
+    `saved` / `current`: `{"model": {...}, "stage": {...}}` (a checkpoint's `hyper_parameters` and this run's).
+    """
+
+    def view(hp: Mapping[str, Any]) -> dict[str, Any]:
+        stage = hp.get("stage") or {}
+        node = {**dict(hp.get("model") or {}), "stage": {"train": stage.get("train"), "lora": stage.get("lora")}}
+        flat = _flat(OmegaConf.to_container(node) if isinstance(node, DictConfig) else node)
+        return {k: v for k, v in flat.items() if not any(k == r or k.startswith(r + ".") for r in RUNTIME_KEYS)}
+
+    a, b = view(saved), view(current)
+    missing = object()
+    return [
+        f"{k}: {a.get(k, missing)!r} -> {b.get(k, missing)!r}".replace(repr(missing), "(unset)")
+        for k in sorted(set(a) | set(b))
+        if a.get(k, missing) != b.get(k, missing)
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dc.pipeline import evaluate, train
-from dc.training.checkpoint import UnsafeCheckpointError, read_checkpoint
+from dc.training.checkpoint import NotACheckpointError, ResumeConfigError, UnsafeCheckpointError, read_checkpoint
 from dc.training.checkpoint_io import DirectCheckpointIO, clean_partial_files
 
 from dc_testing import ROOT, compose_config
@@ -124,6 +124,38 @@ def test_resume_keeps_the_earlier_csv_metrics(train_cfg) -> None:
     first = (csv / "metrics.csv").read_text()
     train(train_cfg("trainer.max_steps=3", "callbacks.checkpoint.every_n_train_steps=1", "ckpt_path=last"))
     assert (csv / "metrics.1.csv").read_text() == first and (csv / "metrics.csv").exists()
+
+
+def test_resuming_with_another_model_is_refused_naming_what_changed(train_cfg) -> None:
+    """The weights of a DCI run must not silently continue as an SCI connector (same shapes), nor fail with a
+    state-dict size mismatch (another projector); speed settings may change."""
+    train(train_cfg("trainer.max_steps=1"))
+    with pytest.raises(ResumeConfigError, match=r"connector\._target_: '.*DenseChannelIntegration' -> '.*Sparse"):
+        train(train_cfg("trainer.max_steps=2", "connector=sci", "ckpt_path=last"))
+    with pytest.raises(ResumeConfigError, match=r"stage\.train: \['connector', 'llm'\] -> \['connector'\]"):
+        train(train_cfg("trainer.max_steps=2", "stage.train=[connector]", "ckpt_path=last"))
+    _, objects = train(train_cfg("trainer.max_steps=2", "llm.activation_checkpointing=full", "ckpt_path=last"))
+    assert objects["trainer"].global_step == 2
+
+
+def test_what_is_not_a_checkpoint_is_named_as_such(train_cfg, tmp_path: Path) -> None:
+    ckpt, _ = _trained(train_cfg)
+    text = tmp_path / "text.ckpt"
+    text.write_text("hello\n")
+    with pytest.raises(NotACheckpointError, match=r"text.ckpt: not a checkpoint .* starts with b'hello"):
+        read_checkpoint(text)
+    json_file = tmp_path / "data.json"
+    json_file.write_text('[{"id": 1}]')
+    with pytest.raises(NotACheckpointError, match="data.json: not a checkpoint"):
+        read_checkpoint(json_file)
+    cut = tmp_path / "cut.ckpt"
+    data = ckpt.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(NotACheckpointError, match="cut.ckpt: (truncated or damaged|not a checkpoint)"):
+        read_checkpoint(cut)
+    with pytest.raises(NotACheckpointError, match=r"is a folder, not a checkpoint file.*checkpoints/last.ckpt"):
+        read_checkpoint(ckpt.parent.parent)
+    assert read_checkpoint(ckpt)["global_step"] == 1
 
 
 def test_checkpoint_writes_stay_in_the_checkpoint_folder(tmp_path: Path, monkeypatch) -> None:
