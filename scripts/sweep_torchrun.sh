@@ -25,12 +25,33 @@ while [[ $# -gt 0 ]]; do
 done
 [[ ${#axes[@]} -gt 0 ]] || { echo "usage: $0 key=v1,v2 [key=...] [-- overrides]" >&2; exit 2; }
 
-# Expand the grid into lines of space-separated overrides.
+# Split a sweep axis's values at the commas outside brackets and quotes (Hydra's sweep grammar):
+# `connector.layers=[7,15],[11,23]` has two values, `[7,15]` and `[11,23]`.
+split_values() {
+  local s=$1 depth=0 quote="" cur="" c i
+  values=()
+  for (( i = 0; i < ${#s}; i++ )); do
+    c=${s:i:1}
+    if [[ -n "$quote" ]]; then
+      [[ "$c" == "$quote" ]] && quote=""
+    elif [[ "$c" == "'" || "$c" == '"' ]]; then quote=$c
+    elif [[ "$c" == "[" || "$c" == "{" || "$c" == "(" ]]; then depth=$((depth + 1))
+    elif [[ "$c" == "]" || "$c" == "}" || "$c" == ")" ]]; then depth=$((depth - 1))
+    elif [[ "$c" == "," && $depth -eq 0 ]]; then values+=("$cur"); cur=""; continue
+    fi
+    cur+=$c
+  done
+  values+=("$cur")
+  if [[ $depth -ne 0 || -n "$quote" ]]; then echo "unbalanced brackets or quotes in sweep axis: $s" >&2; exit 2; fi
+}
+
+# Expand the grid: each point is its overrides joined by the unit separator (a value may hold spaces).
+SEP=$'\x1f'
 points=("")
 for axis in "${axes[@]}"; do
-  key=${axis%%=*}; IFS=',' read -r -a values <<< "${axis#*=}"
+  key=${axis%%=*}; split_values "${axis#*=}"
   next=()
-  for p in "${points[@]}"; do for v in "${values[@]}"; do next+=("${p:+$p }$key=$v"); done; done
+  for p in "${points[@]}"; do for v in "${values[@]}"; do next+=("${p:+$p$SEP}$key=$v"); done; done
   points=("${next[@]}")
 done
 
@@ -38,12 +59,13 @@ SWEEP_DIR=${SWEEP_DIR:-multirun/torchrun_$(date +%Y-%m-%d_%H-%M-%S)}
 export WANDB_RUN_GROUP=${WANDB_RUN_GROUP:-$(basename "$SWEEP_DIR")}
 failed=0; n=0
 for p in "${points[@]}"; do
-  read -r -a overrides <<< "$p"
-  tag=$(IFS=_; echo "${overrides[*]}" | tr '=/,' '-__')  # Hydra's override grammar: no '=' or ',' in a value
+  IFS=$SEP read -r -a overrides <<< "$p"
+  tag=$(IFS=_; echo "${overrides[*]}" | tr "=/,[]{}()'\" " '-___________' | tr -s _)  # no '=', ',' or brackets in a folder name
+  shown=$(IFS=' '; echo "${overrides[*]}")
   run_dir="$SWEEP_DIR/$n-$tag"
-  echo "[$n/${#points[@]}] $p" >&2
+  echo "[$n/${#points[@]}] $shown" >&2
   if ! RUN_DIR="$run_dir" scripts/torchrun.sh "${overrides[@]}" "${common[@]}"; then
-    echo "sweep point $n failed: $p" >&2; failed=1
+    echo "sweep point $n failed: $shown" >&2; failed=1
   fi
   n=$((n + 1))
 done

@@ -28,3 +28,20 @@ def test_sweep_script_runs_the_recipe_per_point(tmp_path: Path) -> None:
     assert f"hydra.run.dir={tmp_path / 't1'}/3-connector-dci_seed-2" in lines[3]
     default = subprocess.run(cmd, cwd=ROOT, env={**env, "ENTRY": ""}, capture_output=True, text=True, check=True)
     assert " train.py " in default.stdout.splitlines()[0]  # without ENTRY: train.py, as before
+
+
+def test_list_values_stay_whole(tmp_path: Path) -> None:
+    """Hydra's sweep grammar: commas inside brackets belong to the value (the README's layer sweep)."""
+    env = {**os.environ, "DRY_RUN": "1", "GPUS_PER_NODE": "8", "SWEEP_DIR": str(tmp_path / "s")}
+    cmd = [str(ROOT / "scripts" / "sweep_torchrun.sh"), "connector=sti,sci", "connector.layers=[7,15],[11,23]"]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    points = [line for line in out.stderr.splitlines() if line.startswith("[")]
+    assert points == [
+        "[0/4] connector=sti connector.layers=[7,15]",
+        "[1/4] connector=sti connector.layers=[11,23]",
+        "[2/4] connector=sci connector.layers=[7,15]",
+        "[3/4] connector=sci connector.layers=[11,23]",
+    ]
+    assert "connector.layers=\\[11\\,23\\]" in out.stdout.splitlines()[1]  # one argument, shell-quoted
+    bad = subprocess.run([*cmd[:2], "connector.layers=[7,15"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unbalanced brackets" in bad.stderr
