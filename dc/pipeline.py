@@ -64,6 +64,47 @@ class ConfigError(ValueError):
     """A mistake in the composed config, found before anything was downloaded or read."""
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_scalars(cfg: DictConfig) -> None:
+    """The run's plain numbers and choices have the right types and ranges (a typo such as `trainer.max_steps=abc`
+    would otherwise surface as a type error deep inside Lightning, naming no key).
+
+    Raises:
+        ConfigError: naming the key, its value and what is expected.
+    """
+    from dc.data.image import ASPECTS
+
+    def refuse(key: str, value: Any, expected: str) -> None:
+        raise ConfigError(f"{key}={value!r}: expected {expected}")
+
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        refuse("seed", seed, "an integer")
+    trainer = cfg.get("trainer") or {}
+    for key in ("max_steps", "max_epochs"):
+        value = trainer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
+            refuse(f"trainer.{key}", value, "an integer (-1 or null: no limit)")
+    stage = cfg.get("stage") or {}
+    if not _number(stage.get("lr")) or stage.get("lr") < 0:
+        refuse("stage.lr", stage.get("lr"), "a non-negative number")
+    for key in ("connector_lr",):
+        if stage.get(key) is not None and (not _number(stage.get(key)) or stage.get(key) < 0):
+            refuse(f"stage.{key}", stage.get(key), "a non-negative number or null")
+    for key in ("weight_decay", "warmup_ratio"):
+        if key in stage and (not _number(stage.get(key)) or stage.get(key) < 0):
+            refuse(f"stage.{key}", stage.get(key), "a non-negative number")
+    if "image_aspect" in stage and stage.get("image_aspect") not in ASPECTS:
+        refuse("stage.image_aspect", stage.get("image_aspect"), f"one of {ASPECTS}")
+    data = cfg.get("data") or {}
+    fraction = data.get("val_fraction", 0.0)
+    if not _number(fraction) or not 0 <= fraction < 1:
+        refuse("data.val_fraction", fraction, "a number in [0, 1)")
+
+
 def validate(cfg: DictConfig) -> None:
     """Every check that needs no weights, data or network, before anything is downloaded or read.
 
@@ -132,12 +173,14 @@ def schedule_steps(trainer: L.Trainer, batches_per_epoch: int) -> int:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message says everything a user needs: the entry points print it alone, without a traceback."""
+    from dc.data.records import BadDataError
     from dc.eval.parallel import StaleAnswersError
     from dc.models.hub import PretrainedNotFoundError
     from dc.training.checkpoint import NotACheckpointError, ResumeConfigError, UnsafeCheckpointError
     from dc.utils.instantiate import UntrustedTargetError
 
     return (
+        BadDataError,
         ConfigError,
         PretrainedNotFoundError,
         UnsafeCheckpointError,
@@ -198,6 +241,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     `last` (this run folder's `checkpoints/last.ckpt`) or `auto` (that file if present). The wandb run, if any,
     is finished even when training raises, so the next job of a multirun gets its own run.
     """
+    check_scalars(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

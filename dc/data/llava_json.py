@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from dc.data.records import BadRecord, SampleBuilder, SkipReporter, Skipped
+from dc.data.records import SKIP_REASONS, BadDataError, BadRecord, SampleBuilder, SkipReporter, Skipped
 from dc.data.visual import VisualProcessor
 from dc.models.llms.templates import ChatTemplate
 
@@ -229,17 +230,25 @@ class LlavaJsonDataset(Dataset):
 
     def _refill(self, indices: list[int]) -> dict[str, Any]:
         rng = random.Random(f"refill:{indices[:8]}")
+        reasons: Counter[str] = Counter()
         for _ in range(self.refill_tries):
             j = rng.randrange(len(self.records))
             try:
                 sample = self.load(j)
             except BadRecord as err:
                 log.debug("refill candidate #%d is bad too: %s", j, err)
+                reasons[err.reason] += 1
                 continue
             log.info("every record of a batch was bad; filled it with record #%d", j)
             return sample
-        raise RuntimeError(
-            f"{self.records.source}: {self.refill_tries} random records in a row are bad "
-            f"(last batch {indices[:8]}...); check data.image_folder and the file"
+        why = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common())
+        top = reasons.most_common(1)[0][0] if reasons else ""
+        hint = {
+            "too_long": "raise data.max_length",
+            "missing_image": "check data.image_folder",
+        }.get(top, f"check the file ({SKIP_REASONS.get(top, 'see docs/data.md')})")
+        raise BadDataError(
+            f"{self.records.source}: {self.refill_tries} random records in a row are bad ({why}; last batch "
+            f"{indices[:8]}...): {hint}"
         )
 

@@ -62,6 +62,10 @@ class BadRecord(Exception):
         self.record_id = record_id
 
 
+class BadDataError(RuntimeError):
+    """So many records of a file are bad that no batch can be formed (the message counts the reasons)."""
+
+
 class BadRecordError(ValueError):
     """Raised instead of skipping when `data.strict=true`."""
 

@@ -197,7 +197,9 @@ class DCModel(InferenceModel):
             "source": str(self.path),
             "connector": str(m.connector.get("_target_", "")).rsplit(".", 1)[-1],
             "encoder": str(m.encoder.get("name")),
-            "llm": str(m.llm.get("pretrained") or "random-init tiny LLM"),
+            "llm": str(
+                m.llm.get("pretrained") or "built from its config (no pretrained source; weights from the checkpoint)"
+            ),
             "image": str(m.get("image", {}).get("_target_", "single")).rsplit(".", 1)[-1],
         }
 

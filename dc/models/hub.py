@@ -47,6 +47,11 @@ def check_source(source: str, key: str) -> None:
         raise PretrainedNotFoundError(
             f"{key}={source}: no such directory (a local path must exist; a hub id looks like 'org/name')"
         )
+    if path.is_file():
+        hint = " (a dc checkpoint: model=dc ckpt_path=<file>)" if path.suffix == ".ckpt" else ""
+        raise PretrainedNotFoundError(
+            f"{key}={source}: a file, not a model directory (config.json and weights) or a hub id 'org/name'{hint}"
+        )
 
 
 def from_pretrained(load: Callable[..., T], source: str, key: str, **kwargs: Any) -> T:

@@ -117,6 +117,63 @@ def test_config_mistakes_name_the_key(train_cfg, tmp_path: Path) -> None:
         train(train_cfg(f"stage.init_connector_from={tmp_path / 'missing.ckpt'}"))
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.max_steps=abc", "trainer.max_steps='abc': expected an integer"),
+        ("trainer.max_epochs=1.5", "trainer.max_epochs=1.5: expected an integer"),
+        ("stage.lr=fast", "stage.lr='fast': expected a non-negative number"),
+        ("seed=abc", "seed='abc': expected an integer"),
+        ("data.val_fraction=1.5", r"data.val_fraction=1.5: expected a number in \[0, 1\)"),
+        ("stage.image_aspect=foo", r"stage.image_aspect='foo': expected one of \('pad', 'square'\)"),
+    ],
+)
+def test_plain_values_are_checked_naming_the_key(train_cfg, override: str, message: str) -> None:
+    from dc.pipeline import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        train(train_cfg(override))
+
+
+def test_a_file_whose_every_record_is_too_long_says_why(train_cfg) -> None:
+    from dc.data.records import BadDataError
+
+    with pytest.raises(BadDataError, match=r"64 random records in a row are bad \(too_long 64;.*raise data.max_length"):
+        train(train_cfg("data.max_length=5", "trainer.max_steps=1"))
+
+
+def test_a_file_is_not_a_model_directory(tmp_path: Path) -> None:
+    from dc.models.hub import PretrainedNotFoundError, check_source
+
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"x")
+    with pytest.raises(PretrainedNotFoundError, match=r"model.path=.*last.ckpt: a file.*model=dc ckpt_path=<file>"):
+        check_source(str(ckpt), "model.path")
+
+
+def test_dc_value_errors_print_one_line_and_others_keep_their_traceback(monkeypatch, capsys) -> None:
+    from dc.pipeline import accumulation
+    from dc.utils.cli import errors_as_messages
+
+    monkeypatch.delenv("DC_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_info, errors_as_messages(()):
+        accumulation(6, 4, 1)  # dc's own ValueError: its message is for the user
+    assert exit_info.value.code == 1
+    assert "error: stage.global_batch_size=6 is not a multiple of data.batch_size=4" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not from dc"), errors_as_messages(()):
+        raise ValueError("not from dc")  # raised here, in a test module: a traceback as usual
+    monkeypatch.setenv("DC_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="not a multiple"), errors_as_messages(()):
+        accumulation(6, 4, 1)
+
+
+def test_train_py_prints_a_config_mistake_without_a_traceback(tmp_path: Path) -> None:
+    out, _ = _run(["debug=fast", "logger=[]", "llm.loss=foo", f"hydra.run.dir={tmp_path}"], HF_HUB_OFFLINE="1")
+    assert out.returncode == 1
+    assert "error: llm.loss='foo': expected one of ('auto', 'chunked', 'liger', 'dense')" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_resume_keeps_the_earlier_csv_metrics(train_cfg) -> None:
     cfg = train_cfg("trainer.max_steps=2", "callbacks.checkpoint.every_n_train_steps=1")
     train(cfg)
