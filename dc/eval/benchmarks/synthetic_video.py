@@ -32,7 +32,7 @@ class SyntheticVideoQA(Benchmark):
     Args:
         root: the task folder.
         question_file: relative to root.
-        num_frames: frames sampled per clip (the reference's 8); None: eval.py's ``video.num_frames``.
+        num_frames: frames sampled per clip; None (default): eval.py's ``video.num_frames`` (the reference's 8).
         max_new_tokens: generation budget.
         controls: control passes to run ("blank", "frame").
         generate_if_missing: write the task (deterministic, offline) when `root` holds none.
@@ -43,7 +43,7 @@ class SyntheticVideoQA(Benchmark):
     max_new_tokens = 8
 
     def __init__(
-        self, root: str | Path, *, question_file: str = "questions.jsonl", num_frames: int | None = 8, max_new_tokens: int = 8,
+        self, root: str | Path, *, question_file: str = "questions.jsonl", num_frames: int | None = None, max_new_tokens: int = 8,
         controls: Sequence[str] = ("blank", "frame"), generate_if_missing: bool = True, n_per_kind: int = 20, **kw: Any,
     ) -> None:  # fmt: skip
         super().__init__(root, **kw)

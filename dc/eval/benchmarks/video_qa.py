@@ -113,7 +113,7 @@ class VideoQA(Benchmark):
         video_prefix: Prepended to ``video_name`` (default: the dataset's).
         video_extensions: Extensions tried in order.
         num_frames: Frames per video (stored in each record's meta for the runner); None: eval.py's
-            ``video.num_frames`` (the configs' default).
+            ``video.num_frames`` (the default; 8, the reference's).
         max_new_tokens: Generation budget (default 512).
         use_judge / judge_model / judge_api_key_env / judge_responses: See :mod:`judge`.
         judge_temperature: Sent with each request (the reference sends none: the API default 1.0).
@@ -133,7 +133,7 @@ class VideoQA(Benchmark):
         video_folder: str | None = None,
         video_prefix: str | None = None,
         video_extensions: Sequence[str] = VIDEO_EXTENSIONS,
-        num_frames: int | None = 8,
+        num_frames: int | None = None,
         max_new_tokens: int | None = None,
         use_judge: bool = False,
         judge_model: str = DEFAULT_JUDGE_MODEL,

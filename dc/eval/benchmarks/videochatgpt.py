@@ -70,7 +70,7 @@ class VideoChatGPTBench(Benchmark):
         video_extensions: Extensions tried in order.
         subsets: Which of ``generic``, ``temporal``, ``consistency`` to load.
         num_frames: Frames per video (stored in each record's meta for the runner); None: eval.py's
-            ``video.num_frames`` (the configs' default).
+            ``video.num_frames`` (the default; 8, the reference's).
         max_new_tokens: Generation budget (default 512).
         use_judge / judge_model / judge_api_key_env / judge_responses: See :mod:`judge`.
         judge_temperature: Sent with each request (the reference sends none: the API default 1.0).
@@ -90,7 +90,7 @@ class VideoChatGPTBench(Benchmark):
         video_folder: str = "Test_Videos",
         video_extensions: Sequence[str] = VIDEO_EXTENSIONS,
         subsets: Sequence[str] = SUBSETS,
-        num_frames: int | None = 8,
+        num_frames: int | None = None,
         max_new_tokens: int | None = None,
         use_judge: bool = False,
         judge_model: str = DEFAULT_JUDGE_MODEL,
