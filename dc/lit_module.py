@@ -24,17 +24,17 @@ from dc.models.llms.templates import ChatTemplate
 from dc.models.vlm import VLM
 from dc.training.checkpoint import (
     MODEL_KEYS,
-    ResumeConfigError,
     check_checkpoint_keys,
+    check_resume,
     keeps_key,
     read_checkpoint,
-    resume_changes,
 )
 from dc.training.lora import apply_lora
 from dc.training.optim import adamw_impl_kwargs, keep_adamw_impl, param_groups, warmup_cosine
 from dc.training.precision import resolve_frozen_dtype, store_frozen
 from dc.training.stages import PARTS, apply_freezing, part_of
 from dc.training.throughput import FlopsSpec, flops_spec
+from dc.utils.errors import ConfigError
 from dc.utils.instantiate import instantiate
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class DCModule(L.LightningModule):
 
         if isinstance(model, FullyShardedDataParallel):
             if gradient_clip_algorithm not in (None, "norm"):
-                raise ValueError(
+                raise ConfigError(
                     f"trainer.gradient_clip_algorithm={gradient_clip_algorithm!r}: FSDP supports only 'norm'"
                 )
             model.clip_grad_norm_(float(gradient_clip_val))
@@ -226,14 +226,7 @@ class DCModule(L.LightningModule):
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("hyper_parameters") or {}
-        changes = resume_changes(saved, self.hparams) if "model" in saved else []
-        if changes:
-            shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
-            raise ResumeConfigError(
-                f"ckpt_path resumes a run trained with another model: {shown}. Resume with the checkpoint's "
-                f"settings, or start a new run (stage.init_connector_from=<this checkpoint> takes its connector)"
-            )
+        check_resume(checkpoint.get("hyper_parameters") or {}, self.hparams, "<checkpoint>")
         self.configure_model()
         if "state_dict" in checkpoint:  # absent for sharded FSDP checkpoints (loaded straight into the shards)
             check_checkpoint_keys(self.state_keys, checkpoint["state_dict"], self.model_cfg, self.stage)
@@ -261,7 +254,7 @@ def load_connector_weights(module: DCModule, path: str) -> None:
     usable = {k: v for k, v in state.items() if k in own}
     for k, v in usable.items():
         if own[k].shape != v.shape:
-            raise ValueError(
+            raise ConfigError(
                 f"stage.init_connector_from={path}: {k} has shape {tuple(v.shape)}, model has {tuple(own[k].shape)}"
             )
     module.load_state_dict(usable, strict=False)

@@ -21,10 +21,11 @@ from dc.data.visual import build_visual_processor
 from dc.lit_module import DCModule, model_config
 from dc.models.llms.tokenizers import load_tokenizer
 from dc.training.callbacks import loss_progress_bar
-from dc.training.checkpoint import resolve_ckpt_path
+from dc.training.checkpoint import check_resume, checkpoint_hparams, resolve_ckpt_path
 from dc.training.checkpoint_io import DirectCheckpointIO, clean_partial_files
 from dc.training.data import ResumableDataModule
 from dc.training.loggers import build_loggers, finish_wandb
+from dc.utils.errors import ConfigError
 from dc.utils.instantiate import instantiate, trusted_prefixes
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def build_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
     if source is None:
         source, key = llm.get("pretrained"), "llm.pretrained"
         if source is None:
-            raise ValueError("llm.tokenizer must be set when llm.pretrained is null")
+            raise ConfigError("llm.tokenizer must be set when llm.pretrained is null")
     else:
         key = "llm.tokenizer"
         if hasattr(source, "get") and source.get("_target_"):
@@ -56,12 +57,8 @@ def build_datamodule(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase | None 
 
 def _positive_int(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key}={value!r} must be a positive integer")
+        raise ConfigError(f"{key}={value!r} must be a positive integer")
     return value
-
-
-class ConfigError(ValueError):
-    """A mistake in the composed config, found before anything was downloaded or read."""
 
 
 def _number(value: Any) -> bool:
@@ -81,13 +78,14 @@ def check_scalars(cfg: DictConfig) -> None:
         raise ConfigError(f"{key}={value!r}: expected {expected}")
 
     seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not (isinstance(seed, int) or (isinstance(seed, str) and seed.strip().isdigit())):
         refuse("seed", seed, "an integer")
     trainer = cfg.get("trainer") or {}
-    for key in ("max_steps", "max_epochs"):
-        value = trainer.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < -1):
-            refuse(f"trainer.{key}", value, "an integer (-1 or null: no limit)")
+    steps, epochs = trainer.get("max_steps"), trainer.get("max_epochs")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < -1:
+        refuse("trainer.max_steps", steps, "an integer (-1: no limit)")
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < -1):
+        refuse("trainer.max_epochs", epochs, "an integer (-1 or null: no limit)")
     stage = cfg.get("stage") or {}
     if not _number(stage.get("lr")) or stage.get("lr") < 0:
         refuse("stage.lr", stage.get("lr"), "a non-negative number")
@@ -146,7 +144,7 @@ def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
     """Gradient-accumulation steps giving `global_batch` from `world_size` devices × `micro_batch`."""
     per_step = micro_batch * world_size
     if global_batch % per_step:
-        raise ValueError(
+        raise ConfigError(
             f"stage.global_batch_size={global_batch} is not a multiple of data.batch_size={micro_batch} × "
             f"{world_size} devices; choose a per-device batch that divides it"
         )
@@ -278,10 +276,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             cfg.data.batch_size,
             trainer.accumulate_grad_batches,
         )
+        if ckpt_path is not None:  # before Lightning reads it: FSDP2 loads the weights before any module hook runs
+            check_resume(checkpoint_hparams(ckpt_path), module.hparams, ckpt_path)
         trainer.fit(module, datamodule=ResumableDataModule(datamodule, seed=int(cfg.seed)), ckpt_path=ckpt_path)
         metrics = _float_metrics(trainer.callback_metrics)
         metrics_file = output_dir / "metrics.json"
-        if fit_start.step is None and ckpt_path is not None:
+        # nothing trained: `fit` returned at once, or began and stopped at once (a checkpoint taken after an
+        # epoch's last batch, the epoch then completed on restore)
+        if fit_start.step in (None, trainer.global_step) and ckpt_path is not None:
             # re-entered a finished run (a requeued job, `ckpt_path=auto`): keep what the run reported before
             metrics = {**_earlier_metrics(metrics_file), **metrics}
             if trainer.is_global_zero:

@@ -33,6 +33,7 @@ from dc.data.records import expand_visual_tokens
 from dc.eval.generate import generate_batch
 from dc.eval.models import DCModel, HFLlavaModel, InferenceModel, VideoSettings, Visual
 from dc.models.llms.templates import HUMAN
+from dc.utils.errors import ConfigError
 from dc.utils.instantiate import instantiate, trusted_prefixes
 
 STREAM_TIMEOUT_S = 600.0
@@ -251,7 +252,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         return torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"runtime.device={name!r}: expected auto, cpu, cuda or cuda:<index> ({err})") from None
+        raise ConfigError(f"runtime.device={name!r}: expected auto, cpu, cuda or cuda:<index> ({err})") from None
 
 
 def load_backend(cfg: DictConfig) -> ChatBackend:
@@ -280,4 +281,4 @@ def load_backend(cfg: DictConfig) -> ChatBackend:
         return DCBackend(model)
     if isinstance(model, HFLlavaModel):
         return HFBackend(model)
-    raise ValueError(f"model._target_={cfg.model.get('_target_')}: the chat takes DCModel or HFLlavaModel")
+    raise ConfigError(f"model._target_={cfg.model.get('_target_')}: the chat takes DCModel or HFLlavaModel")

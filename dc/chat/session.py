@@ -32,6 +32,7 @@ from dc.chat.inputs import ChatError, InputLimits, is_video_path, read_image, re
 from dc.constants import IMAGE_PLACEHOLDER
 from dc.eval.models import Visual
 from dc.models.llms.templates import GPT, HUMAN
+from dc.utils.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -52,11 +53,11 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
-            raise ValueError(f"generation.max_new_tokens={self.max_new_tokens!r} must be a positive integer")
+            raise ConfigError(f"generation.max_new_tokens={self.max_new_tokens!r} must be a positive integer")
         if not self.temperature >= 0:
-            raise ValueError(f"generation.temperature={self.temperature!r} must be >= 0 (0 = greedy)")
+            raise ConfigError(f"generation.temperature={self.temperature!r} must be >= 0 (0 = greedy)")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"generation.top_p={self.top_p!r} must be in (0, 1]")
+            raise ConfigError(f"generation.top_p={self.top_p!r} must be in (0, 1]")
 
     @property
     def greedy(self) -> bool:

@@ -27,6 +27,7 @@ from dc.data.records import SampleBuilder
 from dc.data.shards import ShardLoader, ShardStream, one_pass_length, resolve_shards
 from dc.data.visual import VisualProcessor, image_size_from_bytes
 from dc.models.llms.templates import ChatTemplate
+from dc.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +108,11 @@ class LlavaDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if format not in FORMATS:
-            raise ValueError(f"data.format={format!r}: expected one of {FORMATS}")
+            raise ConfigError(f"data.format={format!r}: expected one of {FORMATS}")
         if format == "json" and not (train_file and image_folder):
-            raise ValueError("data.format=json needs data.train_file and data.image_folder")
+            raise ConfigError("data.format=json needs data.train_file and data.image_folder")
         if format == "shards" and not shards:
-            raise ValueError("data.format=shards needs data.shards (a folder with index.json, or a tar pattern)")
+            raise ConfigError("data.format=shards needs data.shards (a folder with index.json, or a tar pattern)")
         if prepare is not None and not callable(prepare):
             # e.g. `debug=fast data=llava_instruct`: debug=fast sizes the synthetic data's `prepare`, which this data
             # config does not have, so Hydra leaves a plain mapping behind.
@@ -121,16 +122,16 @@ class LlavaDataModule(L.LightningDataModule):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"data.{key}={value!r} must be a positive integer")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"data.num_workers={num_workers!r} must be a non-negative integer")
+            raise ConfigError(f"data.num_workers={num_workers!r} must be a non-negative integer")
         if max_tokens is not None and format == "shards" and batches_per_epoch is None:
-            raise ValueError(
+            raise ConfigError(
                 "data.max_tokens with data.format=shards needs data.batches_per_epoch (how many token-budgeted "
                 "batches a pass over the shards gives is not known in advance)"
             )
         if max_tokens is not None and (type(max_tokens) is not int or max_tokens < max_length):
-            raise ValueError(f"data.max_tokens={max_tokens!r} must be an integer >= data.max_length={max_length}")
+            raise ConfigError(f"data.max_tokens={max_tokens!r} must be an integer >= data.max_length={max_length}")
         if batches_per_epoch is not None and batches_per_epoch < 1:
-            raise ValueError(f"data.batches_per_epoch={batches_per_epoch}: expected a positive number or null")
+            raise ConfigError(f"data.batches_per_epoch={batches_per_epoch}: expected a positive number or null")
         self.format = format
         self.train_file = Path(train_file) if train_file else None
         self.image_folder = Path(image_folder) if image_folder else None
@@ -214,7 +215,7 @@ class LlavaDataModule(L.LightningDataModule):
             if self.batches_per_epoch is not None:
                 return self.batches_per_epoch
             if total is None:
-                raise ValueError(
+                raise ConfigError(
                     f"data.shards={self.shards}: no index.json with sample counts; set data.batches_per_epoch"
                 )
             if world_size > 1 or self.resampled:
@@ -267,7 +268,7 @@ class LlavaDataModule(L.LightningDataModule):
         per_rank = self.batches_per_epoch
         if per_rank is None and (world > 1 or self.resampled):
             if total is None:
-                raise ValueError(
+                raise ConfigError(
                     f"data.shards={self.shards}: no index.json with sample counts; set data.batches_per_epoch "
                     f"(needed with {world} ranks or data.resampled=true so that every rank runs as many batches)"
                 )

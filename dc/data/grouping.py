@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from torch.utils.data import DistributedSampler
+from dc.utils.errors import ConfigError
 
 
 def budget_cuts(lengths: np.ndarray, max_tokens: int, max_samples: int) -> list[tuple[int, int]]:
@@ -89,7 +90,7 @@ class GroupedBatchSampler(DistributedSampler):
         if batch_size < 1 or megabatch_factor < 1:
             raise ValueError(f"batch_size={batch_size} and megabatch_factor={megabatch_factor} must be >= 1")
         if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
-            raise ValueError(f"data.max_tokens={max_tokens!r}: expected a positive integer or null")
+            raise ConfigError(f"data.max_tokens={max_tokens!r}: expected a positive integer or null")
         self.max_tokens = max_tokens
         self._budget_batches: list[np.ndarray] | None = None
         self.lengths = np.asarray(lengths, dtype=np.int64)
@@ -269,3 +270,23 @@ def group_stream(
     yield from batches
     if rest and not drop_last:
         yield rest
+
+
+def check_batching(saved: dict[str, Any] | None, current: dict[str, Any] | None) -> None:
+    """Refuse to restore a data position recorded under other batching settings (`batching()` of a sampler or
+    stream): the batches already consumed would be counted in batches of another composition.
+
+    Raises:
+        ConfigError: naming each changed `data.*` key.
+    """
+    if saved is None or current is None or saved == current:
+        return
+    changed = ", ".join(
+        f"data.{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+        for k in sorted(set(saved) | set(current))
+        if saved.get(k) != current.get(k)
+    )
+    raise ConfigError(
+        f"cannot resume the data position: the batches are formed differently from the checkpoint's ({changed}); "
+        f"resume with the checkpoint's settings"
+    )

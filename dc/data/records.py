@@ -25,6 +25,7 @@ from dc.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 from dc.data.visual import VisualProcessor
 from dc.models.llms.templates import ChatTemplate, validate_conversation
 from dc.models.visual.base import VisualMeta
+from dc.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -220,9 +221,9 @@ class SampleBuilder:
         overlength: str = "truncate",
     ) -> None:
         if overlength not in OVERLENGTH:
-            raise ValueError(f"data.overlength={overlength!r}: expected one of {OVERLENGTH}")
+            raise ConfigError(f"data.overlength={overlength!r}: expected one of {OVERLENGTH}")
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
-            raise ValueError(f"data.max_length={max_length!r} must be a positive integer")
+            raise ConfigError(f"data.max_length={max_length!r} must be a positive integer")
         template.check_tokenizer(tokenizer)  # a wrong tokenizer is a config error, not a bad record
         self.tokenizer = tokenizer
         self.template = template

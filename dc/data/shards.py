@@ -43,8 +43,9 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dc.data.collate import Collator
-from dc.data.grouping import group_stream
+from dc.data.grouping import check_batching, group_stream
 from dc.data.records import BadRecord, SampleBuilder, SkipReporter
+from dc.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +165,12 @@ class ShardStream(IterableDataset):
         if not urls:
             raise ValueError("ShardStream needs at least one shard")
         if max_tokens is not None and batches_per_rank is None:
-            raise ValueError(
+            raise ConfigError(
                 "data.max_tokens with data.format=shards needs data.batches_per_epoch (how many token-budgeted "
                 "batches a pass over the shards gives is not known in advance)"
             )
         if resampled and batches_per_rank is None:
-            raise ValueError("data.resampled=true needs a fixed number of batches (data.batches_per_epoch)")
+            raise ConfigError("data.resampled=true needs a fixed number of batches (data.batches_per_epoch)")
         if world_size > 1 and batches_per_rank is None:
             raise ValueError("several ranks need a fixed number of batches per rank (data.batches_per_epoch)")
         self.urls = list(urls)
@@ -187,6 +188,15 @@ class ShardStream(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self._iterations = epoch, 0
+
+    def batching(self) -> dict[str, Any]:
+        """The settings that decide which samples form each batch (a restored data position must share them)."""
+        return {
+            "batch_size": self.batch_size,
+            "max_tokens": self.max_tokens,
+            "group_by_modality_length": self.group,
+            "megabatch_factor": self.megabatch_factor,
+        }
 
     def __len__(self) -> int:
         if self.batches_per_rank is not None:
@@ -379,10 +389,12 @@ class ShardLoader(DataLoader):
         stream.skip = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self._epoch, "batches": self._yielded, "finished": self._finished}
+        stream: ShardStream = self.dataset  # type: ignore[assignment]
+        return {"epoch": self._epoch, "batches": self._yielded, "finished": self._finished, "batching": stream.batching()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         stream: ShardStream = self.dataset  # type: ignore[assignment]
+        check_batching(state.get("batching"), stream.batching())
         epoch, batches = int(state["epoch"]), int(state["batches"])
         if state.get("finished"):
             epoch, batches = epoch + 1, 0

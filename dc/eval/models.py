@@ -31,6 +31,7 @@ from dc.eval.generate import generate_texts, prompt_sample
 from dc.models.visual.base import VIDEO, VisualMeta
 from dc.models.visual.temporal import TEMPORAL_MODES, temporal_aggregate, temporal_tokens
 from dc.training.checkpoint import load_vlm
+from dc.utils.errors import ConfigError
 from dc.utils.instantiate import model_targets
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if precision not in DTYPES:
-        raise ValueError(f"eval.precision={precision!r}: expected auto or one of {sorted(DTYPES)}")
+        raise ConfigError(f"eval.precision={precision!r}: expected auto or one of {sorted(DTYPES)}")
     return DTYPES[precision]
 
 
@@ -70,9 +71,9 @@ class VideoSettings:
 
     def __post_init__(self) -> None:
         if self.aggregate not in TEMPORAL_MODES:
-            raise ValueError(f"eval.video.aggregate={self.aggregate!r}: expected one of {TEMPORAL_MODES}")
+            raise ConfigError(f"eval.video.aggregate={self.aggregate!r}: expected one of {TEMPORAL_MODES}")
         if not (isinstance(self.num_frames, int) and self.num_frames >= 1):
-            raise ValueError(f"eval.video.num_frames={self.num_frames!r} must be a positive integer")
+            raise ConfigError(f"eval.video.num_frames={self.num_frames!r} must be a positive integer")
 
 
 class InferenceModel(ABC):

@@ -31,6 +31,7 @@ from dc.eval.benchmarks.base import Benchmark, EvalRecord, Skip
 from dc.eval.benchmarks.report import flatten_metrics, write_report
 from dc.eval.models import InferenceModel, VideoSettings, Visual
 from dc.eval.parallel import AnswerFiles, deal
+from dc.utils.errors import ConfigError
 from dc.utils.instantiate import instantiate, trusted_prefixes
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def make_fabric(runtime: DictConfig) -> L.Fabric:
 def build_model(cfg: DictConfig, device: torch.device) -> InferenceModel:
     """The `model` node's model on `device`, in `runtime.precision`."""
     if cfg.model.get("_target_", "").endswith("DCModel") and not cfg.model.get("ckpt_path"):
-        raise ValueError("ckpt_path must be set (a dc checkpoint), or choose model=hf model.path=<dir or hub id>")
+        raise ConfigError("ckpt_path must be set (a dc checkpoint), or choose model=hf model.path=<dir or hub id>")
     video = cfg.get("video") or {}
     factory = instantiate(cfg.model, allowed=trusted_prefixes(cfg.get("extra_target_prefixes")))
     return factory(
@@ -138,7 +139,7 @@ def _benchmark(cfg: DictConfig) -> Benchmark:
         node = OmegaConf.merge(node, {"num_frames": int((cfg.get("video") or {}).get("num_frames", 8))})
     bench = instantiate(node, allowed=trusted_prefixes(cfg.get("extra_target_prefixes")))
     if not isinstance(bench, Benchmark):
-        raise ValueError(f"benchmark._target_={cfg.benchmark.get('_target_')} is not a Benchmark")
+        raise ConfigError(f"benchmark._target_={cfg.benchmark.get('_target_')} is not a Benchmark")
     return bench
 
 

@@ -24,6 +24,7 @@ from dc.models.llms.hf_causal import llm_hidden_size
 from dc.models.visual.base import ImageMode
 from dc.models.visual.single import SingleView
 from dc.models.vlm import VLM
+from dc.utils.errors import ConfigError
 from dc.utils.instantiate import instantiate
 
 Allowed = Callable[[str], bool] | None
@@ -41,7 +42,7 @@ def build_image_mode(cfg: DictConfig, allowed: Allowed = None) -> ImageMode:
         return SingleView("pad")
     mode = instantiate(node, allowed=allowed)
     if not isinstance(mode, ImageMode):
-        raise ValueError(f"image._target_={node.get('_target_')} is not an ImageMode")
+        raise ConfigError(f"image._target_={node.get('_target_')} is not an ImageMode")
     return mode
 
 

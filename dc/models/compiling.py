@@ -20,6 +20,8 @@ from typing import Any
 
 from torch import nn
 
+from dc.utils.errors import ConfigError
+
 
 def compile_options(value: bool | Mapping[str, Any] | None, key: str) -> dict[str, Any] | None:
     """`torch.compile` keyword arguments from a config value: False/None -> None (off), True -> {}, a mapping ->
@@ -31,7 +33,7 @@ def compile_options(value: bool | Mapping[str, Any] | None, key: str) -> dict[st
         return {}
     if isinstance(value, Mapping):
         return dict(value)
-    raise ValueError(f"{key}={value!r}: expected true, false or a mapping of torch.compile options")
+    raise ConfigError(f"{key}={value!r}: expected true, false or a mapping of torch.compile options")
 
 
 RECOMPILE_LIMIT = 64

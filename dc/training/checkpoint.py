@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dc.models.builder import build_vlm
 from dc.models.vlm import VLM
@@ -82,8 +82,11 @@ def check_checkpoint_keys(
 # Reading safely
 
 
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", *, mmap: bool = False
+) -> dict[str, Any]:
     """`torch.load(path, weights_only=True)`: tensors and plain containers only, nothing from the file executed.
+    `mmap`: tensors stay in the file until used (reading only the config of a large checkpoint costs nothing).
 
     Raises:
         FileNotFoundError: no such file (the message names it).
@@ -101,17 +104,23 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6; Lightning always does
         with path.open("rb") as f:
             head = f.read(16)
+        if head.startswith(b"PK\x03\x04"):  # a zip archive that lacks its end (the central directory)
+            raise NotACheckpointError(
+                f"{path}: a truncated checkpoint ({path.stat().st_size} bytes, the end of the archive missing): a "
+                f"write that was killed? use an earlier checkpoint"
+            )
         raise NotACheckpointError(
             f"{path}: not a checkpoint (torch.save writes a zip archive; this {path.stat().st_size}-byte file starts "
             f"with {head!r})"
         )
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except RuntimeError as exc:  # a zip whose members are cut short or damaged
-        raise NotACheckpointError(
-            f"{path}: truncated or damaged checkpoint ({str(exc).splitlines()[0][:200]}); a write that was killed? "
-            f"use an earlier checkpoint"
-        ) from None
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except RuntimeError as exc:
+        if "PytorchStreamReader" not in str(exc) and "zip" not in str(exc).lower():
+            raise
+        raise NotACheckpointError(  # a complete archive whose members are damaged
+            f"{path}: a damaged checkpoint ({str(exc).splitlines()[0][:200]}); use an earlier checkpoint"
+        ) from exc
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(
             f"{path}: refusing to load it: it holds objects other than tensors and plain data, which could run code "
@@ -170,9 +179,11 @@ RUNTIME_KEYS = (
     "encoder.model.attn_implementation",
     "encoder.model.micro_batch",
     "encoder.model.compile",
+    "encoder.model.pretrained_file",
     "encoder.model.aux.pretrained_file",
     "encoder.model.aux.micro_batch",
     "llm.pretrained",
+    "llm.tokenizer",
     "llm.dtype",
     "llm.attn_implementation",
     "llm.loss",
@@ -184,34 +195,73 @@ RUNTIME_KEYS = (
 )
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+def _plain(node: Any) -> Any:
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node)
     if isinstance(node, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out or {prefix[:-1]: {}}
-    return {prefix[:-1]: list(node) if isinstance(node, (list, tuple)) else node}
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_plain(v) for v in node]
+    return node
+
+
+def _diff(saved: Any, current: Any, key: str, out: list[str]) -> None:
+    if any(key == r or key.startswith(r + ".") for r in RUNTIME_KEYS):
+        return
+    if isinstance(saved, Mapping) and isinstance(current, Mapping):
+        for k in saved.keys() & current.keys():  # a key only one side has: added or retired since (defaults)
+            _diff(saved[k], current[k], f"{key}.{k}" if key else str(k), out)
+    elif saved != current:
+        out.append(f"{key}: {saved!r} -> {current!r}")
 
 
 def resume_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """`key: saved -> current` for every model key (and `stage.train` / `stage.lora`) a resume must not change.
 
     `saved` / `current`: `{"model": {...}, "stage": {...}}` (a checkpoint's `hyper_parameters` and this run's).
+    Keys in `RUNTIME_KEYS` may change; a key only one side has (added to dc or retired since the checkpoint was
+    written) is not compared.
     """
 
     def view(hp: Mapping[str, Any]) -> dict[str, Any]:
         stage = hp.get("stage") or {}
-        node = {**dict(hp.get("model") or {}), "stage": {"train": stage.get("train"), "lora": stage.get("lora")}}
-        flat = _flat(OmegaConf.to_container(node) if isinstance(node, DictConfig) else node)
-        return {k: v for k, v in flat.items() if not any(k == r or k.startswith(r + ".") for r in RUNTIME_KEYS)}
+        return {
+            **_plain(hp.get("model") or {}),
+            "stage": {"train": _plain(stage.get("train")), "lora": _plain(stage.get("lora"))},
+        }
 
-    a, b = view(saved), view(current)
-    missing = object()
-    return [
-        f"{k}: {a.get(k, missing)!r} -> {b.get(k, missing)!r}".replace(repr(missing), "(unset)")
-        for k in sorted(set(a) | set(b))
-        if a.get(k, missing) != b.get(k, missing)
-    ]
+    out: list[str] = []
+    _diff(view(saved), view(current), "", out)
+    return out
+
+
+def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
+    """The `hyper_parameters` of a checkpoint file (memory-mapped: no tensor is read) or of a sharded checkpoint
+    folder (its `meta.pt`); {} when there are none.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "meta.pt").is_file():
+            return {}  # not a sharded checkpoint Lightning wrote: Lightning says what is wrong when it loads it
+        ckpt = read_checkpoint(path / "meta.pt")
+    else:
+        ckpt = read_checkpoint(path, mmap=True)
+    return dict(ckpt.get("hyper_parameters") or {})
+
+
+def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], source: str) -> None:
+    """Refuse to resume `source` (whose `hyper_parameters` are `saved`) with another model (`resume_changes`).
+
+    Raises:
+        ResumeConfigError: naming each changed key.
+    """
+    changes = resume_changes(saved, current) if "model" in saved else []
+    if changes:
+        shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+        raise ResumeConfigError(
+            f"ckpt_path={source} resumes a run trained with another model: {shown}. Resume with the checkpoint's "
+            f"settings, or start a new run (stage.init_connector_from=<its checkpoint> takes its connector)"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from dc.data.grouping import check_batching
+
 log = logging.getLogger(__name__)
 
 
@@ -119,17 +121,7 @@ class ResumableDataLoader(DataLoader):
                 f"cannot resume the data position: the checkpoint's loader took {state['items_per_batch']} sampler "
                 f"items per batch, this one {self._items_per_batch} (was data.batch_size changed?)"
             )
-        saved, current = state.get("batching"), self._batching
-        if saved is not None and current is not None and saved != current:
-            changed = ", ".join(
-                f"data.{k}: {saved.get(k)!r} -> {current.get(k)!r}"
-                for k in sorted(set(saved) | set(current))
-                if saved.get(k) != current.get(k)
-            )
-            raise ValueError(
-                f"cannot resume the data position: the batches are formed differently from the checkpoint's "
-                f"({changed}); resume with the checkpoint's settings"
-            )
+        check_batching(state.get("batching"), self._batching)
         if int(state.get("world_size", sampler.num_replicas)) != sampler.num_replicas:
             raise ValueError(
                 f"cannot resume the data position: the checkpoint was written with {state['world_size']} ranks, this "

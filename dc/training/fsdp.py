@@ -32,6 +32,7 @@ from torch.distributed.fsdp import MixedPrecision
 from torch.distributed.fsdp.wrap import CustomPolicy, ModuleWrapPolicy
 
 from dc.models.vlm import VLM
+from dc.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def wrap_units(vlm: VLM, *, wrap_vision_blocks: bool = True) -> set[type[nn.Modu
 def _dtype(name: str) -> torch.dtype:
     dtype = getattr(torch, str(name), None)
     if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"trainer.strategy: {name!r} is not a torch dtype name")
+        raise ConfigError(f"trainer.strategy: {name!r} is not a torch dtype name")
     return dtype
 
 
@@ -104,9 +105,9 @@ class VLMFSDPStrategy(FSDPStrategy):
         **kwargs: Any,
     ) -> None:
         if sharding_strategy not in SHARDING:
-            raise ValueError(f"stage.sharding={sharding_strategy!r}: expected one of {SHARDING}")
+            raise ConfigError(f"stage.sharding={sharding_strategy!r}: expected one of {SHARDING}")
         if activation_checkpointing:
-            raise ValueError(
+            raise ConfigError(
                 "trainer.strategy.activation_checkpointing is gone: set llm.activation_checkpointing="
                 "none|selective|full (applied by the LLM under every strategy)"
             )

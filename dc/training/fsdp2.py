@@ -42,6 +42,8 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
+from dc.utils.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD")
@@ -52,7 +54,7 @@ STATE_DICT_TYPES = ("full", "sharded")
 def _dtype(name: str, key: str) -> torch.dtype:
     dtype = getattr(torch, str(name), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"trainer.strategy.{key}={name!r}: expected a floating dtype name (bfloat16, float32)")
+        raise ConfigError(f"trainer.strategy.{key}={name!r}: expected a floating dtype name (bfloat16, float32)")
     return dtype
 
 
@@ -137,13 +139,13 @@ class VLMFSDP2Strategy(ModelParallelStrategy):
         **kwargs: Any,
     ) -> None:
         if sharding_strategy not in SHARDING:
-            raise ValueError(f"stage.sharding={sharding_strategy!r}: expected one of {SHARDING} (trainer=fsdp)")
+            raise ConfigError(f"stage.sharding={sharding_strategy!r}: expected one of {SHARDING} (trainer=fsdp)")
         if state_dict_type not in STATE_DICT_TYPES:
-            raise ValueError(
+            raise ConfigError(
                 f"trainer.strategy.state_dict_type={state_dict_type!r}: expected one of {STATE_DICT_TYPES}"
             )
         if reduce_grads_per not in REDUCE_GRADS_PER:
-            raise ValueError(
+            raise ConfigError(
                 f"trainer.strategy.reduce_grads_per={reduce_grads_per!r}: expected one of {REDUCE_GRADS_PER}"
             )
         super().__init__(save_distributed_checkpoint=state_dict_type == "sharded", **kwargs)

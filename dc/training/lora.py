@@ -16,6 +16,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from dc.utils.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 LORA_KEY = ".lora_"  # every adapter tensor name contains this (lora_A, lora_B, lora_embedding_*, lora_magnitude_*)
@@ -36,7 +38,7 @@ def lora_target_names(model: nn.Module, exclude: list[str] | tuple[str, ...] = (
         names.add(leaf)
     targets = sorted(names - skipped)
     if not targets:
-        raise ValueError(
+        raise ConfigError(
             f"stage.lora: no nn.Linear targets left in {type(model).__name__} after excluding {sorted(skipped)}"
         )
     return targets

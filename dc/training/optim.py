@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dc.utils.errors import ConfigError
+
 
 def is_no_decay(name: str, param: nn.Parameter) -> bool:
     """Biases, norm weights and other 1-D parameters get no weight decay."""
@@ -47,7 +49,7 @@ def param_groups(
             }
         groups[key]["params"].append(p)
     if not groups:
-        raise ValueError("no trainable parameters: check stage.train")
+        raise ConfigError("no trainable parameters: check stage.train")
     return list(groups.values())
 
 
@@ -67,7 +69,7 @@ def adamw_impl_kwargs(params: Iterable[torch.Tensor], impl: str) -> dict[str, bo
     keeps the choice across a checkpoint load.
     """
     if impl not in OPTIMIZER_IMPLS:
-        raise ValueError(f"stage.optimizer_impl={impl!r}: expected one of {OPTIMIZER_IMPLS}")
+        raise ConfigError(f"stage.optimizer_impl={impl!r}: expected one of {OPTIMIZER_IMPLS}")
     params = list(params)
     if impl == "auto":
         return {"fused": True} if params and all(p.device.type == "cuda" for p in params) else {}
@@ -77,7 +79,7 @@ def adamw_impl_kwargs(params: Iterable[torch.Tensor], impl: str) -> dict[str, bo
         devices = sorted({p.device.type for p in params} - set(_get_fused_kernels_supported_devices()))
         floating = all(p.is_floating_point() for p in params)
         if devices or not floating:
-            raise ValueError(
+            raise ConfigError(
                 f"stage.optimizer_impl=fused: no fused AdamW kernel for "
                 f"{'device ' + ', '.join(devices) if devices else 'non-floating parameters'}; use auto or foreach"
             )

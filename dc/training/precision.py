@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dc.utils.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 _PRECISION_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16, "64": torch.float64}
@@ -44,7 +46,7 @@ def resolve_frozen_dtype(value: str | None, trainer: Any) -> torch.dtype:
         return compute_dtype(trainer)
     dtype = getattr(torch, str(value), None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"stage.frozen_dtype={value!r}: expected 'auto' or a floating dtype name (float32, bfloat16)")
+        raise ConfigError(f"stage.frozen_dtype={value!r}: expected 'auto' or a floating dtype name (float32, bfloat16)")
     return dtype
 
 

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from dc.models.vlm import VLM
+from dc.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,9 @@ def apply_freezing(vlm: VLM, train: Sequence[str]) -> dict[str, dict[str, int]]:
     """Make exactly the parts in `train` trainable; return and log trainable/frozen counts per part."""
     unknown = set(train) - set(PARTS)
     if unknown:
-        raise ValueError(f"stage.train={list(train)}: unknown parts {sorted(unknown)}; expected a subset of {PARTS}")
+        raise ConfigError(f"stage.train={list(train)}: unknown parts {sorted(unknown)}; expected a subset of {PARTS}")
     if "encoder" in train and vlm.encoder.freeze:
-        raise ValueError("stage.train includes 'encoder' but encoder.model.freeze=true")
+        raise ConfigError("stage.train includes 'encoder' but encoder.model.freeze=true")
     counts: dict[str, dict[str, int]] = {}
     for part in PARTS:
         module = getattr(vlm, part)

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from dc.models.encoders.dual import DualEncoder
+from dc.utils.errors import ConfigError
 
 # Dense bf16 tensor-core peak per device, FLOP/s.
 PEAK_BF16_FLOPS: dict[str, float] = {
@@ -61,7 +62,7 @@ def resolve_peak_flops(device: str | None, override: float | None = None) -> flo
     if device is None:
         return None
     if device not in PEAK_BF16_FLOPS:
-        raise ValueError(f"callbacks.throughput.device={device!r}: expected one of {sorted(PEAK_BF16_FLOPS)} or null")
+        raise ConfigError(f"callbacks.throughput.device={device!r}: expected one of {sorted(PEAK_BF16_FLOPS)} or null")
     return PEAK_BF16_FLOPS[device]
 
 

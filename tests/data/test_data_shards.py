@@ -29,9 +29,10 @@ def shard_dir(tmp_path):
 
 
 def loader(shard_dir, tokenizer, template, visual, **kw):
+    kw = {"megabatch_factor": 2, **kw}
     dm = LlavaDataModule(tokenizer=tokenizer, template=template, visual=visual, format="shards",
                          shards=str(shard_dir), batch_size=4,
-                         max_length=128, group_by_modality_length=True, megabatch_factor=2, **kw)
+                         max_length=128, group_by_modality_length=True, **kw)
     dm.setup()
     return dm.train_dataloader()
 
@@ -79,7 +80,10 @@ def test_resume_fast_forwards_to_the_same_batches(shard_dir, tokenizer, template
     it = iter(interrupted)
     seen = [next(it)["ids"] for _ in range(3)]
     state = interrupted.state_dict()
-    assert state == {"epoch": 0, "batches": 3, "finished": False}
+    batching = {"batch_size": 4, "max_tokens": None, "group_by_modality_length": True, "megabatch_factor": 2}
+    assert state == {"epoch": 0, "batches": 3, "finished": False, "batching": batching}
+    with pytest.raises(ValueError, match=r"data.megabatch_factor: 2 -> 4"):  # batches of another composition
+        loader(root, tokenizer, template, visual, megabatch_factor=4, **kw).load_state_dict(state)
     resumed = loader(root, tokenizer, template, visual, **kw)
     resumed.load_state_dict(state)
     rest = [b["ids"] for b in resumed]

@@ -307,21 +307,29 @@ def test_a_run_ended_by_max_steps_inside_an_epoch_extends_as_if_never_stopped(
     assert a["loops"]["fit_loop"]["epoch_progress"] == b["loops"]["fit_loop"]["epoch_progress"]
 
 
+@pytest.mark.parametrize(
+    "length",
+    [["trainer.max_steps=1"], ["trainer.max_steps=-1", "trainer.max_epochs=1"]],
+    ids=["max_steps-mid-epoch", "max_epochs-after-the-last-batch"],
+)
 def test_re_entering_a_finished_run_trains_nothing_and_keeps_its_metrics(
-    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture, length: list[str]
 ) -> None:
     """A requeued job (`ckpt_path=auto`) of a run that already finished: no step, no error, the earlier metrics
-    kept (in metrics.json and as the returned metrics a sweeper reads), the checkpoint untouched."""
-    args = [*RUN, f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path}", "trainer.max_steps=1"]
+    kept (in metrics.json and as the returned metrics a sweeper reads), the weights untouched. The second case
+    ends on a periodic checkpoint taken after the epoch's last batch (Lightning completes that epoch on restore)."""
+    args = [*RUN, f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path}", *length]
     args += ["ckpt_path=auto", "optimized_metric=train/loss"]
     first, _ = train(compose_config("train", args))
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
-    written = ckpt.stat().st_mtime_ns
+    before = load_ckpt(ckpt)
     assert "train/loss" in first
     second, objects = train(compose_config("train", args))
-    assert objects["trainer"].global_step == 1
+    assert objects["trainer"].global_step == load_ckpt(ckpt)["global_step"]
     assert second["train/loss"] == first["train/loss"]
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["train/loss"] == first["train/loss"]
-    assert ckpt.stat().st_mtime_ns == written
+    after = load_ckpt(ckpt)  # rewritten in the second case (the epoch now recorded complete), the same weights
+    assert after["global_step"] == before["global_step"]
+    assert_same_tensors(after["state_dict"], before["state_dict"])
     assert "nothing to train" in capsys.readouterr().out

@@ -32,6 +32,7 @@ from dc.models.connectors.layers import resolve_index
 from dc.models.connectors.mining import MGMSpec, PatchInfoMining, mgm_fuse
 from dc.models.encoders.base import EncoderLayout, Tap, collect_taps
 from dc.models.visual.base import ImageMode, ViewTokens, VisualMeta
+from dc.utils.errors import ConfigError
 
 PROJECTORS = ("mlp2x_gelu", "linear")
 
@@ -42,7 +43,7 @@ def build_projector(kind: str, in_features: int, out_features: int) -> nn.Module
         return nn.Sequential(nn.Linear(in_features, out_features), nn.GELU(), nn.Linear(out_features, out_features))
     if kind == "linear":
         return nn.Sequential(nn.Linear(in_features, out_features))
-    raise ValueError(f"connector.projector={kind!r}: expected one of {PROJECTORS}")
+    raise ConfigError(f"connector.projector={kind!r}: expected one of {PROJECTORS}")
 
 
 class Connector(nn.Module, ABC):

@@ -10,6 +10,7 @@ import torch
 from dc.models.connectors.base import Connector
 from dc.models.connectors.layers import resolve_groups
 from dc.models.encoders.base import EncoderLayout, Tap
+from dc.utils.errors import ConfigError
 
 
 class DenseChannelIntegration(Connector):
@@ -34,7 +35,7 @@ class DenseChannelIntegration(Connector):
         **kwargs: Any,
     ) -> None:
         if not isinstance(allow_overlap, bool):
-            raise ValueError(f"connector.allow_overlap={allow_overlap!r} must be true or false")
+            raise ConfigError(f"connector.allow_overlap={allow_overlap!r} must be true or false")
         self.groups = resolve_groups(groups, "connector.groups", layout, allow_overlap)
         super().__init__(layout, llm_hidden_size, **kwargs)
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dc.utils.errors import ConfigError
+
 MODES = ("bilinear", "avgpool")
 POSITIONS = ("pre", "post")
 
@@ -40,16 +42,16 @@ class Downsample(nn.Module):
     ) -> None:
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"connector.downsample.mode={mode!r}: expected one of {MODES}")
+            raise ConfigError(f"connector.downsample.mode={mode!r}: expected one of {MODES}")
         if position not in POSITIONS:
-            raise ValueError(f"connector.downsample.position={position!r}: expected one of {POSITIONS}")
+            raise ConfigError(f"connector.downsample.position={position!r}: expected one of {POSITIONS}")
         if size is not None:
             ok = isinstance(size, Sequence) and len(size) == 2 and all(type(v) is int and v > 0 for v in size)
             if not ok:
-                raise ValueError(f"connector.downsample.size={size!r} must be two positive integers (or null)")
+                raise ConfigError(f"connector.downsample.size={size!r} must be two positive integers (or null)")
             size = (size[0], size[1])
         elif not (type(factor) is int and factor >= 1):
-            raise ValueError(f"connector.downsample.factor={factor!r} must be a positive integer (or set size)")
+            raise ConfigError(f"connector.downsample.factor={factor!r} must be a positive integer (or set size)")
         self.factor = factor
         self.size = size
         self.mode = mode
@@ -63,7 +65,7 @@ class Downsample(nn.Module):
         rows, cols = grid
         target = self.size if self.size is not None else (math.ceil(rows / self.factor), math.ceil(cols / self.factor))
         if target[0] > rows or target[1] > cols:
-            raise ValueError(f"connector.downsample target {target} is larger than the patch grid {(rows, cols)}")
+            raise ConfigError(f"connector.downsample target {target} is larger than the patch grid {(rows, cols)}")
         return target
 
     def num_tokens(self, tokens: int, grid: Sequence[int] | None = None) -> int:

@@ -34,6 +34,7 @@ from torch import nn
 from dc.models.encoders.base import EncoderLayout
 from dc.models.visual.base import ImageMode
 from dc.models.visual.single import SingleView
+from dc.utils.errors import ConfigError
 
 MGM_FUSE_MODES = ("after", "before")
 MGM_PREFIX = "vlm_uni_"
@@ -162,7 +163,7 @@ def mgm_fuse(
         [B, T, fused width] in the mining's dtype, ready for the (optional downsampling and the) projector.
     """
     if mode not in MGM_FUSE_MODES:
-        raise ValueError(f"encoder.mgm.mode={mode!r}: expected one of {MGM_FUSE_MODES}")
+        raise ConfigError(f"encoder.mgm.mode={mode!r}: expected one of {MGM_FUSE_MODES}")
     if not features:
         raise ValueError("mgm_fuse: no features")
     dtype = mining.dtype
@@ -177,7 +178,7 @@ def mgm_fuse(
 
 def _check_query_width(mining: PatchInfoMining, expected: int, mode: str, widths: list[int]) -> None:
     if mining.low_width != expected:
-        raise ValueError(
+        raise ConfigError(
             f"encoder.mgm.mode={mode!r} needs a mining query width of {expected} for taps of widths {widths}, "
             f"the mining module has {mining.low_width}"
         )
@@ -188,7 +189,7 @@ def mining_query_width(mode: str, hidden_size: int, num_taps: int) -> int:
     D ("after") or num_taps·D ("before").
     """
     if mode not in MGM_FUSE_MODES:
-        raise ValueError(f"encoder.mgm.mode={mode!r}: expected one of {MGM_FUSE_MODES}")
+        raise ConfigError(f"encoder.mgm.mode={mode!r}: expected one of {MGM_FUSE_MODES}")
     return hidden_size if mode == "after" else hidden_size * num_taps
 
 
@@ -211,21 +212,21 @@ class MGMSpec:
         """Parse and validate the `encoder.mgm` node."""
         unknown = set(node) - {"aux_width", "aux_stride", "mode"}
         if unknown:
-            raise ValueError(f"encoder.mgm: unknown keys {sorted(unknown)}; expected aux_width, aux_stride, mode")
+            raise ConfigError(f"encoder.mgm: unknown keys {sorted(unknown)}; expected aux_width, aux_stride, mode")
         spec = cls(
             aux_width=_positive(node.get("aux_width"), "encoder.mgm.aux_width"),
             aux_stride=_positive(node.get("aux_stride"), "encoder.mgm.aux_stride"),
             mode=str(node.get("mode", "after")),
         )
         if spec.mode not in MGM_FUSE_MODES:
-            raise ValueError(f"encoder.mgm.mode={spec.mode!r}: expected one of {MGM_FUSE_MODES}")
+            raise ConfigError(f"encoder.mgm.mode={spec.mode!r}: expected one of {MGM_FUSE_MODES}")
         return spec
 
     def aux_grid(self, layout: EncoderLayout) -> tuple[int, int]:
         """(H, W) of the aux map for the encoder's input pixels (MGM: 768 / 4 → (192, 192))."""
         side = int(layout.input_size)
         if side % self.aux_stride:
-            raise ValueError(
+            raise ConfigError(
                 f"encoder.layout.input_size={side} is not divisible by encoder.mgm.aux_stride={self.aux_stride}"
             )
         return side // self.aux_stride, side // self.aux_stride
@@ -256,7 +257,7 @@ class MGMSpec:
                 f"{rows}x{cols} token grid; MGM: 768 / 4 = 192 = 8 x 24"
             )
         if self.mode == "before" and fused_tokens != layout.num_patches:
-            raise ValueError(
+            raise ConfigError(
                 f"encoder.mgm.mode=before mines the fused tokens, one per patch, but this connector's fusion emits "
                 f"{fused_tokens} tokens for {layout.num_patches} patches (STI appends pooled tokens); use "
                 f"encoder.mgm.mode=after"
@@ -279,7 +280,7 @@ def mgm_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
 
 def _positive(value: Any, key: str) -> int:
     if type(value) is not int or value < 1:
-        raise ValueError(f"{key}={value!r} must be a positive integer")
+        raise ConfigError(f"{key}={value!r} must be a positive integer")
     return value
 
 

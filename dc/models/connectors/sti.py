@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from dc.models.connectors.base import Connector
 from dc.models.connectors.layers import resolve_layers
 from dc.models.encoders.base import EncoderLayout, Tap
+from dc.utils.errors import ConfigError
 
 
 class SparseTokenIntegration(Connector):
@@ -32,7 +33,7 @@ class SparseTokenIntegration(Connector):
     ) -> None:
         self.layers = resolve_layers(layers, "connector.layers", layout)
         if not isinstance(pool, int) or isinstance(pool, bool) or not 1 <= pool <= layout.num_patches:
-            raise ValueError(f"connector.pool={pool!r} must be an integer in 1..{layout.num_patches}")
+            raise ConfigError(f"connector.pool={pool!r} must be an integer in 1..{layout.num_patches}")
         self.pool = pool
         super().__init__(layout, llm_hidden_size, **kwargs)
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dc.models.compiling import compile_on_first_training, compile_options
+from dc.utils.errors import ConfigError
 
 Tap = tuple[int, ...]
 """A feature a connector asks for: the mean of the hidden states at these (non-negative) indices."""
@@ -125,7 +126,7 @@ class VisionEncoder(nn.Module, ABC):
         self.compiled = False
         valid = micro_batch is None or (type(micro_batch) is int and micro_batch >= 1)
         if not valid:
-            raise ValueError(f"encoder.model.micro_batch={micro_batch!r} must be a positive integer or null")
+            raise ConfigError(f"encoder.model.micro_batch={micro_batch!r} must be a positive integer or null")
         self.layout = layout
         self.taps = [tuple(t) for t in taps]
         self.freeze = freeze

@@ -27,6 +27,7 @@ from torch import nn
 from dc.models.encoders.base import EncoderLayout, Tap
 from dc.models.encoders.convnext import ConvNeXtEncoder
 from dc.models.encoders.hf_vision import HFVisionEncoder
+from dc.utils.errors import ConfigError
 
 if TYPE_CHECKING:  # the check below reads a built connector; encoders do not depend on connectors otherwise
     from dc.models.connectors.base import Connector
@@ -72,18 +73,18 @@ class DualEncoder(HFVisionEncoder):
         aux_kwargs = dict(aux or {})
         owned = sorted(set(aux_kwargs) & set(_OWNED_AUX_KEYS))
         if owned:
-            raise ValueError(
+            raise ConfigError(
                 f"encoder.model.aux.{owned[0]} is set by the dual encoder (image_size = encoder.layout.input_size, "
                 f"dtype and freeze = encoder.model.dtype / freeze); remove it"
             )
         if bool(pretrained) != bool(aux_kwargs.get("pretrained", False)):
-            raise ValueError(
+            raise ConfigError(
                 f"encoder.model.pretrained={pretrained!r} but encoder.model.aux.pretrained="
                 f"{aux_kwargs.get('pretrained', False)!r}: both towers must be pretrained, or both random (a "
                 f"checkpoint keeps the encoder weights only when encoder.model.pretrained is unset)"
             )
         if layout.input_size < layout.image_size:
-            raise ValueError(
+            raise ConfigError(
                 f"encoder.layout.input_size={layout.input_size} is smaller than the CLIP side "
                 f"encoder.layout.image_size={layout.image_size}; the aux tower takes the high-resolution view"
             )
@@ -165,14 +166,14 @@ def check_mgm_pair(encoder: nn.Module, connector: Connector) -> None:
         return
     spec = connector.mgm
     if encoder.aux_width != spec.aux_width:
-        raise ValueError(
+        raise ConfigError(
             f"encoder.mgm.aux_width={spec.aux_width} but the aux tower ({encoder.aux.model_name}, stages "
             f"{list(encoder.aux.stage_ids)}) has {encoder.aux_width} channels"
         )
     declared = spec.aux_grid(connector.layout)
     built = encoder.aux.feature_size()
     if declared != built:
-        raise ValueError(
+        raise ConfigError(
             f"encoder.mgm.aux_stride={spec.aux_stride} gives a {declared[0]}x{declared[1]} aux map at "
             f"{connector.layout.input_size} px, but the aux tower's finest stage gives {built[0]}x{built[1]}"
         )

@@ -17,6 +17,7 @@ from transformers import AutoConfig, CLIPVisionConfig, CLIPVisionModel, SiglipVi
 
 from dc.models.encoders.base import EncoderLayout, Tap, VisionEncoder
 from dc.models.hub import from_pretrained
+from dc.utils.errors import ConfigError
 
 _FAMILIES = {
     "clip": (CLIPVisionConfig, CLIPVisionModel),
@@ -58,11 +59,11 @@ class HFVisionEncoder(VisionEncoder):
     ) -> None:
         super().__init__(layout, taps, freeze, micro_batch, compile)
         if family not in _FAMILIES:
-            raise ValueError(f"encoder.family={family!r}: expected one of {sorted(_FAMILIES)}")
+            raise ConfigError(f"encoder.family={family!r}: expected one of {sorted(_FAMILIES)}")
         config_cls, model_cls = _FAMILIES[family]
         prefix = _PREFIX_TOKENS[family]
         if layout.num_prefix_tokens != prefix:
-            raise ValueError(
+            raise ConfigError(
                 f"encoder.layout.num_prefix_tokens={layout.num_prefix_tokens} but a {family} tower has {prefix} "
                 f"(CLIP: one CLS token; SigLIP: none)"
             )
@@ -109,7 +110,7 @@ class HFVisionEncoder(VisionEncoder):
         }
         for key, value in found.items():
             if getattr(self.layout, key) != value:
-                raise ValueError(
+                raise ConfigError(
                     f"encoder.layout.{key}={getattr(self.layout, key)} does not match the checkpoint's "
                     f"config ({value}) for encoder '{self.layout.name}'"
                 )

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from dc.models.encoders.base import EncoderLayout, Tap, VisionEncoder
+from dc.utils.errors import ConfigError
 
 
 class TimmViTEncoder(VisionEncoder):
@@ -99,7 +100,7 @@ class TimmViTEncoder(VisionEncoder):
             raise ValueError(f"encoder '{self.layout.name}': only square inputs are supported")
         for key, value in found.items():
             if getattr(self.layout, key) != value:
-                raise ValueError(
+                raise ConfigError(
                     f"encoder.layout.{key}={getattr(self.layout, key)} does not match the timm model "
                     f"'{model.default_cfg.get('architecture', '?')}' ({value}) for encoder '{self.layout.name}'"
                 )

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
+from dc.utils.errors import ConfigError
+
 MODES = ("none", "selective", "full")
 
 _aten = torch.ops.aten
@@ -59,7 +61,7 @@ def selective_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Checkpoint
 def checkpoint_kwargs(mode: str) -> dict[str, Any] | None:
     """`torch.utils.checkpoint` keyword arguments for `mode` (None for "none")."""
     if mode not in MODES:
-        raise ValueError(f"llm.activation_checkpointing={mode!r}: expected one of {MODES}")
+        raise ConfigError(f"llm.activation_checkpointing={mode!r}: expected one of {MODES}")
     if mode == "none":
         return None
     kwargs: dict[str, Any] = {"use_reentrant": False}

@@ -38,6 +38,7 @@ from dc.models.llms.varlen import (
     register_varlen_attention,
     resolve_backend,
 )
+from dc.utils.errors import ConfigError
 
 
 class HFCausalLM(LanguageModel):
@@ -98,10 +99,10 @@ class HFCausalLM(LanguageModel):
             register_varlen_attention()
             attn_implementation = VARLEN  # SDPA for every ordinary call; varlen for packed training calls
         if not isinstance(template, ChatTemplate):
-            raise ValueError(f"llm.template must be a chat template config (configs/llm/template/), got {template!r}")
+            raise ConfigError(f"llm.template must be a chat template config (configs/llm/template/), got {template!r}")
         source = tokenizer if tokenizer is not None else pretrained
         if source is None:
-            raise ValueError("llm.tokenizer must be set when llm.pretrained is null")
+            raise ConfigError("llm.tokenizer must be set when llm.pretrained is null")
         key = "llm.tokenizer" if tokenizer is not None else "llm.pretrained"
         self.tokenizer = load_tokenizer(source, pad_token, key=key)
         self.template = template
@@ -128,7 +129,7 @@ class HFCausalLM(LanguageModel):
                 hf_config, dtype=torch_dtype, attn_implementation=attn_implementation
             )
         if self.model.config.hidden_size != hidden_size:
-            raise ValueError(
+            raise ConfigError(
                 f"llm.hidden_size={hidden_size} does not match the checkpoint ({self.model.config.hidden_size})"
             )
         if len(self.tokenizer) > self.model.get_input_embeddings().num_embeddings:
@@ -269,27 +270,27 @@ def _check_speed_options(
     attn_implementation: str,
 ) -> None:
     if loss not in IMPLS:
-        raise ValueError(f"llm.loss={loss!r}: expected one of {IMPLS}")
+        raise ConfigError(f"llm.loss={loss!r}: expected one of {IMPLS}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"llm.loss_chunk_size={chunk_size!r}: expected a positive integer or null")
+        raise ConfigError(f"llm.loss_chunk_size={chunk_size!r}: expected a positive integer or null")
     if attention not in ("unpadded", "padded"):
-        raise ValueError(f"llm.attention={attention!r}: expected 'unpadded' or 'padded'")
+        raise ConfigError(f"llm.attention={attention!r}: expected 'unpadded' or 'padded'")
     if attention == "unpadded" and attn_implementation not in ("sdpa", VARLEN):
-        raise ValueError(
+        raise ConfigError(
             f"llm.attention=unpadded needs llm.attn_implementation=sdpa (got {attn_implementation!r}); "
             "set llm.attention=padded to use another attention implementation"
         )
     if varlen_backend not in BACKENDS:
-        raise ValueError(f"llm.varlen_backend={varlen_backend!r}: expected one of {BACKENDS}")
+        raise ConfigError(f"llm.varlen_backend={varlen_backend!r}: expected one of {BACKENDS}")
     if activation_checkpointing not in MODES:
-        raise ValueError(f"llm.activation_checkpointing={activation_checkpointing!r}: expected one of {MODES}")
+        raise ConfigError(f"llm.activation_checkpointing={activation_checkpointing!r}: expected one of {MODES}")
 
 
 def llm_hidden_size(cfg: Any) -> int:
     """d_llm as declared by an `llm` config node."""
     if cfg.get("hidden_size") is None:
-        raise ValueError("llm.hidden_size must be set")
+        raise ConfigError("llm.hidden_size must be set")
     value = cfg.get("hidden_size")
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"llm.hidden_size={value!r} must be a positive integer")
+        raise ConfigError(f"llm.hidden_size={value!r} must be a positive integer")
     return int(value)

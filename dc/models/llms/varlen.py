@@ -31,6 +31,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dc.utils.errors import ConfigError
+
 VARLEN = "dc_varlen"
 BACKENDS = ("auto", "flash_attn", "torch_varlen", "sdpa_loop")
 
@@ -72,14 +74,14 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype = tor
     "auto": the first of `available_backends`; the flash kernels take fp16/bf16 only, so fp32 gets "sdpa_loop".
     """
     if backend not in BACKENDS:
-        raise ValueError(f"llm.varlen_backend={backend!r}: expected one of {BACKENDS}")
+        raise ConfigError(f"llm.varlen_backend={backend!r}: expected one of {BACKENDS}")
     usable = available_backends(device)
     if dtype not in (torch.float16, torch.bfloat16):
         usable = ["sdpa_loop"]
     if backend == "auto":
         return usable[0]
     if backend not in usable:
-        raise ValueError(
+        raise ConfigError(
             f"llm.varlen_backend={backend!r} is not usable on {device.type} in {dtype}; usable here: {usable}"
         )
     return backend

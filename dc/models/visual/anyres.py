@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from dc.models.visual.base import IMAGE, ImageMode, ViewTokens, VisualMeta
+from dc.utils.errors import ConfigError
 
 MERGES = ("spatial_unpad", "spatial", "flat")
 DEFAULT_GRIDS = ((1, 2), (2, 1), (2, 2), (1, 3), (3, 1))
@@ -49,7 +50,7 @@ def select_best_resolution(size: tuple[int, int], candidates: Sequence[tuple[int
         if effective > best_effective or (effective == best_effective and waste < best_waste):
             best, best_effective, best_waste = (cand_w, cand_h), effective, waste
     if best is None:
-        raise ValueError("image.grids / image.pinpoints: no candidate resolution")
+        raise ConfigError("image.grids / image.pinpoints: no candidate resolution")
     return best
 
 
@@ -104,7 +105,7 @@ class AnyRes(ImageMode):
         merge: str = "spatial_unpad",
     ) -> None:
         if merge not in MERGES:
-            raise ValueError(f"image.merge={merge!r}: expected one of {MERGES}")
+            raise ConfigError(f"image.merge={merge!r}: expected one of {MERGES}")
         self.merge = merge
         self.grids = self._pairs(grids, "image.grids")
         self.pinpoints = self._pairs(pinpoints, "image.pinpoints") if pinpoints else None
@@ -119,7 +120,9 @@ class AnyRes(ImageMode):
                 break
             pairs.append((int(pair[0]), int(pair[1])))
         if not ok:
-            raise ValueError(f"{key}={values!r} must be a non-empty list of [width, height] pairs of positive integers")
+            raise ConfigError(
+                f"{key}={values!r} must be a non-empty list of [width, height] pairs of positive integers"
+            )
         return tuple(pairs)
 
     def candidates(self, image_size: int) -> list[tuple[int, int]]:
@@ -128,7 +131,7 @@ class AnyRes(ImageMode):
             return [(w * image_size, h * image_size) for w, h in self.grids]
         bad = [p for p in self.pinpoints if p[0] % image_size or p[1] % image_size]
         if bad:
-            raise ValueError(f"image.pinpoints {bad} are not multiples of the encoder's input side {image_size}")
+            raise ConfigError(f"image.pinpoints {bad} are not multiples of the encoder's input side {image_size}")
         return list(self.pinpoints)
 
     def layout(self, size: tuple[int, int], image_size: int) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -5,6 +5,7 @@ reference) or `square` (the encoder's processor alone; the reference's stage 1).
 from __future__ import annotations
 
 from dc.models.visual.base import IMAGE, ImageMode, ViewTokens, VisualMeta
+from dc.utils.errors import ConfigError
 
 ASPECTS = ("pad", "square")
 
@@ -20,7 +21,7 @@ class SingleView(ImageMode):
 
     def __init__(self, aspect: str = "pad") -> None:
         if aspect not in ASPECTS:
-            raise ValueError(f"image.aspect={aspect!r}: expected one of {ASPECTS}")
+            raise ConfigError(f"image.aspect={aspect!r}: expected one of {ASPECTS}")
         self.aspect = aspect
 
     def meta(self, size: tuple[int, int], view: ViewTokens, image_size: int) -> VisualMeta:
