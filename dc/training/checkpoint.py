@@ -209,7 +209,8 @@ def _diff(saved: Any, current: Any, key: str, out: list[str]) -> None:
     if any(key == r or key.startswith(r + ".") for r in RUNTIME_KEYS):
         return
     if isinstance(saved, Mapping) and isinstance(current, Mapping):
-        for k in sorted(saved.keys() & current.keys(), key=str):  # a key only one side has: added or retired since (defaults)
+        # a key only one side has was added to dc or retired since: not compared (its default applies)
+        for k in sorted(saved.keys() & current.keys(), key=str):
             _diff(saved[k], current[k], f"{key}.{k}" if key else str(k), out)
     elif saved != current:
         out.append(f"{key}: {saved!r} -> {current!r}")
