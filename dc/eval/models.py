@@ -156,7 +156,7 @@ class DCModel(InferenceModel):
         limit = self.vlm.llm.max_positions
         tokens = self.video_meta(frames).tokens
         if limit is not None and tokens >= limit:
-            raise ValueError(
+            raise ConfigError(
                 f"a video of {frames} frames aggregates to {tokens} visual tokens ({self.visual.view.total} per frame, "
                 f"aggregate={self.video.aggregate!r}) but the LLM takes at most {limit} positions; lower "
                 f"video.num_frames (or the benchmark's own benchmark.num_frames) or use video.aggregate=pool "

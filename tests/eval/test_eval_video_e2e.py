@@ -90,7 +90,9 @@ def _frame(root: Path):
 
 def test_too_many_frames_are_refused_naming_the_keys(setup, tmp_path: Path) -> None:
     ckpt, root = setup
-    with pytest.raises(ValueError, match=r"200 frames.*lower video.num_frames.*video.aggregate=pool"):
+    from dc.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"200 frames.*lower video.num_frames.*video.aggregate=pool"):
         _run(ckpt, root, tmp_path / "x", "video.num_frames=200", "video.aggregate=concat")
     with pytest.raises(ValueError, match=r"200 frames"):  # a benchmark's own count is the one checked
         _run(ckpt, root, tmp_path / "y", "benchmark.num_frames=200", "video.aggregate=concat")
