@@ -103,12 +103,7 @@ class GroupedBatchSampler(DistributedSampler):
 
     def batching(self) -> dict[str, Any]:
         """The settings that decide which records form each batch (a restored data position must share them)."""
-        return {
-            "batch_size": self.batch_size,
-            "max_tokens": self.max_tokens,
-            "group_by_modality_length": self.group,
-            "megabatch_factor": self.megabatch_factor,
-        }
+        return batching_settings(self)
 
     def _pools(self) -> list[np.ndarray]:
         idx = np.arange(len(self.lengths))
@@ -290,3 +285,14 @@ def check_batching(saved: dict[str, Any] | None, current: dict[str, Any] | None)
         f"cannot resume the data position: the batches are formed differently from the checkpoint's ({changed}); "
         f"resume with the checkpoint's settings"
     )
+
+
+def batching_settings(source: Any) -> dict[str, Any]:
+    """What decides the composition of the batches of a sampler or stream (`batch_size`, `max_tokens`, `group`,
+    `megabatch_factor` attributes), by config key: recorded with a data position, compared on resume."""
+    return {
+        "batch_size": source.batch_size,
+        "max_tokens": source.max_tokens,
+        "group_by_modality_length": source.group,
+        "megabatch_factor": source.megabatch_factor,
+    }

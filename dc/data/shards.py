@@ -43,7 +43,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from dc.data.collate import Collator
-from dc.data.grouping import check_batching, group_stream
+from dc.data.grouping import batching_settings, check_batching, group_stream
 from dc.data.records import BadRecord, SampleBuilder, SkipReporter
 from dc.utils.errors import ConfigError
 
@@ -191,12 +191,7 @@ class ShardStream(IterableDataset):
 
     def batching(self) -> dict[str, Any]:
         """The settings that decide which samples form each batch (a restored data position must share them)."""
-        return {
-            "batch_size": self.batch_size,
-            "max_tokens": self.max_tokens,
-            "group_by_modality_length": self.group,
-            "megabatch_factor": self.megabatch_factor,
-        }
+        return batching_settings(self)
 
     def __len__(self) -> int:
         if self.batches_per_rank is not None:
