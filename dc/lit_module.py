@@ -22,13 +22,7 @@ from dc.models.builder import build_vlm
 from dc.models.llms.layout import token_layout
 from dc.models.llms.templates import ChatTemplate
 from dc.models.vlm import VLM
-from dc.training.checkpoint import (
-    MODEL_KEYS,
-    check_checkpoint_keys,
-    check_resume,
-    keeps_key,
-    read_checkpoint,
-)
+from dc.training.checkpoint import MODEL_KEYS, check_checkpoint_keys, keeps_key, read_checkpoint
 from dc.training.lora import apply_lora
 from dc.training.optim import adamw_impl_kwargs, keep_adamw_impl, param_groups, warmup_cosine
 from dc.training.precision import resolve_frozen_dtype, store_frozen
@@ -226,7 +220,6 @@ class DCModule(L.LightningModule):
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_resume(checkpoint.get("hyper_parameters") or {}, self.hparams, "<checkpoint>")
         self.configure_model()
         if "state_dict" in checkpoint:  # absent for sharded FSDP checkpoints (loaded straight into the shards)
             check_checkpoint_keys(self.state_keys, checkpoint["state_dict"], self.model_cfg, self.stage)
