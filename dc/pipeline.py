@@ -89,9 +89,9 @@ def check_scalars(cfg: DictConfig) -> None:
     stage = cfg.get("stage") or {}
     if not _number(stage.get("lr")) or stage.get("lr") < 0:
         refuse("stage.lr", stage.get("lr"), "a non-negative number")
-    for key in ("connector_lr",):
-        if stage.get(key) is not None and (not _number(stage.get(key)) or stage.get(key) < 0):
-            refuse(f"stage.{key}", stage.get(key), "a non-negative number or null")
+    connector_lr = stage.get("connector_lr")
+    if connector_lr is not None and (not _number(connector_lr) or connector_lr < 0):
+        refuse("stage.connector_lr", connector_lr, "a non-negative number or null")
     for key in ("weight_decay", "warmup_ratio"):
         if key in stage and (not _number(stage.get(key)) or stage.get(key) < 0):
             refuse(f"stage.{key}", stage.get(key), "a non-negative number")

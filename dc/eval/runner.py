@@ -51,14 +51,15 @@ def record_visuals(record: EvalRecord, num_frames: int) -> list[Visual]:
     if video is not None:
         from dc.data.video import decode_video
 
-        frames = int(record.meta.get("num_frames") or num_frames)  # the benchmark's count, else video.num_frames
-        out.append(decode_video(video, frames).frames)
+        out.append(decode_video(video, video_frames(record, num_frames)).frames)
     return out
 
 
-def video_frames(record: EvalRecord, cfg: DictConfig) -> int:
-    """How many frames `record_visuals` samples from a record's video under `cfg` (eval.py's config)."""
-    return int(record.meta.get("num_frames") or (cfg.get("video") or {}).get("num_frames", 8))
+def video_frames(record: EvalRecord, num_frames: int) -> int:
+    """How many frames are sampled from a record's video: its benchmark's count, else `num_frames`
+    (eval.py's `video.num_frames`).
+    """
+    return int(record.meta.get("num_frames") or num_frames)
 
 
 def answer_records(
@@ -217,7 +218,8 @@ def run_benchmark(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     bench = _benchmark(cfg)
     model = build_model(cfg, fabric.device)
     records, skips = bench.load()
-    frames = [video_frames(r, cfg) for r in records if getattr(r, "video", None) is not None]
+    default_frames = int((cfg.get("video") or {}).get("num_frames", 8))
+    frames = [video_frames(r, default_frames) for r in records if getattr(r, "video", None) is not None]
     if frames and hasattr(model, "check_video_fits"):
         model.check_video_fits(max(frames))  # refuse before answering anything
     out_dir = Path(cfg.paths.output_dir)
