@@ -24,7 +24,8 @@ from dc.training.callbacks import loss_progress_bar
 from dc.training.checkpoint import check_resume, checkpoint_hparams, resolve_ckpt_path
 from dc.training.checkpoint_io import DirectCheckpointIO, clean_partial_files
 from dc.training.data import ResumableDataModule
-from dc.training.loggers import build_loggers, finish_wandb
+from dc.training.loggers import build_loggers, finish_wandb, restore_csv_metrics
+from dc.utils.cli import report
 from dc.utils.errors import ConfigError
 from dc.utils.instantiate import instantiate, trusted_prefixes
 
@@ -113,13 +114,19 @@ def validate(cfg: DictConfig) -> None:
         ConfigError: naming the key (and the allowed values).
     """
     from dc.models.builder import build_connector
+    from dc.models.llms.hf_causal import HFCausalLM, check_llm_node
+    from dc.training.optim import check_optimizer_impl
 
     try:
         build_connector(cfg, device="meta", allowed=trusted_prefixes(cfg.get("extra_target_prefixes")))
-        _positive_int(cfg.data.get("batch_size"), "data.batch_size")
-        _positive_int(cfg.stage.get("global_batch_size"), "stage.global_batch_size")
+        batch = _positive_int(cfg.data.get("batch_size"), "data.batch_size")
+        global_batch = _positive_int(cfg.stage.get("global_batch_size"), "stage.global_batch_size")
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    accumulation(global_batch, batch, _configured_world_size(cfg.get("trainer") or {}))
+    if str(cfg.llm.get("_target_")) == f"{HFCausalLM.__module__}.{HFCausalLM.__qualname__}":
+        check_llm_node(cfg.llm)
+    check_optimizer_impl(cfg.stage.get("optimizer_impl", "auto"))
     init = cfg.stage.get("init_connector_from")
     if init and not Path(init).is_file():
         raise FileNotFoundError(f"stage.init_connector_from={init}: no such file (a stage-1 dc checkpoint)")
@@ -138,6 +145,17 @@ def _check_data_files(data: DictConfig) -> None:
     image_folder = data.get("image_folder")
     if image_folder and not Path(image_folder).is_dir():
         raise FileNotFoundError(f"data.image_folder={image_folder}: no such folder ({hint})")
+
+
+def _configured_world_size(trainer: Any) -> int:
+    """`trainer.devices` × `trainer.num_nodes` where both are plain numbers, else 1 (only a lower bound is known
+    before Lightning resolves "auto" or a device list; the trainer's own world size is checked again later).
+    """
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    plain = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (devices, nodes))
+    return int(devices) * int(nodes) if plain else 1
 
 
 def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
@@ -250,10 +268,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     validate(cfg)
     clean_partial_files(checkpoint_dir)
     failed = True
+    kept_csv: list[Path] = []
     try:
         tokenizer = build_tokenizer(cfg)
         datamodule = build_datamodule(cfg, tokenizer)
-        loggers = build_loggers(cfg, resuming=ckpt_path is not None)
+        loggers = build_loggers(cfg, resuming=ckpt_path is not None, kept=kept_csv)
         callbacks = [instantiate(cb, allowed=allowed) for cb in (cfg.get("callbacks") or {}).values() if cb is not None]
         if not loggers:  # Lightning refuses a LearningRateMonitor without a logger (logger=[])
             callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
@@ -287,7 +306,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             # re-entered a finished run (a requeued job, `ckpt_path=auto`): keep what the run reported before
             metrics = {**_earlier_metrics(metrics_file), **metrics}
             if trainer.is_global_zero:
-                print(
+                report(
                     f"nothing to train: {ckpt_path} is at step {trainer.global_step}, epoch {trainer.current_epoch} "
                     f"(trainer.max_steps={cfg.trainer.get('max_steps')}, trainer.max_epochs="
                     f"{cfg.trainer.get('max_epochs')}); raise one of them to train on"
@@ -297,10 +316,12 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             last = Path(ckpt_cb.dirpath) / "last.ckpt" if ckpt_cb.dirpath else None
             metrics_file.write_text(json.dumps({**metrics, "last_ckpt": str(last) if last else None}, indent=2))
             if last is not None:
-                print(f"checkpoint: {last}  (step {trainer.global_step}; metrics in {metrics_file})")
+                report(f"checkpoint: {last}  (step {trainer.global_step}; metrics in {metrics_file})")
         failed = False
     finally:
         finish_wandb(failed)
+        if failed:  # a refused resume logged nothing: its earlier metrics.csv keeps its name
+            restore_csv_metrics(kept_csv)
     return metrics, {"trainer": trainer, "module": module, "datamodule": datamodule}
 
 

@@ -31,6 +31,7 @@ from dc.eval.benchmarks.base import Benchmark, EvalRecord, Skip
 from dc.eval.benchmarks.report import flatten_metrics, write_report
 from dc.eval.models import InferenceModel, VideoSettings, Visual
 from dc.eval.parallel import AnswerFiles, deal
+from dc.utils.cli import report
 from dc.utils.errors import ConfigError
 from dc.utils.instantiate import instantiate, trusted_prefixes
 
@@ -246,8 +247,8 @@ def run_benchmark(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         }
         write_report({bench.name: result}, out_dir, stem=f"{bench.name}_results", meta=meta)
         counts = Counter(s.reason for s in skips)
-        print(bench.summary(result))
-        print(
+        report(bench.summary(result))
+        report(
             f"{bench.name}: {len(kept)} questions answered, skipped {dict(counts) or 0}, "
             f"{time.perf_counter() - started:.0f} s on {fabric.world_size} x {fabric.device.type}; "
             f"answers and results in {out_dir}"

@@ -183,14 +183,28 @@ def use_run_data_dir(output_dir: Path) -> Path:
     return data_dir
 
 
-def build_loggers(cfg: DictConfig, resuming: bool = False) -> list[Any]:
-    """Instantiate every node under `cfg.logger` (a resumed run keeps the earlier CSV metrics beside the new)."""
+def restore_csv_metrics(kept: list[Path]) -> None:
+    """Undo `keep_csv_metrics` for a resume that stopped before logging anything (refused on its checkpoint or
+    settings): the earlier `metrics.csv` goes back under its name, as if the run had not started.
+    """
+    for path in kept:
+        metrics = path.parent / "metrics.csv"
+        if path.exists() and not metrics.exists():
+            path.rename(metrics)
+
+
+def build_loggers(cfg: DictConfig, resuming: bool = False, kept: list[Path] | None = None) -> list[Any]:
+    """Instantiate every node under `cfg.logger` (a resumed run keeps the earlier CSV metrics beside the new; the
+    files moved aside are appended to `kept`, for `restore_csv_metrics`).
+    """
     loggers = []
     for node in (cfg.get("logger") or {}).values():
         if node is None:
             continue
         if resuming and node.get("_target_") == CSV_TARGET and is_rank_zero():
-            keep_csv_metrics(node)
+            moved = keep_csv_metrics(node)
+            if moved is not None and kept is not None:
+                kept.append(moved)
         is_wandb = node.get("_target_") == WANDB_TARGET
         extra = wandb_kwargs(node, Path(cfg.paths.output_dir), resuming) if is_wandb else {}
         if is_wandb:

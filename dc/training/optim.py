@@ -56,6 +56,11 @@ def param_groups(
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for_loop")
 
 
+def check_optimizer_impl(impl: Any) -> None:
+    if impl not in OPTIMIZER_IMPLS:
+        raise ConfigError(f"stage.optimizer_impl={impl!r}: expected one of {OPTIMIZER_IMPLS}")
+
+
 def adamw_impl_kwargs(params: Iterable[torch.Tensor], impl: str) -> dict[str, bool]:
     """`torch.optim.AdamW` keyword arguments choosing its implementation (`stage.optimizer_impl`).
 
@@ -68,8 +73,7 @@ def adamw_impl_kwargs(params: Iterable[torch.Tensor], impl: str) -> dict[str, bo
     The three compute the same AdamW update (to float rounding; tested against each other). `keep_adamw_impl`
     keeps the choice across a checkpoint load.
     """
-    if impl not in OPTIMIZER_IMPLS:
-        raise ConfigError(f"stage.optimizer_impl={impl!r}: expected one of {OPTIMIZER_IMPLS}")
+    check_optimizer_impl(impl)
     params = list(params)
     if impl == "auto":
         return {"fused": True} if params and all(p.device.type == "cuda" for p in params) else {}

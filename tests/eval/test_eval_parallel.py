@@ -58,6 +58,8 @@ def test_two_processes_equal_one_and_a_killed_run_resumes(trained, tmp_path: Pat
     one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
     r1 = _eval_py([*common, "runtime.devices=1"], one)
     assert r1.returncode == 0, r1.stderr[-3000:]
+    summary = next(line for line in r1.stdout.splitlines() if line.startswith("synthetic: ") and "answered" in line)
+    assert summary in (one / "eval.log").read_text()  # the run's log keeps what the console showed
     r2 = _eval_py([*common, "runtime.devices=2"], two)
     assert r2.returncode == 0, r2.stderr[-3000:]
     for name in ("synthetic_answers.jsonl", "synthetic_blank_answers.jsonl"):

@@ -16,6 +16,7 @@ import torch
 from dc.pipeline import evaluate, train
 from dc.training.checkpoint import NotACheckpointError, ResumeConfigError, UnsafeCheckpointError, read_checkpoint
 from dc.training.checkpoint_io import DirectCheckpointIO, clean_partial_files
+from dc.utils.errors import ConfigError
 
 from dc_testing import ROOT, compose_config
 
@@ -163,11 +164,59 @@ def test_config_errors_print_one_line_and_other_errors_keep_their_traceback(caps
         raise ValueError("a bug")  # anything else: a traceback as usual
 
 
+class _BadFromWorker(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> int:
+        from dc.data.records import BadDataError
+
+        raise BadDataError("64 random records in a row are bad (too_long 64); raise data.max_length")
+
+
+def test_a_bad_data_error_from_a_loader_worker_prints_its_own_message(capsys) -> None:
+    """PyTorch re-raises a worker's error with the worker's traceback inside the message; one line is printed."""
+    from dc.pipeline import user_errors
+    from dc.utils.cli import errors_as_messages
+
+    loader = torch.utils.data.DataLoader(_BadFromWorker(), num_workers=1)
+    with pytest.raises(SystemExit), errors_as_messages(user_errors()):
+        next(iter(loader))
+    err = capsys.readouterr().err
+    assert err == (
+        "error: 64 random records in a row are bad (too_long 64); raise data.max_length "
+        "(in DataLoader worker process 0)\n"
+    )
+
+
 def test_train_py_prints_a_config_mistake_without_a_traceback(tmp_path: Path) -> None:
     out, _ = _run(["debug=fast", "logger=[]", "llm.loss=foo", f"hydra.run.dir={tmp_path}"], HF_HUB_OFFLINE="1")
     assert out.returncode == 1
     assert "error: llm.loss='foo': expected one of ('auto', 'chunked', 'liger', 'dense')" in out.stderr
     assert "Traceback" not in out.stderr
+    assert "GPU available" not in out.stdout + out.stderr  # refused before the Lightning trainer is built
+    assert "error: llm.loss='foo'" in (tmp_path / "train.log").read_text()  # the log says why the run stopped
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("llm.loss=foo", r"llm\.loss='foo': expected one of"),
+        ("llm.attention=flat", r"llm\.attention='flat': expected 'unpadded' or 'padded'"),
+        ("llm.activation_checkpointing=some", r"llm\.activation_checkpointing='some': expected one of"),
+        ("llm.compile=maybe", r"llm\.compile"),
+        ("stage.optimizer_impl=fast", r"stage\.optimizer_impl='fast': expected one of"),
+        ("stage.global_batch_size=6", r"stage\.global_batch_size=6 is not a multiple of data\.batch_size=4 × 1"),
+        ("trainer.devices=2", r"stage\.global_batch_size=4 is not a multiple of data\.batch_size=4 × 2"),
+    ],
+)
+def test_validate_refuses_option_mistakes_before_anything_is_built(train_cfg, override: str, message: str) -> None:
+    """Checked by `validate` (no weights, data or trainer), so the one-line error is all a user sees."""
+    from dc.pipeline import validate
+
+    cfg = train_cfg("data.batch_size=4", "stage.global_batch_size=4", override)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
 
 
 def test_resume_keeps_the_earlier_csv_metrics(train_cfg) -> None:
@@ -181,10 +230,16 @@ def test_resume_keeps_the_earlier_csv_metrics(train_cfg) -> None:
 
 def test_resuming_with_another_model_is_refused_naming_what_changed(train_cfg) -> None:
     """The weights of a DCI run must not silently continue as an SCI connector (same shapes), nor fail with a
-    state-dict size mismatch (another projector); speed settings may change."""
-    train(train_cfg("trainer.max_steps=1"))
+    state-dict size mismatch (another projector); speed settings may change. A refused resume leaves the run's
+    CSV metrics as they were."""
+    cfg = train_cfg("trainer.max_steps=1")
+    train(cfg)
+    csv = Path(cfg.paths.output_dir) / "csv"
+    first = (csv / "metrics.csv").read_text()
     with pytest.raises(ResumeConfigError, match=r"connector\._target_: '.*DenseChannelIntegration' -> '.*Sparse"):
         train(train_cfg("trainer.max_steps=2", "connector=sci", "ckpt_path=last"))
+    assert sorted(p.name for p in csv.glob("metrics*.csv")) == ["metrics.csv"]
+    assert (csv / "metrics.csv").read_text() == first
     with pytest.raises(ResumeConfigError, match=r"stage\.train: \['connector', 'llm'\] -> \['connector'\]"):
         train(train_cfg("trainer.max_steps=2", "stage.train=[connector]", "ckpt_path=last"))
     with pytest.raises(ResumeConfigError, match=r"connector\._target_: .* -> '.*MLPConnector'"):

@@ -261,6 +261,32 @@ class HFCausalLM(LanguageModel):
         )
 
 
+def check_llm_node(node: Any) -> None:
+    """The speed options of an `llm` config node (`HFCausalLM`'s, with its defaults), checked before anything is
+    built.
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    import inspect
+
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(HFCausalLM.__init__).parameters.items()
+        if p.default is not p.empty
+    }
+    names = (
+        "loss",
+        "loss_chunk_size",
+        "attention",
+        "varlen_backend",
+        "activation_checkpointing",
+        "attn_implementation",
+    )
+    _check_speed_options(*(node.get(name, defaults[name]) for name in names))
+    compile_options(node.get("compile", defaults["compile"]), "llm.compile")
+
+
 def _check_speed_options(
     loss: str,
     chunk_size: int | None,
