@@ -113,12 +113,16 @@ def validate(cfg: DictConfig) -> None:
     Raises:
         ConfigError: naming the key (and the allowed values).
     """
-    from dc.models.builder import build_connector
+    from dc.models.builder import build_connector, build_image_mode, encoder_layout
     from dc.models.llms.hf_causal import HFCausalLM, check_llm_node
     from dc.training.optim import check_optimizer_impl
 
+    allowed = trusted_prefixes(cfg.get("extra_target_prefixes"))
     try:
-        build_connector(cfg, device="meta", allowed=trusted_prefixes(cfg.get("extra_target_prefixes")))
+        build_connector(cfg, device="meta", allowed=allowed)
+        mode = build_image_mode(cfg, allowed)
+        if hasattr(mode, "candidates"):  # AnyRes: its resolutions against the encoder's input side
+            mode.candidates(encoder_layout(cfg.encoder).input_size)
         batch = _positive_int(cfg.data.get("batch_size"), "data.batch_size")
         global_batch = _positive_int(cfg.stage.get("global_batch_size"), "stage.global_batch_size")
     except ValueError as exc:

@@ -117,7 +117,8 @@ class TerminalChat:
         elif name == "/info":
             for key, value in self.chat.describe().items():
                 self.say(f"  {key}: {value}")
-            self.say(f"  input: {self.conversation.describe()}, {len(self.conversation.turns) // 2} turns so far")
+            turns = len(self.conversation.turns) // 2
+            self.say(f"  input: {self.conversation.describe()}, {turns} turn{'' if turns == 1 else 's'} so far")
             self.say(f"  generation: {self.chat.settings}")
         elif name == "/help":
             self.say(HELP)
@@ -137,6 +138,8 @@ class TerminalChat:
                     self.stdout.write(step.text[len(shown) :])
                     shown = step.text
                 self.stdout.flush()
+            if not shown:  # the model ended at once: say so rather than leave `model> ` bare
+                self.stdout.write(("" if shown is not None else ANSWER) + "[empty answer: the model ended it at once]")
             self.say("")
         except ChatError as err:
             self.say(("\n" if shown is not None else "") + f"error: {err}")

@@ -43,6 +43,31 @@ class InputLimits:
     max_question_chars: int = 8000
 
 
+def check_pixels(name: str, size: tuple[int, int], limits: InputLimits) -> None:
+    """Refuse an image (or a video frame) of more than `limits.max_image_pixels` pixels, naming it."""
+    width, height = size
+    if width * height > limits.max_image_pixels:
+        raise ChatError(
+            f"{name} is {width}×{height} = {width * height:,} pixels, over the limit of "
+            f"{limits.max_image_pixels:,} (limits.max_image_pixels): resize it first"
+        )
+
+
+def _check_frame_headers(p: Path, limits: InputLimits) -> None:
+    """The pixel limit for the frames of a folder, or for an image file given as a one-frame video, read from the
+    headers before anything is decoded (files PIL cannot open are left to the video reader).
+    """
+    for frame in sorted(p.iterdir()) if p.is_dir() else [p]:
+        if not frame.is_file():
+            continue
+        try:
+            with Image.open(frame) as img:
+                size = img.size
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue
+        check_pixels(frame.name if frame == p else f"{p.name}/{frame.name}", size, limits)
+
+
 def read_image(path: str | Path, limits: InputLimits) -> Image.Image:
     """An RGB image from `path`, refused with a `ChatError` when missing, too big or not an image."""
     p = Path(path)
@@ -55,12 +80,7 @@ def read_image(path: str | Path, limits: InputLimits) -> Image.Image:
         )
     try:
         with Image.open(p) as img:
-            width, height = img.size  # from the header: nothing decoded yet
-            if width * height > limits.max_image_pixels:
-                raise ChatError(
-                    f"{p.name} is {width}×{height} = {width * height:,} pixels, over the limit of "
-                    f"{limits.max_image_pixels:,} (limits.max_image_pixels): resize it first"
-                )
+            check_pixels(p.name, img.size, limits)  # from the header: nothing decoded yet
             img.load()
             return img.convert("RGB")
     except ChatError:
@@ -76,12 +96,16 @@ def read_video(path: str | Path, num_frames: int, limits: InputLimits) -> list[I
         raise ChatError(
             f"{p.name} is {p.stat().st_size / MB:.0f} MB, over the {limits.max_video_mb:g} MB limit (limits.max_video_mb)"
         )
+    if p.is_dir() or (p.is_file() and p.suffix.lower() not in VIDEO_SUFFIXES):
+        _check_frame_headers(p, limits)
     try:
         frames = decode_video(p, num_frames).frames
     except BadRecord as err:  # missing, corrupt or empty video
         raise ChatError(f"cannot use {p.name} as a video: {err.detail}") from None
     if not frames:
         raise ChatError(f"{p.name} has no frames")
+    for frame in frames:  # a video file's frames: known once decoded
+        check_pixels(f"a frame of {p.name}", frame.size, limits)
     return frames
 
 

@@ -32,7 +32,7 @@ from dc.chat.inputs import ChatError, InputLimits, is_video_path, read_image, re
 from dc.constants import IMAGE_PLACEHOLDER
 from dc.eval.models import Visual
 from dc.models.llms.templates import GPT, HUMAN
-from dc.utils.errors import ConfigError
+from dc.utils.errors import ConfigError, config_number
 
 
 @dataclass(frozen=True)
@@ -249,20 +249,24 @@ def chat_from_config(cfg: DictConfig) -> Chat:
     gen = cfg.get("generation") or {}
     seed = gen.get("seed")
     settings = GenerationSettings(
-        max_new_tokens=int(gen.get("max_new_tokens", 512)),
-        temperature=float(gen.get("temperature", 0.0)),
-        top_p=float(gen.get("top_p", 1.0)),
-        seed=None if seed is None else int(seed),
+        max_new_tokens=config_number(gen.get("max_new_tokens", 512), "generation.max_new_tokens", int),
+        temperature=config_number(gen.get("temperature", 0.0), "generation.temperature"),
+        top_p=config_number(gen.get("top_p", 1.0), "generation.top_p"),
+        seed=None if seed is None else config_number(seed, "generation.seed", int),
     )
     lim = cfg.get("limits") or {}
     defaults = InputLimits()
     limits = InputLimits(
-        max_image_mb=float(lim.get("max_image_mb", defaults.max_image_mb)),
-        max_image_pixels=int(lim.get("max_image_pixels", defaults.max_image_pixels)),
-        max_video_mb=float(lim.get("max_video_mb", defaults.max_video_mb)),
-        max_question_chars=int(lim.get("max_question_chars", defaults.max_question_chars)),
+        max_image_mb=config_number(lim.get("max_image_mb", defaults.max_image_mb), "limits.max_image_mb"),
+        max_image_pixels=config_number(
+            lim.get("max_image_pixels", defaults.max_image_pixels), "limits.max_image_pixels", int
+        ),
+        max_video_mb=config_number(lim.get("max_video_mb", defaults.max_video_mb), "limits.max_video_mb"),
+        max_question_chars=config_number(
+            lim.get("max_question_chars", defaults.max_question_chars), "limits.max_question_chars", int
+        ),
     )
-    frames = int((cfg.get("video_settings") or {}).get("num_frames", 8))
+    frames = config_number((cfg.get("video_settings") or {}).get("num_frames", 8), "video_settings.num_frames", int)
     return Chat(load_backend(cfg), settings, limits, num_frames=frames)
 
 

@@ -27,6 +27,7 @@ from dc.chat.inputs import MB, VIDEO_SUFFIXES, ChatError
 from dc.chat.session import Answer, Chat, Conversation, GenerationSettings, chat_from_config, initial_conversation
 from dc.constants import IMAGE_PLACEHOLDER
 from dc.models.llms.templates import HUMAN
+from dc.utils.errors import ConfigError, config_number
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 """What the upload offers (the checks in `dc.chat.inputs` decide what is accepted)."""
@@ -174,12 +175,38 @@ def build_demo(chat: Chat, initial: Conversation | None = None) -> Any:
     return demo
 
 
+def check_port(host: str, port: int) -> None:
+    """`server.host:server.port` can be served (checked before the model loads; the port is free again after).
+
+    Raises:
+        ConfigError: naming `server.port` (or `server.host`) and why.
+    """
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"server.port={port}: expected 0-65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"server.host={host!r}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(
+                f"server.port={port}: cannot serve on {host}:{port} ({exc.strerror}); choose another server.port"
+            ) from None
+
+
 def serve(cfg: DictConfig) -> int:
     """`python -m dc.chat mode=web ...`: load the model and serve the page until interrupted; the exit status."""
     import_gradio()  # fail before loading the model
+    host, port = str(cfg.server.host), config_number(cfg.server.port, "server.port", int)
+    check_port(host, port)
     chat = chat_from_config(cfg)
     demo = build_demo(chat, initial_conversation(chat, cfg))
-    host, port = str(cfg.server.host), int(cfg.server.port)
     limit_mb = max(chat.limits.max_image_mb, chat.limits.max_video_mb)
     print(
         f"dc chat web demo: http://{host}:{port}  ({Path(str(cfg.get('ckpt_path') or '')).name or 'model'})", flush=True

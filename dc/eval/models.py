@@ -43,12 +43,20 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """`eval.precision`: "auto" (bf16 on CUDA, fp32 on CPU), "bfloat16", "float16" (the reference's) or "float32"."""
+    """`runtime.precision`: "auto" (bf16 on CUDA, fp32 on CPU), "bfloat16", "float16" (the reference's) or "float32"."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if precision not in DTYPES:
-        raise ConfigError(f"eval.precision={precision!r}: expected auto or one of {sorted(DTYPES)}")
+        raise ConfigError(f"runtime.precision={precision!r}: expected auto or one of {sorted(DTYPES)}")
     return DTYPES[precision]
+
+
+def check_image_aspect(image_aspect: str | None) -> None:
+    """`image_aspect` (eval.py's and the chat's key, which sets the image processor's `image.aspect`)."""
+    from dc.data.image import ASPECTS
+
+    if image_aspect is not None and image_aspect not in ASPECTS:
+        raise ConfigError(f"image_aspect={image_aspect!r}: expected one of {ASPECTS}")
 
 
 def file_identity(path: Path) -> dict[str, Any]:
@@ -126,6 +134,7 @@ class DCModel(InferenceModel):
         extra_prefixes: Sequence[str] | None = None,
         model_overrides: dict[str, Any] | None = None,
     ) -> None:
+        check_image_aspect(image_aspect)  # before the weights are read
         self.path = Path(ckpt_path)
         self.device = torch.device(device)
         self.dtype = resolve_dtype(precision, self.device)
@@ -232,6 +241,7 @@ class HFLlavaModel(InferenceModel):
 
         from dc.models.hub import from_pretrained
 
+        check_image_aspect(image_aspect)
         self.path = str(path)
         self.device = torch.device(device)
         self.dtype = resolve_dtype(precision, self.device)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,14 @@ class AnswerFiles:
                 out.setdefault(obj["id"], obj["text"])
         return out
 
-    def check_fingerprint(self, fingerprint: dict[str, Any], overwrite: bool) -> None:
+    def check_fingerprint(
+        self,
+        fingerprint: dict[str, Any],
+        overwrite: bool,
+        recorded_as_now: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         """Refuse answers from another setting (or delete them when `overwrite`); record this run's fingerprint.
+        `recorded_as_now` rewrites a recorded fingerprint as this version would write it, before comparing.
 
         Raises:
             StaleAnswersError: answers exist and their recorded fingerprint differs (or none is recorded).
@@ -65,6 +71,8 @@ class AnswerFiles:
         has_answers = self.merged.exists() or bool(self.parts())
         if has_answers and not overwrite:
             recorded = json.loads(self.meta.read_text()) if self.meta.exists() else None
+            if recorded is not None and recorded_as_now is not None:
+                recorded = recorded_as_now(recorded)
             if recorded != json.loads(json.dumps(fingerprint)):
                 diff = _differences(recorded or {}, fingerprint)
                 raise StaleAnswersError(

@@ -153,8 +153,22 @@ def _gather_skips(fabric: L.Fabric, skips: list[Skip]) -> list[Skip]:
     return [Skip(*t) for part in gathered for t in part]
 
 
+def resolved_paths(node: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark node with its folder (`root`) and any absolute `*_file` / `*_folder` / `*_dir` path written as
+    one absolute, normalised path: `./data/x` and `data/x` are the same folder, `data/x` run from two working
+    directories are not. (Other relative paths are relative to `root` and stay as written.)
+    """
+    out = dict(node)
+    for key, value in node.items():
+        if not isinstance(value, str) or not value:
+            continue
+        if key == "root" or (key.endswith(("_file", "_folder", "_dir")) and Path(value).is_absolute()):
+            out[key] = str(Path(value).expanduser().resolve())
+    return out
+
+
 def _fingerprint(model: InferenceModel, cfg: DictConfig, bench: Benchmark, control: str | None) -> dict[str, Any]:
-    node = OmegaConf.to_container(cfg.benchmark, resolve=True)
+    node = resolved_paths(OmegaConf.to_container(cfg.benchmark, resolve=True))
     node.pop("limit", None)  # more or fewer questions keep the answers already given valid
     return {
         "model": model.fingerprint(),
@@ -186,7 +200,12 @@ def run_pass(
     stem = f"{bench.name}_{control}_answers" if control else f"{bench.name}_answers"
     files = AnswerFiles(out_dir, stem)
     if fabric.global_rank == 0:
-        files.check_fingerprint(_fingerprint(model, cfg, bench, control), bool(cfg.get("overwrite", False)))
+        files.check_fingerprint(
+            _fingerprint(model, cfg, bench, control),
+            bool(cfg.get("overwrite", False)),
+            # a fingerprint recorded before paths were resolved: its paths as this run would write them
+            recorded_as_now=lambda rec: {**rec, "benchmark": resolved_paths(rec.get("benchmark") or {})},
+        )
     fabric.barrier()
     done = files.answers()
     todo = [r for r in records if r.id not in done]

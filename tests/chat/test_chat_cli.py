@@ -85,3 +85,34 @@ def test_startup_errors_are_one_line(tmp_path: Path) -> None:
     folder = run_cli([f"ckpt_path={tmp_path}"], "")
     assert folder.returncode == 1 and "directory without config.json" in folder.stderr
     assert "Traceback" not in missing.stderr + folder.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("generation.temperature=hot", "error: generation.temperature='hot': expected a number"),
+        ("generation.max_new_tokens=2.5", "error: generation.max_new_tokens=2.5: expected an integer"),
+        ("image_aspect=padd", "error: image_aspect='padd': expected one of ('pad', 'square')"),
+        ("runtime.precision=fp8", "error: runtime.precision='fp8': expected auto or one of"),
+        ("mode=web server.port=abc", "error: server.port='abc': expected an integer"),
+    ],
+)
+def test_a_bad_setting_is_named_by_its_key(trained: Trained, override: str, message: str) -> None:
+    result = run_cli([f"ckpt_path={trained.ckpt}", *override.split()], "")
+    assert result.returncode == 1 and result.stderr.startswith(message), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_busy_port_is_refused_before_the_model_loads(trained: Trained) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli([f"ckpt_path={trained.ckpt}", "mode=web", f"server.port={port}"], "")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.startswith(
+        f"error: server.port={port}: cannot serve on 127.0.0.1:{port} (Address already in use)"
+    )
+    assert "dc chat web demo" not in result.stdout  # refused before the model was loaded and the page announced

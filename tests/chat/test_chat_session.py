@@ -51,6 +51,9 @@ def test_bad_inputs_are_explained_and_the_chat_goes_on(chat, trained, eval_answe
     noise.save(tmp_path / "heavy.png")  # ~120 kB > 0.05 MB
     (tmp_path / "frames").mkdir()
     (tmp_path / "clip.mp4").write_bytes(b"")
+    (tmp_path / "big_frames").mkdir()
+    Image.new("RGB", (50, 50)).save(tmp_path / "big_frames" / "0001.png")
+    Image.new("RGB", (100, 60)).save(tmp_path / "big_frames" / "0002.png")  # 6,000 pixels > 5,000
     script = [
         "",
         f"/image {tmp_path / 'missing.png'}",
@@ -60,6 +63,8 @@ def test_bad_inputs_are_explained_and_the_chat_goes_on(chat, trained, eval_answe
         f"/image {tmp_path / 'heavy.png'}",
         f"/video {tmp_path / 'frames'}",
         f"/video {tmp_path / 'clip.mp4'}",
+        f"/video {tmp_path / 'big.png'}",  # an image as a one-frame video: the same pixel limit
+        f"/video {tmp_path / 'big_frames'}",
         "/image",
         "what is <image> here?",
         "shape " * 1100,  # a text-only question longer than the context
@@ -80,6 +85,8 @@ def test_bad_inputs_are_explained_and_the_chat_goes_on(chat, trained, eval_answe
         "heavy.png is 0.1 MB, over the 0.05 MB limit \\(limits.max_image_mb\\)",
         "cannot use frames as a video: .*no frame images",
         "cannot use clip.mp4 as a video: .*cannot open",
+        "big.png is 100×100 = 10,000 pixels, over the limit of 5,000 \\(limits.max_image_pixels\\)",
+        "big_frames/0002.png is 100×60 = 6,000 pixels, over the limit of 5,000",
         "/image needs a path",
         "<image> is reserved",
         f"the conversation would take \\d+ tokens \\(visual tokens included\\) but the model reads at most {LIMIT}",
@@ -96,6 +103,15 @@ def _fill(chat: Chat, conversation: Conversation, room: int) -> str:
     base = chat.prepare(conversation, "shape").sample
     words = LIMIT - room - len(base["input_ids"]) + 1
     return "shape" + " shape" * (words - 1)
+
+
+def test_info_counts_the_turns(chat: Chat, trained: Trained) -> None:
+    question = trained.question(0, "colour")
+    script = ["/info", f"/image {trained.image(question)}", question["text"], "/info", question["text"], "/info"]
+    out = io.StringIO()
+    assert TerminalChat(chat, Conversation(), io.StringIO("\n".join(script) + "\n"), out).run() == 0
+    counts = re.findall(r"(\d+ turns?) so far", out.getvalue())
+    assert counts == ["0 turns", "1 turn", "2 turns"]
 
 
 def test_the_context_limit(chat: Chat, trained: Trained) -> None:

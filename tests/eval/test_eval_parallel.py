@@ -4,6 +4,7 @@ nothing lost or duplicated; answers from another checkpoint are refused; the swe
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +102,25 @@ def test_answers_from_another_checkpoint_are_refused(trained, tmp_path: Path, da
     evaluate(compose_config("eval", [f"ckpt_path={other}", *base, "overwrite=true"]))  # told to start fresh
     fingerprint = json.loads((out / "synthetic_answers.meta.json").read_text())
     assert fingerprint["model"]["checkpoint"]["path"] == str(other.resolve())
+
+
+def test_the_same_folder_spelled_differently_keeps_the_answers(trained, tmp_path: Path) -> None:
+    """`data/x`, `./data/x` and `data/./x` are one folder: the answers on disk are reused, not refused as stale (also
+    when they were recorded with the path as typed, before paths were resolved)."""
+    ckpt, root = trained
+    out = tmp_path / "eval"
+    base = [f"ckpt_path={ckpt}", f"paths.output_dir={out}", "limit=4", "benchmark.blank_control=false"]
+    first, _ = evaluate(compose_config("eval", [*base, f"benchmark.root={root}"]))
+    meta = out / "synthetic_answers.meta.json"
+    assert json.loads(meta.read_text())["benchmark"]["root"] == str(root.resolve())
+    same = f"{root.parent}/./{root.name}"
+    again, _ = evaluate(compose_config("eval", [*base, f"benchmark.root={same}"]))
+    assert again == first
+    recorded = json.loads(meta.read_text())
+    recorded["benchmark"]["root"] = f"{root}/."  # as an earlier version wrote it: the path as typed
+    meta.write_text(json.dumps(recorded))
+    assert evaluate(compose_config("eval", [*base, f"benchmark.root={root}"]))[0] == first
+    other = tmp_path / "other_root"
+    shutil.copytree(root, other)  # the same questions in another folder: another benchmark for the answers
+    with pytest.raises(StaleAnswersError, match="benchmark.root"):
+        evaluate(compose_config("eval", [*base, f"benchmark.root={other}"]))

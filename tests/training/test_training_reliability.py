@@ -208,13 +208,14 @@ def test_train_py_prints_a_config_mistake_without_a_traceback(tmp_path: Path) ->
         ("stage.optimizer_impl=fast", r"stage\.optimizer_impl='fast': expected one of"),
         ("stage.global_batch_size=6", r"stage\.global_batch_size=6 is not a multiple of data\.batch_size=4 × 1"),
         ("trainer.devices=2", r"stage\.global_batch_size=4 is not a multiple of data\.batch_size=4 × 2"),
+        ("image=anyres image.pinpoints=[[50,100]]", r"image\.pinpoints \[\(50, 100\)\] are not multiples"),
     ],
 )
 def test_validate_refuses_option_mistakes_before_anything_is_built(train_cfg, override: str, message: str) -> None:
     """Checked by `validate` (no weights, data or trainer), so the one-line error is all a user sees."""
     from dc.pipeline import validate
 
-    cfg = train_cfg("data.batch_size=4", "stage.global_batch_size=4", override)
+    cfg = train_cfg("data.batch_size=4", "stage.global_batch_size=4", *override.split(" "))
     with pytest.raises(ConfigError, match=message):
         validate(cfg)
 
@@ -293,6 +294,35 @@ def test_what_is_not_a_checkpoint_is_named_as_such(train_cfg, tmp_path: Path) ->
     with pytest.raises(NotACheckpointError, match=r"is a folder, not a checkpoint file.*checkpoints/last.ckpt"):
         read_checkpoint(ckpt.parent.parent)
     assert read_checkpoint(ckpt)["global_step"] == 1
+
+
+def _flip_inside_largest_member(src: Path, dst: Path) -> str:
+    """Copy `src` with 16 bytes inverted in the middle of its largest archive member's data; returns its name."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(src) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    data = bytearray(src.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    middle = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+    dst.write_bytes(bytes(data))
+    return info.filename
+
+
+def test_a_checkpoint_with_flipped_bytes_is_refused_naming_the_member(train_cfg, tmp_path: Path) -> None:
+    """torch.load takes such a file without complaint (the weights are silently wrong); dc checks the CRC-32s."""
+    ckpt, _ = _trained(train_cfg)
+    bad = tmp_path / "flipped.ckpt"
+    member = _flip_inside_largest_member(ckpt, bad)
+    assert torch.load(bad, weights_only=True)["global_step"] == 1  # what would happen without the check
+    with pytest.raises(NotACheckpointError, match=rf"flipped.ckpt: a damaged checkpoint \(member {member}: Bad CRC"):
+        read_checkpoint(bad)
+    assert read_checkpoint(bad, mmap=True)["global_step"] == 1  # the config alone: no check (nothing else read)
+    with pytest.raises(NotACheckpointError, match="flipped.ckpt: a damaged checkpoint"):
+        DirectCheckpointIO().load_checkpoint(bad)  # what a resume reads through
+    assert DirectCheckpointIO().load_checkpoint(ckpt)["global_step"] == 1
 
 
 def test_checkpoint_writes_stay_in_the_checkpoint_folder(tmp_path: Path, monkeypatch) -> None:
