@@ -22,6 +22,9 @@ Literal text is emitted as Jinja string expressions (never raw template text), b
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from omegaconf import OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from dc.constants import IMAGE_PLACEHOLDER
@@ -32,6 +35,10 @@ from dc.models.llms.templates.llama3 import Llama3
 from dc.models.llms.templates.plain import Plain
 from dc.models.llms.templates.tokenization import tokenizer_adds_bos
 from dc.models.llms.templates.vicuna import VicunaV1
+from dc.utils.errors import ConfigError
+from dc.utils.instantiate import instantiate
+
+TEMPLATE_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "llm" / "template"
 
 _ROLES = (
     "{%- if message['role'] not in ['user', 'assistant'] -%}"
@@ -43,6 +50,28 @@ _ROLES = (
 )
 _NEXT = "(not loop.last or add_generation_prompt)"
 _PROBE = "\nWhat is in the image?"
+
+
+def template_names(folder: Path = TEMPLATE_CONFIGS) -> list[str]:
+    """Dc's chat template options: the names of `configs/llm/template/*.yaml`."""
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def check_template_name(name: str, key: str = "template", folder: Path = TEMPLATE_CONFIGS) -> None:
+    """Refuse a template name that is not one of `template_names()`, naming `key` (a command's option)."""
+    names = template_names(folder)
+    if not isinstance(name, str) or name not in names:
+        raise ConfigError(f"{key}={name!r}: expected one of {names} (configs/llm/template/*.yaml)")
+
+
+def load_template(name: str, key: str = "template") -> ChatTemplate:
+    """The chat template `configs/llm/template/<name>.yaml` builds.
+
+    Raises:
+        ConfigError: not one of `template_names()` (the message names `key` and lists them).
+    """
+    check_template_name(name, key)
+    return instantiate(OmegaConf.load(TEMPLATE_CONFIGS / f"{name}.yaml"))
 
 
 def lit(text: str) -> str:

@@ -10,16 +10,21 @@ class ExportError(ValueError):
 
 
 def export_user_errors() -> tuple[type[BaseException], ...]:
-    """What the `dc.export` commands report as one line: refusals, missing or existing paths, unsafe checkpoints."""
+    """What the `dc.export` commands report as one line: refusals, bad options, missing or existing paths, files
+    that are not (safe) checkpoints. `dc.pipeline.user_errors` minus what no export meets (data, resume, answers).
+    """
     from dc.models.hub import PretrainedNotFoundError
-    from dc.training.checkpoint import UnsafeCheckpointError
+    from dc.training.checkpoint import NotACheckpointError, UnsafeCheckpointError
+    from dc.utils.errors import ConfigError
     from dc.utils.instantiate import UntrustedTargetError
 
     return (
         ExportError,
+        ConfigError,
         FileNotFoundError,
         FileExistsError,
         NotADirectoryError,
+        NotACheckpointError,
         UnsafeCheckpointError,
         UntrustedTargetError,
         PretrainedNotFoundError,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,10 @@ from transformers import (
 
 from dc.constants import IMAGE_PLACEHOLDER
 from dc.data.image import ASPECTS
-from dc.export.chat_template import chat_template_jinja
+from dc.export.chat_template import chat_template_jinja, load_template
 from dc.export.errors import ExportError
 from dc.export.projector import connector_blockers, export_projector, select_strategy
+from dc.export.staging import check_destination, staged
 from dc.export.verify import verify_numbers, verify_processor
 from dc.export.vision import export_vision_tower
 from dc.export.weights import assemble
@@ -128,6 +129,13 @@ def _plain_causal_lm(vlm: VLM) -> PreTrainedModel:
     return model
 
 
+def _chat_template(vlm: VLM, template: ChatTemplate | str | None) -> ChatTemplate:
+    """`template` as an object: a name is built from `configs/llm/template/<name>.yaml`; None is the LLM's own."""
+    if template is None:
+        return vlm.llm.template
+    return load_template(template) if isinstance(template, str) else template
+
+
 def _tokenizer_with_image(tokenizer: PreTrainedTokenizerBase) -> tuple[PreTrainedTokenizerBase, int]:
     """A copy of `tokenizer` holding `<image>` as an added special token, and its id."""
     tok = copy.deepcopy(tokenizer)
@@ -170,7 +178,7 @@ def to_hf_llava(
     vlm: VLM,
     image_cfg: Any,
     *,
-    template: ChatTemplate | None = None,
+    template: ChatTemplate | str | None = None,
     dtype: torch.dtype | None = None,
     image_aspect: str = "pad",
     image_mode: str = "single",
@@ -181,7 +189,7 @@ def to_hf_llava(
     Args:
         vlm: a dc VLM (its LLM may be a peft `PeftModel`: a merged copy is exported).
         image_cfg: the encoder config's `image` node (`cfg.encoder.image`).
-        template: chat template name or object; defaults to the LLM's own.
+        template: chat template: a name of `configs/llm/template/` or a `ChatTemplate`; defaults to the LLM's own.
         dtype: parameter dtype of the export; defaults to the LLM's.
         image_aspect: the image preprocessing the model expects: "pad" (stage 2 / evaluation) or "square".
         image_mode: "single"; "anyres" and "video" are refused (see `export_blockers`).
@@ -196,7 +204,7 @@ def to_hf_llava(
     reasons = export_blockers(vlm, image_mode=image_mode)
     if reasons:
         raise ExportError("cannot export exactly to LlavaForConditionalGeneration:\n- " + "\n- ".join(reasons))
-    chat = template or vlm.llm.template
+    chat = _chat_template(vlm, template)
     strategy = select_strategy(vlm.encoder.layout)
     # Cheap checks first: the processor (pixels, chat template, prompt ids) before any weight is copied.
     tokenizer, image_id = _tokenizer_with_image(vlm.llm.tokenizer)
@@ -237,7 +245,8 @@ def to_hf_llava(
     owned = lm is not vlm.llm.model  # a merged LoRA copy is ours: its tensors move in without another copy
     state.update({k: v.detach().to(dtype=dtype, copy=not owned) for k, v in _llm_state(lm, rows).items()})
     model = assemble(LlavaForConditionalGeneration, config, state, "LlavaForConditionalGeneration export")
-    model.config.dtype = dtype
+    for node in (model.config, model.config.text_config, model.config.vision_config):
+        node.dtype = dtype  # the sub-configs too: the LLM's copied config names the LLM's own dtype
     # Only the device moves: the weights already have `dtype`; casting would also round the fp32 buffers (rotary
     # frequencies) that dc's LLM keeps in fp32.
     model = model.to(device=lm.get_input_embeddings().weight.device)
@@ -253,40 +262,43 @@ def to_hf_llava(
     return model, processor
 
 
-def save_hf_llava(vlm: VLM, image_cfg: Any, out_dir: str | Path, **kwargs: Any) -> Path:
+def save_hf_llava(
+    vlm: VLM, image_cfg: Any, out_dir: str | Path, *, record: Mapping[str, Any] | None = None, **kwargs: Any
+) -> Path:
     """`to_hf_llava`, then write `out_dir` for `LlavaForConditionalGeneration.from_pretrained` / `AutoProcessor`.
 
     Writes safetensors weights, `config.json`, `generation_config.json`, the processor and tokenizer files (with
-    the chat template) and `dc_export.json` (what was exported and how). The processor is reloaded from disk and
-    checked again (a tokenizer can lose settings in a save/load round trip); the files are written to
-    `<out_dir>.tmp` and moved into place only after that check, so a failed export leaves nothing under `out_dir`.
-    `kwargs` go to `to_hf_llava`.
+    the chat template) and `dc_export.json` (what was exported and how, plus the entries of `record`). The
+    processor is reloaded from disk and checked again (a tokenizer can lose settings in a save/load round trip);
+    the files are written to `<out_dir>.tmp` and moved into place only after that check, so a failed export leaves
+    nothing under `out_dir` (`dc.export.staging`: a `<out_dir>.tmp` that dc did not leave is refused, never
+    deleted). `kwargs` go to `to_hf_llava`.
+
+    Raises:
+        FileExistsError: `out_dir` exists, or a `<out_dir>.tmp` that is not dc's leftover.
     """
     out = Path(out_dir)
-    if out.exists():
-        raise FileExistsError(f"out_dir={out} exists; choose a new directory")
+    check_destination(out, "out_dir", hint="choose a new directory")
     model, processor = to_hf_llava(vlm, image_cfg, **kwargs)
-    template = kwargs.get("template")
-    chat = template or vlm.llm.template
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    if kwargs.get("verify", True):
-        verify_processor(vlm, AutoProcessor.from_pretrained(tmp), chat, image_cfg, kwargs.get("image_aspect", "pad"))
-    record = {
-        "connector": type(vlm.connector).__name__,
-        "taps": [list(t) for t in vlm.connector.taps],
-        "vision_feature_layer": model.config.vision_feature_layer,
-        "vision_num_hidden_layers": model.config.vision_config.num_hidden_layers,
-        "encoder": vlm.encoder.layout.name,
-        "template": chat.name,
-        "image_aspect": kwargs.get("image_aspect", "pad"),
-        "image_token_index": model.config.image_token_index,
-        "lora_merged": isinstance(vlm.llm.model, PeftModel),
-    }
-    (tmp / "dc_export.json").write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(out)
+    chat = _chat_template(vlm, kwargs.get("template"))
+    image_aspect = kwargs.get("image_aspect", "pad")
+    with staged(out, "out_dir", hint="choose a new directory") as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        if kwargs.get("verify", True):
+            verify_processor(vlm, AutoProcessor.from_pretrained(tmp), chat, image_cfg, image_aspect)
+        exported = {
+            "connector": type(vlm.connector).__name__,
+            "taps": [list(t) for t in vlm.connector.taps],
+            "vision_feature_layer": model.config.vision_feature_layer,
+            "vision_num_hidden_layers": model.config.vision_config.num_hidden_layers,
+            "encoder": vlm.encoder.layout.name,
+            "template": chat.name,
+            "image_aspect": image_aspect,
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "image_token_index": model.config.image_token_index,
+            "lora_merged": isinstance(vlm.llm.model, PeftModel),
+            **(record or {}),
+        }
+        (tmp / "dc_export.json").write_text(json.dumps(exported, indent=2) + "\n")
     return out

@@ -25,6 +25,10 @@ Weights load with safetensors or `torch.load(weights_only=True)`; nothing runs r
 not written here: the result is the pieces (`ReferenceImport`).
 
     python -m dc.export.reference SRC OUT [--encoder NAME] [--template NAME] [--connector TYPE] [--pad-token TOK]
+        [--stage STAGE] [--overwrite] [train.yaml overrides ...]
+
+The command checks every option before it writes anything, writes `OUT.tmp` and renames it to OUT when complete
+(`dc.export.staging`), and refuses an existing OUT unless `--overwrite` is given.
 """
 
 from __future__ import annotations
@@ -40,8 +44,17 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
+from dc.export.chat_template import check_template_name
 from dc.export.errors import ExportError, export_user_errors
-from dc.export.reference_io import default_pad, load_state, projector_state, read_config, write_llm
+from dc.export.reference_io import (
+    check_model_type,
+    default_pad,
+    load_state,
+    projector_state,
+    read_config,
+    write_llm,
+)
+from dc.export.staging import check_destination, staged
 from dc.utils.cli import errors_as_messages
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -133,11 +146,11 @@ def choose_encoder(tower: str | None, encoder: str | None, configs_dir: Path) ->
             )
             raise ExportError(
                 f"mm_vision_tower={tower!r} is {'matched by several' if matches else 'not one of the'} known hub ids "
-                f"{matches or known}; say which dc encoder config it is (encoder=<one of {sorted(options)}>)"
+                f"{matches or known}; say which dc encoder config it is: --encoder NAME (encoder= in Python), one "
+                f"of {sorted(options)}"
             )
         return matches[0], None, notes
-    if encoder not in options:
-        raise ExportError(f"encoder={encoder!r}: expected one of {sorted(options)} (configs/encoder/*.yaml)")
+    check_encoder_name(encoder, options)
     model = options[encoder]["model"]
     if not str(model.get("_target_", "")).endswith("HFVisionEncoder"):
         raise ExportError(f"encoder={encoder!r} is not a Hugging Face CLIP/SigLIP tower, which the reference uses")
@@ -151,6 +164,12 @@ def choose_encoder(tower: str | None, encoder: str | None, configs_dir: Path) ->
         f"mm_vision_tower={tower!r} is not a directory here nor a hub id; using encoder {encoder!r}'s own weights"
     )
     return encoder, None, notes
+
+
+def check_encoder_name(encoder: str, options: dict[str, Any], key: str = "encoder") -> None:
+    """Refuse an encoder name that is not one of dc's options, naming `key` (`--encoder` on the command line)."""
+    if encoder not in options:
+        raise ExportError(f"{key}={encoder!r}: expected one of {sorted(options)} (configs/encoder/*.yaml)")
 
 
 def connector_choice(
@@ -199,6 +218,24 @@ def _check_config(config: dict[str, Any], src: Path) -> None:
             raise ExportError(
                 f"{src}/config.json: {key}={config[key]!r} is not supported by dc (allowed: {list(allowed)})"
             )
+
+
+def read_source(src: Path) -> dict[str, Any] | None:
+    """The reference directory's `config.json` (None: a bare stage-1 folder); what is not a reference directory is
+    refused first: a missing path, a file, another model type (a stock HF Llava), settings dc does not reproduce.
+    """
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such directory (a reference Dense Connector model or stage-1 folder)")
+    if not src.is_dir():
+        raise NotADirectoryError(
+            f"{src} is a file, not a folder: pass the reference model's folder (config.json, weights, tokenizer) or "
+            f"a stage-1 folder (mm_projector.bin)"
+        )
+    config = read_config(src)
+    if config is not None:
+        check_model_type(config, src)
+        _check_config(config, src)
+    return config
 
 
 def _choose_template(template: str | None, tokenizer: Any) -> tuple[str, list[str]]:
@@ -261,18 +298,19 @@ def import_reference(
         ExportError: a setting dc does not reproduce, an unknown tower without `encoder`, or malformed weights.
     """
     src = Path(src)
-    if not src.is_dir():
-        raise FileNotFoundError(f"{src}: no such directory (a reference Dense Connector model or stage-1 folder)")
     configs = Path(configs_dir) if configs_dir else CONFIGS_DIR
-    config = read_config(src)
-    if config is not None:
-        _check_config(config, src)
+    config = read_source(src)
+    if template is not None:
+        check_template_name(template, "template", configs / "llm" / "template")
     kind = (config or {}).get("mm_dense_connector_type", "mlp" if config is not None else None)
     if connector is not None and kind is not None and connector != kind:
         raise ExportError(f"connector={connector!r} but {src}/config.json says mm_dense_connector_type={kind!r}")
     kind = kind or connector
     if kind not in CONNECTOR_TYPES:
-        raise ExportError(f"connector type {kind!r} for {src}: expected one of {CONNECTOR_TYPES} (pass connector=)")
+        raise ExportError(
+            f"connector type {kind!r} for {src}: expected one of {CONNECTOR_TYPES} (pass --connector TYPE, "
+            f"connector= in Python)"
+        )
     tower = (config or {}).get("mm_vision_tower")
     enc_name, enc_pretrained, notes = choose_encoder(tower, encoder, configs)
     option = encoder_options(configs)[enc_name]
@@ -309,6 +347,46 @@ def import_reference(
     return ReferenceImport(enc_name, enc_pretrained, kind, args, conn_state, llm_node, template, notes)
 
 
+def compose_train(overrides: list[str]) -> Any:
+    """`configs/train.yaml` composed with `overrides`.
+
+    Raises:
+        ExportError: an override Hydra refuses (its message on one line).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base="1.3"):
+            return compose(config_name="train", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ExportError(f"train.yaml overrides: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra's message on one line, without its config search path."""
+    return " ".join(str(exc).split("Config search path")[0].split())
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Each train.yaml override parses, and train.yaml composes with them (option names, keys).
+
+    Raises:
+        ExportError: naming the override Hydra cannot parse, or Hydra's reason on one line.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except HydraException as exc:
+            raise ExportError(f"train.yaml override {override!r}: {_one_line(exc)}") from None
+    compose_train(["run_name=import", "paths.output_dir=.", *overrides])
+
+
 def write_dc_checkpoint(
     result: ReferenceImport, path: str | Path, *, stage: str | None = None, extra_overrides: list[str] | None = None
 ) -> Path:
@@ -318,8 +396,6 @@ def write_dc_checkpoint(
     The model config is train.yaml composed with the import's overrides (plus `extra_overrides`, e.g. the base LLM
     for a stage-1 directory); the state dict holds the connector (the LLM and the tower are `pretrained` sources).
     """
-    from hydra import compose, initialize_config_dir
-
     from dc.training.checkpoint import MODEL_KEYS
 
     stage = stage or ("finetune" if result.llm is not None else "pretrain")
@@ -330,8 +406,7 @@ def write_dc_checkpoint(
         "paths.output_dir=.",
         *(extra_overrides or []),
     ]
-    with initialize_config_dir(config_dir=str(CONFIGS_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose_train(overrides)
     model = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in MODEL_KEYS if cfg.get(k) is not None}
     stage_cfg = OmegaConf.to_container(cfg.stage, resolve=True)
     # The checkpoint holds the connector only: the LLM is the imported `llm/` directory (its `pretrained` source),
@@ -352,7 +427,8 @@ def write_dc_checkpoint(
 
 def main(argv: list[str] | None = None) -> None:
     """Import a reference directory: write `OUT/dc.ckpt` (a dc checkpoint), `OUT/llm/`, `OUT/connector.safetensors`,
-    `OUT/import.json`.
+    `OUT/import.json`. Every option is checked before anything is written; OUT is written as `OUT.tmp` and renamed
+    when complete; an existing OUT is refused unless --overwrite.
     """
     parser = argparse.ArgumentParser(prog="python -m dc.export.reference", description=main.__doc__)
     parser.add_argument("src")
@@ -367,35 +443,56 @@ def main(argv: list[str] | None = None) -> None:
         help="stage recorded in dc.ckpt (default: finetune for a full model, pretrain for a stage-1 projector)",
     )
     parser.add_argument(
+        "--overwrite", action="store_true", help="replace OUT if it exists (once the import is complete)"
+    )
+    parser.add_argument(
         "overrides",
         nargs="*",
         help="extra train.yaml overrides for dc.ckpt (a stage-1 directory: the base LLM, e.g. llm=vicuna7b)",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # train.yaml overrides may follow the flags
     with errors_as_messages(export_user_errors()):
         _import_to(args)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """The command's options, before any weight is read or anything written: the source folder (its config.json),
+    the destination (and its `.tmp`), `--encoder`, `--template` and the train.yaml overrides.
+    """
+    read_source(Path(args.src))
+    check_destination(Path(args.out), "OUT", overwrite=args.overwrite, hint="choose a new folder, or pass --overwrite")
+    if args.encoder is not None:
+        check_encoder_name(args.encoder, encoder_options(CONFIGS_DIR), "--encoder")
+    if args.template is not None:
+        check_template_name(args.template, "--template")
+    if args.overrides:
+        check_overrides(args.overrides)
+
+
 def _import_to(args: argparse.Namespace) -> None:
-    result = import_reference(
-        args.src,
-        args.out,
-        encoder=args.encoder,
-        template=args.template,
-        connector=args.connector,
-        pad_token=args.pad_token,
-    )
+    check_arguments(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in result.connector_state.items()}, out / "connector.safetensors")
-    record = {
-        "overrides": result.overrides(),
-        "notes": result.notes,
-        "connector_weights": str(out / "connector.safetensors"),
-    }
-    ckpt = write_dc_checkpoint(result, out / "dc.ckpt", stage=args.stage, extra_overrides=args.overrides)
-    record["dc_checkpoint"] = str(ckpt)
-    (out / "import.json").write_text(json.dumps(record, indent=2) + "\n")
+    with staged(out, "OUT", overwrite=args.overwrite, hint="choose a new folder, or pass --overwrite") as tmp:
+        result = import_reference(
+            args.src,
+            tmp,
+            encoder=args.encoder,
+            template=args.template,
+            connector=args.connector,
+            pad_token=args.pad_token,
+        )
+        if result.llm is not None:  # written under OUT.tmp, read from OUT once renamed
+            result.llm["pretrained"] = str((out / "llm").resolve())
+        save_file({k: v.contiguous() for k, v in result.connector_state.items()}, tmp / "connector.safetensors")
+        write_dc_checkpoint(result, tmp / "dc.ckpt", stage=args.stage, extra_overrides=args.overrides)
+        record = {
+            "overrides": result.overrides(),
+            "notes": result.notes,
+            "connector_weights": str(out / "connector.safetensors"),
+            "dc_checkpoint": str(out / "dc.ckpt"),
+        }
+        (tmp / "import.json").write_text(json.dumps(record, indent=2) + "\n")
+    ckpt = out / "dc.ckpt"
     print("\n".join(result.notes))
     print(" ".join(result.overrides()))
     print(

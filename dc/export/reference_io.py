@@ -7,6 +7,9 @@ or a stage-1 `mm_projector.bin`; nothing runs remote code. See `dc.export.refere
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from dc.export.errors import ExportError
+from dc.export.staging import umask_modes
 from dc.export.weights import assemble
 
 MULTIMODAL_PREFIXES = ("model.mm_projector.", "model.vision_tower.", "model.vision_resampler.")
@@ -23,12 +27,52 @@ LLAVA_KEYS = (
     "tokenizer_padding_side", "tune_mm_mlp_adapter", "use_mm_proj", "unfreeze_mm_vision_tower", "is_video", "if_pool",
 )  # fmt: skip
 LLAMA3_PAD = "<|reserved_special_token_0|>"  # the reference's Llama-3 pad
+MODEL_TYPES = ("llava_llama", "llama")
 
 
 def read_config(src: Path) -> dict[str, Any] | None:
     """The directory's `config.json`, or None (a bare stage-1 projector directory)."""
     path = src / "config.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def check_model_type(config: dict[str, Any], src: Path) -> None:
+    """Refuse a `config.json` that is not the reference's (LLaVA's `llava_llama`); checked before anything else."""
+    model_type = config.get("model_type")
+    if model_type in MODEL_TYPES:
+        return
+    if model_type == "llava":
+        raise ExportError(
+            f"{src}/config.json: model_type='llava' is a stock Hugging Face Llava (such as python -m dc.export "
+            f"writes), not a reference (LLaVA-layout, llava_llama) directory: nothing to import; use it as it is "
+            f"(eval.py model=hf model.path={src})"
+        )
+    raise ExportError(f"{src}/config.json: model_type={model_type!r}; only llava_llama (Llama LLMs) is supported")
+
+
+class _DropModelTypeWarning(logging.Filter):
+    def __init__(self, model_type: str) -> None:
+        super().__init__()
+        self.text = f"You are using a model of type `{model_type}` to instantiate a model of type ``"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.text)
+
+
+@contextmanager
+def _quiet_config_fallback(model_type: str) -> Iterator[None]:
+    """Silence transformers' warning that `model_type` (unknown to it, e.g. `llava_llama`) is read as a generic
+    config: `AutoTokenizer` reads `config.json` only to look up a tokenizer class by model type, finds none for
+    LLaVA's type and falls back to the generic config, while the tokenizer itself comes from the tokenizer files
+    (`tokenizer_config.json`'s class). No model is built from that config, so the warning is expected and harmless.
+    """
+    logger = logging.getLogger("transformers.configuration_utils")
+    quiet = _DropModelTypeWarning(model_type)
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
@@ -83,20 +127,22 @@ def default_pad(tokenizer: Any, src: Path) -> str:
         return tokenizer.unk_token
     if LLAMA3_PAD in tokenizer.get_vocab():
         return LLAMA3_PAD
-    raise ExportError(f"{src}: the tokenizer has no pad or unk token; pass pad_token")
+    raise ExportError(f"{src}: the tokenizer has no pad or unk token; pass --pad-token (pad_token= in Python)")
 
 
 def write_llm(state: dict[str, torch.Tensor], config: dict[str, Any], src: Path, out: Path) -> LlamaConfig:
-    """Write the reference's Llama as a plain `LlamaForCausalLM` directory (config, weights, tokenizer)."""
-    if config.get("model_type") not in ("llava_llama", "llama"):
-        raise ExportError(
-            f"{src}/config.json: model_type={config.get('model_type')!r}; only llava_llama (Llama LLMs) is supported"
-        )
+    """Write the reference's Llama as a plain `LlamaForCausalLM` directory (config, weights, tokenizer); its files
+    get the umask's modes (`dc.export.staging.umask_modes`).
+    """
+    check_model_type(config, src)
     values = {k: v for k, v in config.items() if not (k.startswith("mm_") or k in LLAVA_KEYS or k == "model_type")}
     llm_config = LlamaConfig(**{**values, "architectures": ["LlamaForCausalLM"]})
     llm_state = {k: v for k, v in state.items() if _is_llm_key(k)}
     model = assemble(LlamaForCausalLM, llm_config, llm_state, f"{src} (LLM tensors)")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    with _quiet_config_fallback(str(config.get("model_type"))):
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    tokenizer.save_pretrained(out)
+    umask_modes(out)
     return llm_config

@@ -5,6 +5,8 @@ stage-1 directories; known hub ids; refusals."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -177,6 +179,10 @@ def test_imported_model_equals_reference_computation(tmp_path, family, kind, fmt
         with torch.no_grad():
             exported = model(input_ids=torch.tensor([hf_ids]), pixel_values=pixels).logits
         assert (exported[..., : theirs.shape[-1]] - theirs).abs().max().item() < 1e-5
+        # the export is a stock HF Llava, not a reference directory: refused by its model type before anything else
+        with pytest.raises(ExportError, match="model_type='llava' is a stock Hugging Face Llava"):
+            import_reference(out, tmp_path / "again", encoder=f"tiny_{family}")
+        assert not (tmp_path / "again").exists()
 
 
 def test_stage1_directory_without_config(tmp_path):
@@ -187,7 +193,7 @@ def test_stage1_directory_without_config(tmp_path):
         dense_connector_type="dci", stage1=True, stage1_config=False,
     )  # fmt: skip
     assert sorted(p.name for p in src.iterdir()) == ["mm_projector.bin"]
-    with pytest.raises(ExportError, match="pass connector="):
+    with pytest.raises(ExportError, match="pass --connector TYPE"):
         import_reference(src, encoder="tiny_clip")
     result = import_reference(src, encoder="tiny_clip", connector="dci")
     assert result.llm is None
@@ -240,7 +246,7 @@ def test_refusals(tmp_path):
         (src / "config.json").write_text(json.dumps(config))
         return src
 
-    with pytest.raises(ExportError, match="encoder=<one of"):  # an unknown tower: never guessed
+    with pytest.raises(ExportError, match="--encoder NAME"):  # an unknown tower: never guessed
         import_reference(stage1("a", "my-org/my-clip-variant", 3 * D))
     with pytest.raises(ExportError, match="runs the reference's SigLIP code path"):
         import_reference(stage1("b", "/models/siglip-tiny", 3 * D), encoder="tiny_clip")
@@ -252,7 +258,38 @@ def test_refusals(tmp_path):
         import_reference(stage1("e", "x", 3 * D, image_aspect_ratio="anyres"), encoder="tiny_clip")
 
 
-def test_command_line_writes_the_pieces(tmp_path, capsys):
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
+
+def _main_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line `python -m dc.export.reference <argv>` prints."""
+    from dc.export.reference import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err[len("error: ") :].rstrip("\n")
+
+
+def test_command_line_writes_the_pieces(tmp_path, capsys, umask_027):
+    """The pieces, written through OUT.tmp: dc.ckpt reads the LLM from OUT/llm; files get the umask's modes;
+    transformers' warning about LLaVA's unknown model type (read for the tokenizer) is not shown; an existing OUT
+    is refused unless --overwrite, and a failed --overwrite keeps it."""
     from dc.export.reference import main
 
     tower = write_tower("clip", tmp_path)
@@ -261,13 +298,64 @@ def test_command_line_writes_the_pieces(tmp_path, capsys):
         tmp_path / "ref", llm=tiny_llama(tok), tokenizer=tok, projector=random_projector(3 * D),
         vision_tower=str(tower), mm_hidden_size=3 * D, dense_connector_type="sci",
     )  # fmt: skip
-    main([str(src), str(tmp_path / "out"), "--encoder", "tiny_clip"])
-    record = json.loads((tmp_path / "out" / "import.json").read_text())
+    out = tmp_path / "out"
+    seen = _Messages()
+    config_logger, library = logging.getLogger("transformers.configuration_utils"), logging.getLogger("transformers")
+    level = library.level
+    library.setLevel(logging.WARNING)
+    config_logger.addHandler(seen)
+    try:
+        main([str(src), str(out), "--encoder", "tiny_clip"])
+    finally:
+        config_logger.removeHandler(seen)
+        library.setLevel(level)
+    assert not [m for m in seen.messages if "to instantiate a model of type" in m]
+    record = json.loads((out / "import.json").read_text())
     assert "connector=sci" in record["overrides"] and "connector.layers=[7,15]" in record["overrides"]
-    weights = load_file(tmp_path / "out" / "connector.safetensors")
+    weights = load_file(out / "connector.safetensors")
     assert sorted(weights) == ["projector.0.bias", "projector.0.weight", "projector.2.bias", "projector.2.weight"]
-    assert (tmp_path / "out" / "llm" / "config.json").exists()
+    assert (out / "llm" / "config.json").exists()
     assert "connector=sci" in capsys.readouterr().out
+    ckpt = torch.load(out / "dc.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["model"]["llm"]["pretrained"] == str((out / "llm").resolve())
+    assert f"llm.pretrained='{(out / 'llm').resolve()}'" in record["overrides"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "ref", "tiny-clip-tower"]  # no OUT.tmp left
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.stat().st_mode & 0o777 for p in files} == {0o640} and len(files) == 8  # safetensors' 0600 too
+
+    (out / "mine.txt").write_text("keep")
+    assert _main_error([str(src), str(out), "--encoder", "tiny_clip"], capsys) == (
+        f"OUT={out} exists; choose a new folder, or pass --overwrite"
+    )
+    bad = write_reference_dir(  # fails after reading its weights: projector width 2D for SCI
+        tmp_path / "bad", llm=tiny_llama(tok), tokenizer=tok, projector=random_projector(2 * D), vision_tower="x",
+        mm_hidden_size=2 * D, dense_connector_type="sci", stage1=True,
+    )  # fmt: skip
+    assert "mm_hidden_size" in _main_error([str(bad), str(out), "--encoder", "tiny_clip", "--overwrite"], capsys)
+    assert (out / "mine.txt").read_text() == "keep" and (out / "dc.ckpt").exists()
+    assert not (tmp_path / "out.tmp").exists()
+    main([str(src), str(out), "--encoder", "tiny_clip", "--overwrite"])
+    assert not (out / "mine.txt").exists() and (out / "dc.ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--template", "vicuna"], "--template='vicuna': expected one of ['chatml', 'llama_3', 'llama_3_dc', 'phi2', "),
+        (["--encoder", "tiny_clipx"], "--encoder='tiny_clipx': expected one of ["),
+        (["--encoder", "tiny_clip", "llm=nope"], "train.yaml overrides: In 'train': Could not find 'llm/nope'"),
+        (["--encoder", "tiny_clip", "trainer.max_steps=["], "train.yaml override 'trainer.max_steps=[': "),
+    ],
+)
+def test_command_line_checks_options_before_writing(tmp_path, capsys, argv, message):
+    """Options are refused in one line (naming the flag, listing the valid names) and nothing is written."""
+    tok = build_tiny_tokenizer()
+    src = write_reference_dir(
+        tmp_path / "ref", llm=tiny_llama(tok), tokenizer=tok, projector=random_projector(3 * D), vision_tower="x",
+        mm_hidden_size=3 * D, dense_connector_type="dci",
+    )  # fmt: skip
+    assert _main_error([str(src), str(tmp_path / "out"), *argv], capsys).startswith(message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref"]
 
 
 def test_llama3_reference_gets_the_dc_template_and_pad(tmp_path):
