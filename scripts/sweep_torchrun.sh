@@ -7,7 +7,8 @@
 # Arguments before `--` are sweep axes `key=v1,v2,...` (cartesian product, the first axis varies slowest);
 # arguments after `--` go to every job. Each point runs in $SWEEP_DIR/<n>-<k-v_...> (default
 # multirun/torchrun_<timestamp>) with WANDB_RUN_GROUP=<sweep folder name>; a failed point is reported and the
-# sweep goes on; the exit status is 1 if any point failed. DRY_RUN=1 prints the commands only.
+# sweep goes on; the exit status is 1 if any point failed. DRY_RUN=1 prints the commands only (on a machine
+# without GPUs and without GPUS_PER_NODE, with GPUS_PER_NODE=1, said on stderr).
 # ENTRY selects what each point runs (scripts/torchrun.sh): train.py by default, or the whole recipe of a paper
 # table (stage 1 -> stage 2 -> benchmarks), then one command for its table:
 #
@@ -54,6 +55,13 @@ for axis in "${axes[@]}"; do
   for p in "${points[@]}"; do for v in "${values[@]}"; do next+=("${p:+$p$SEP}$key=$v"); done; done
   points=("${next[@]}")
 done
+
+if [[ "${DRY_RUN:-0}" == "1" && -z "${GPUS_PER_NODE:-}" ]] \
+  && [[ "$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU ' || true)" -lt 1 ]]; then
+  # a dry run prints the commands wherever it runs: scripts/torchrun.sh would stop at "no GPUs visible"
+  echo "DRY_RUN: no GPUs visible; the commands show GPUS_PER_NODE=1 (set GPUS_PER_NODE for the real node)" >&2
+  export GPUS_PER_NODE=1
+fi
 
 SWEEP_DIR=${SWEEP_DIR:-multirun/torchrun_$(date +%Y-%m-%d_%H-%M-%S)}
 export WANDB_RUN_GROUP=${WANDB_RUN_GROUP:-$(basename "$SWEEP_DIR")}

@@ -1,11 +1,13 @@
 """Gather a sweep's points into the paper-shaped table and plot: `python -m dc.experiments.collect <sweep dir>`.
 
-Rows are the swept configurations (every override that differs between points, the seed excepted), columns the
-chosen benchmark metrics as mean ± sample std over seeds (n = seeds with results). Values are read from each
-point's own results files (`eval/<name>/<benchmark>_results.json`); the flat fields (connector, layers/groups,
-visual tokens, ...) from its `point.json`. Written beside the sweep (or into `--out`): `table.md`, `table.json`
-and `table.png`. Points that are missing (a sweep job that never started, known from Hydra's `multirun.yaml`),
-failed, or still without results are listed under the table, never silently dropped.
+Rows are the swept configurations (every override that differs between points, the seed and the overrides that only
+say how a point runs excepted: `dc.experiments.recipe.is_runtime_override`), columns the chosen benchmark metrics
+as mean ± sample std over seeds (n = seeds with results). Values are read from each point's own results files
+(`eval/<name>/<benchmark>_results.json`); the overrides the results were made with, and the flat fields
+(connector, layers/groups, visual tokens, ...), from its `point.json` (Hydra's `.hydra/overrides.yaml` holds those
+of the last command run in the folder, which may have been refused). Written beside the sweep (or into `--out`):
+`table.md`, `table.json` and `table.png`. Points that are missing (a sweep job that never started, known from
+Hydra's `multirun.yaml`), failed, or still without results are listed under the table, never silently dropped.
 
 Works on Hydra multirun folders (`multirun/<time>/<n>-<name>/`) and on `scripts/sweep_torchrun.sh` folders
 (one run folder per point, each with its `.hydra/overrides.yaml`).
@@ -25,8 +27,11 @@ import yaml
 
 from dc.eval.benchmarks.report import atomic_write_json, atomic_write_text, flatten_metrics
 from dc.experiments.plot import plot_table
-from dc.experiments.recipe import POINT_FILE
+from dc.experiments.recipe import POINT_FILE, is_runtime_override
+from dc.pipeline import user_errors
 from dc.training.loggers import sweep_group
+from dc.utils.cli import errors_as_messages
+from dc.utils.errors import ConfigError
 
 SEED_KEY = "seed"
 
@@ -55,12 +60,19 @@ def _split(override: str) -> tuple[str, str]:
 
 
 def read_point(point_dir: Path) -> Point:
-    """A point folder: its overrides (`.hydra/overrides.yaml`), `point.json` and its results files' metrics."""
-    overrides_file = point_dir / ".hydra" / "overrides.yaml"
-    # plain YAML, not OmegaConf: the strings exactly as Hydra wrote them (`$\{x\}` stays escaped, nothing resolves)
-    overrides = [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []] if overrides_file.exists() else []
+    """A point folder: `point.json`, the overrides its results were made with (`point.json`'s, else
+    `.hydra/overrides.yaml`) and its results files' metrics.
+    """
     record_file = point_dir / POINT_FILE
     record = json.loads(record_file.read_text()) if record_file.exists() else None
+    overrides_file = point_dir / ".hydra" / "overrides.yaml"
+    if record is not None and record.get("overrides") is not None:
+        overrides = [str(o) for o in record["overrides"]]
+    elif overrides_file.exists():
+        # plain YAML, not OmegaConf: the strings exactly as Hydra wrote them (`$\{x\}` stays escaped)
+        overrides = [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []]
+    else:
+        overrides = []
     metrics: dict[str, float] = {}
     main: list[str] = []
     for path in sorted(point_dir.glob("eval/*/*_results.json")):
@@ -104,9 +116,16 @@ def expected_overrides(sweep_dir: Path) -> list[list[str]] | None:
     return [list(job) for job in batch]
 
 
+def _results_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that decide a point's results: those that only say how it runs are dropped."""
+    return sorted(o for o in overrides if not is_runtime_override(o))
+
+
 def configuration(overrides: list[str], seed_key: str = SEED_KEY) -> tuple[str, ...]:
-    """A point's configuration: its overrides without the seed, in a canonical order."""
-    return tuple(sorted(o for o in overrides if _split(o)[0] != seed_key))
+    """A point's configuration: its overrides that decide results (`_results_overrides`) without the seed, in a
+    canonical order.
+    """
+    return tuple(o for o in _results_overrides(overrides) if _split(o)[0] != seed_key)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -115,6 +134,11 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
 
 
 def _choose_metrics(points: list[Point], patterns: list[str] | None) -> list[str]:
+    """The metric columns: those matching `patterns`, else each benchmark's headline metric.
+
+    Raises:
+        ConfigError: a pattern matches none of the metrics the points have (when they have any).
+    """
     available: list[str] = []
     for p in points:
         available += [k for k in p.metrics if k not in available]
@@ -125,8 +149,24 @@ def _choose_metrics(points: list[Point], patterns: list[str] | None) -> list[str
         return chosen
     chosen = []
     for pattern in patterns:
-        chosen += [k for k in available if fnmatch.fnmatchcase(k, pattern) and k not in chosen]
+        matched = [k for k in available if fnmatch.fnmatchcase(k, pattern)]
+        if available and not matched:
+            raise ConfigError(f"--metrics {pattern}: matches none of the sweep's metrics ({', '.join(available)})")
+        chosen += [k for k in matched if k not in chosen]
     return chosen
+
+
+def check_seed_key(points: list[Point], seed_key: str) -> None:
+    """`seed_key` is an override of some point (else no row would average over seeds).
+
+    Raises:
+        ConfigError: naming the override keys the points have.
+    """
+    keys = sorted({_split(o)[0] for p in points for o in _results_overrides(p.overrides)})
+    if seed_key not in keys:
+        raise ConfigError(
+            f"--seed-key {seed_key}: no point has an override {seed_key}=... (their keys: {', '.join(keys) or 'none'})"
+        )
 
 
 def _layers(fields: dict[str, Any]) -> str:
@@ -179,9 +219,9 @@ def problems(points: list[Point], expected: list[list[str]] | None) -> list[str]
             error = (p.record or {}).get("error")
             lines.append(f"{p.dir.name}: {p.status}" + (f" ({error})" if error else ""))
     if expected is not None:
-        seen = {tuple(sorted(p.overrides)) for p in points}
+        seen = {tuple(_results_overrides(p.overrides)) for p in points}
         for job in expected:
-            if tuple(sorted(job)) not in seen:
+            if tuple(_results_overrides(job)) not in seen:
                 lines.append(f"missing (never started): {' '.join(job)}")
     return lines
 
@@ -209,9 +249,18 @@ def to_markdown(table: dict[str, Any], issues: list[str], title: str) -> str:
 
 
 def collect(
-    sweep_dir: str | Path, metrics: list[str] | None = None, out: str | Path | None = None, seed_key: str = SEED_KEY
+    sweep_dir: str | Path,
+    metrics: list[str] | None = None,
+    out: str | Path | None = None,
+    seed_key: str | None = None,
 ) -> dict[str, Any]:
     """Write `table.md`, `table.json` and `table.png` for the sweep in `sweep_dir` (into `out`, default: beside it).
+
+    Args:
+        sweep_dir: the sweep folder.
+        metrics: metric keys or glob patterns; each must match a metric of the points (default: headline metrics).
+        out: where the table goes.
+        seed_key: the override that varies over repeats; given, some point must have it (default: `seed`, if any).
 
     Returns:
         `{"table", "problems", "paths": {"md", "json", "png"}}` (png None when matplotlib is missing).
@@ -222,7 +271,9 @@ def collect(
     points = find_points(sweep_dir)
     if not points:
         raise FileNotFoundError(f"{sweep_dir}: no sweep points (folders with .hydra/overrides.yaml or {POINT_FILE})")
-    table = aggregate(points, metrics, seed_key)
+    if seed_key is not None:
+        check_seed_key(points, seed_key)
+    table = aggregate(points, metrics, seed_key or SEED_KEY)
     issues = problems(points, expected_overrides(sweep_dir))
     out_dir = Path(out) if out is not None else sweep_dir
     table["group"] = wandb_group(sweep_dir, points)
@@ -250,11 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--metrics", nargs="+", help="metric keys or glob patterns (default: headline metrics)")
     parser.add_argument("--out", type=Path, help="folder for table.md/.json/.png (default: the sweep folder)")
-    parser.add_argument("--seed-key", default=SEED_KEY, help="the override that varies over repeats")
+    parser.add_argument("--seed-key", help=f"the override that varies over repeats (default: {SEED_KEY})")
     parser.add_argument("--wandb", action="store_true", help="also log the table and plot to a wandb run")
     parser.add_argument("--project", default="dense-connector", help="wandb project (with --wandb)")
     args = parser.parse_args(argv)
-    result = collect(args.sweep_dir, args.metrics, args.out, args.seed_key)
+    with errors_as_messages(user_errors()):  # the message names the option or folder: no traceback
+        result = collect(args.sweep_dir, args.metrics, args.out, args.seed_key)
     print(result["paths"]["md"].read_text())
     if args.wandb:
         from dc.experiments.tracking import log_collected

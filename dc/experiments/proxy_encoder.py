@@ -13,12 +13,15 @@ ones keep that detail; this builds the same contrast on the synthetic shapes:
 Colour, position and count are never trained for; the deep layers learn to discard colour and position. Blocks
 past `feature_index` (the last one, which LLaVA-style connectors never read) get no gradient and stay random. The
 result is saved as a Hugging Face `CLIPVisionModel` folder, which `encoder.model.pretrained` loads
-(`HFVisionEncoder`). `pretrain` is idempotent: a folder with a matching `DONE` file is reused (atomic write).
+(`HFVisionEncoder`). The folder's name ends in a digest of the settings (`<out>-<digest>`), so a tower made with
+other settings never replaces one that earlier checkpoints load by path. `pretrain` is idempotent: a folder with a
+matching `DONE` file is reused (atomic write).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import random
@@ -78,10 +81,11 @@ def pretrain(
     feature_index: int = -2,
     invariance: float = 1.0,
 ) -> Path:
-    """Pretrain the tiny tower's deep blocks on the shape proxy task and save it under `out`; return `out`.
+    """Pretrain the tiny tower's deep blocks on the shape proxy task and save it; return its folder, `tower_dir`.
 
     Args:
-        out: folder of the saved `CLIPVisionModel` (config.json + weights + DONE).
+        out: the saved `CLIPVisionModel`'s folder (config.json + weights + DONE), less the settings digest that
+            `tower_dir` appends to its name.
         layout: the encoder config's `layout` (num_layers, hidden_size, image_size, patch_size).
         config: the encoder config's `model.config` (intermediate_size, num_attention_heads).
         image_mean: normalisation mean (the encoder's image processor).
@@ -94,7 +98,6 @@ def pretrain(
         feature_index: the `hidden_states` index the proxy loss reads (-2: the connector's final feature).
         invariance: weight of the two-rendering invariance term.
     """
-    out = Path(out)
     settings = {
         "version": VERSION,
         "layout": dict(layout),
@@ -108,6 +111,7 @@ def pretrain(
         "invariance": invariance,
         "norm": [list(image_mean), list(image_std)],
     }
+    out = tower_dir(out, settings)
     if _complete(out, settings):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +120,13 @@ def pretrain(
         if _complete(out, settings):
             return out
         return _build(out, settings)
+
+
+def tower_dir(out: str | os.PathLike, settings: Mapping[str, Any]) -> Path:
+    """`<out>-<digest>`: the folder of the tower `settings` make (10 hex digits of their SHA-256)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    out = Path(out)
+    return out.with_name(f"{out.name}-{digest}")
 
 
 def _build(out: Path, settings: dict[str, Any]) -> Path:

@@ -1,5 +1,6 @@
 """`collect` on a sweep folder laid out as Hydra and the recipe write it: rows per configuration, mean ± sample std
-over seeds computed by hand, failed / unfinished / never-started points named, the wandb table rows."""
+over seeds computed by hand, failed / unfinished / never-started points named, the wandb table rows; labels from
+the overrides the results were made with; options that match nothing are one-line errors."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import math
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from dc.experiments.collect import collect, expected_overrides
+from dc.experiments.collect import collect, expected_overrides, main
 from dc.experiments.tracking import table_rows
+from dc.utils.errors import ConfigError
 
 
 def test_expected_points_come_from_hydra_sweep_params(sweep: Path) -> None:
@@ -67,3 +70,46 @@ def test_an_empty_or_absent_folder_is_an_error(tmp_path: Path) -> None:
         collect(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="no sweep points"):
         collect(tmp_path)
+
+
+def test_labels_come_from_the_overrides_the_results_were_made_with(sweep: Path) -> None:
+    # a refused re-run in point 0's folder: Hydra rewrote .hydra/overrides.yaml, point.json keeps its results' own
+    hydra_file = sweep / "0-t1-mlp-1" / ".hydra" / "overrides.yaml"
+    OmegaConf.save(OmegaConf.create(["experiment=t1", "connector=mlp", "seed=1", "limit=40"]), hydra_file)
+    # point 1 re-run with runtime-only overrides (progress bar, worker count, +overwrite): the same configuration
+    record_file = sweep / "1-t1-mlp-2" / "point.json"
+    record = json.loads(record_file.read_text())
+    record["overrides"] += ["trainer.enable_progress_bar=false", "finetune.data.num_workers=2", "+overwrite=true"]
+    record_file.write_text(json.dumps(record))
+    result = collect(sweep, metrics=["synthetic/accuracy"])
+    table = result["table"]
+    assert table["label_columns"] == ["connector", "layers", "tokens"]
+    mlp = table["rows"][0]
+    assert len(table["rows"]) == 2 and mlp["cells"]["synthetic/accuracy"]["values"] == {"1": 50.0, "2": 70.0, "3": 66.0}
+    assert [p for p in result["problems"] if "mlp" in p] == []  # every mlp job of multirun.yaml is there
+
+
+def test_options_that_match_nothing_are_errors(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match=r"^--metrics bogus/\*: matches none of the sweep's metrics \(synthetic/acc"):
+        collect(sweep, metrics=["synthetic/accuracy", "bogus/*"], out=out)
+    with pytest.raises(
+        ConfigError, match=r"^--seed-key sed: no point has .*\(their keys: connector, experiment, seed\)"
+    ):
+        collect(sweep, seed_key="sed", out=out)
+    assert not out.exists()  # no table without the columns or rows asked for
+    table = collect(sweep, seed_key="seed", out=out)["table"]
+    assert [r["cells"]["synthetic/accuracy"]["n"] for r in table["rows"]] == [3, 1]
+
+
+def test_command_line_errors_are_one_line(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for argv, message in [
+        ([str(tmp_path / "nope")], f"error: sweep folder {tmp_path / 'nope'} does not exist"),
+        ([str(sweep), "--metrics", "bogus/*", "--out", str(tmp_path / "x")], "error: --metrics bogus/*: matches none"),
+        ([str(sweep), "--seed-key", "sed"], "error: --seed-key sed: no point has an override sed=..."),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 1 and err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "x").exists()

@@ -1,9 +1,12 @@
 """The proxy-pretrained tiny tower: its shallow half is exactly the random init of its seed, its deep half has
 learned, it loads through `encoder.model.pretrained` into the encoder the connectors use (same features as the
-saved HF model), and a finished folder is reused, a changed setting rebuilds it."""
+saved HF model), and a finished folder is reused, while a changed setting builds another folder (named by a digest
+of the settings) and leaves the first as it was."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import torch
@@ -67,11 +70,16 @@ def test_shallow_half_random_deep_half_trained_and_loadable(tmp_path: Path) -> N
     torch.testing.assert_close(tap, expected)
 
 
-def test_a_finished_folder_is_reused_and_a_changed_setting_rebuilds(tmp_path: Path) -> None:
+def test_a_finished_folder_is_reused_and_a_changed_setting_builds_another(tmp_path: Path) -> None:
     out = _pretrain(tmp_path / "enc")
+    assert out.parent == tmp_path and re.fullmatch(r"enc-[0-9a-f]{10}", out.name)
     stamp = (out / "DONE").stat().st_mtime_ns
     weights = (out / "model.safetensors").read_bytes()
     assert _pretrain(tmp_path / "enc") == out and (out / "DONE").stat().st_mtime_ns == stamp
-    _pretrain(tmp_path / "enc", steps=3)
-    assert (out / "model.safetensors").read_bytes() != weights
-    assert not list(tmp_path.glob("enc.tmp*"))  # no temp folder left behind
+    other = _pretrain(tmp_path / "enc", steps=3)
+    assert other.parent == tmp_path and other.name.startswith("enc-") and other != out
+    assert json.loads((other / "DONE").read_text())["settings"]["steps"] == 3
+    assert (other / "model.safetensors").read_bytes() != weights
+    # the first tower, which earlier checkpoints name, is untouched
+    assert (out / "model.safetensors").read_bytes() == weights and (out / "DONE").stat().st_mtime_ns == stamp
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted([out.name, other.name])

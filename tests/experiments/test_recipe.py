@@ -1,6 +1,8 @@
 """The recipe: each stage's config is the recipe config with its patch merged in; a 2-point sweep runs stage 1 →
 stage 2 (from its own stage-1 connector) → the benchmark end to end, and `collect` turns exactly the points' own
-results files into the table."""
+results files into the table. Each step records the settings it was made with: a re-run with other settings is
+refused (nothing touched) unless `+overwrite=true`, which redoes exactly the stale steps; runtime-only keys do not
+count; a prepared tower is named by its settings and pinned as an absolute path."""
 
 from __future__ import annotations
 
@@ -11,10 +13,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from dc.experiments.collect import collect
-from dc.experiments.recipe import benchmark_config, stage_config
+from dc.experiments.recipe import (
+    _changes,
+    _prepare,
+    benchmark_config,
+    is_runtime_override,
+    stage_config,
+    step_settings,
+)
+from dc.utils.instantiate import trusted_prefixes
 
 from dc_testing import ROOT, compose_config
 from experiment_helpers import TINY
@@ -41,10 +52,66 @@ def test_stage_configs_are_the_recipe_with_each_patch(tmp_path: Path) -> None:
     assert ev.paths.output_dir == str(tmp_path / "eval") and ev.benchmark.limit is None
 
 
+def test_settings_leave_out_runtime_keys_and_name_what_changed(tmp_path: Path) -> None:
+    base = [f"paths.output_dir={tmp_path}", "connector=sci"]
+    cfg = compose_config("recipe", base)
+    settings = step_settings(cfg, tmp_path)
+    assert list(settings) == ["pretrain", "finetune", "eval/synthetic"]
+    assert settings["finetune"]["stage.lr"] == cfg.finetune.stage.lr and settings["pretrain"]["seed"] == cfg.seed
+    assert "trainer.enable_progress_bar" not in settings["pretrain"] and "run_name" not in settings["finetune"]
+    runtime = [
+        "trainer.enable_progress_bar=false",
+        "data.num_workers=2",
+        "+finetune.trainer.log_every_n_steps=1",
+        "eval.batch_size=3",
+        "callbacks.checkpoint.every_n_train_steps=7",
+        "logger=wandb",
+    ]
+    assert step_settings(compose_config("recipe", [*base, *runtime]), tmp_path) == settings
+    assert all(is_runtime_override(o) for o in [*runtime, "+overwrite=true", "pretrain.data.num_workers=4"])
+
+    changed = ["finetune.stage.lr=0.5", "limit=7", "+pretrain.trainer.max_steps=3"]
+    assert not any(is_runtime_override(o) for o in changed)
+    other = step_settings(compose_config("recipe", [*base, *changed]), tmp_path)
+    assert _changes(settings["pretrain"], other["pretrain"]) == ["trainer.max_steps: -1 -> 3"]
+    assert _changes(settings["finetune"], other["finetune"]) == [f"stage.lr: {cfg.finetune.stage.lr!r} -> 0.5"]
+    assert _changes(settings["eval/synthetic"], other["eval/synthetic"]) == [
+        "benchmark.limit: None -> 7",
+        "limit: None -> 7",
+    ]
+
+
+def test_prepared_tower_is_named_by_its_settings_and_pinned_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    overrides = ["experiment=table1_layers", "prepare.encoder.steps=1", "prepare.encoder.batch_size=2"]
+    cfg = compose_config("recipe", [*overrides, "prepare.encoder.out=enc/tower", f"paths.output_dir={tmp_path}/job"])
+    assert stage_config(cfg, "pretrain", tmp_path / "p").encoder.model.pretrained == "enc/tower"  # as configured
+    record: dict = {"wall_s": {}}
+    _prepare(cfg, trusted_prefixes(None), record)
+    (tower,) = [p for p in (tmp_path / "enc").iterdir() if not p.name.startswith(".")]
+    assert tower.name.startswith("tower-") and (tower / "DONE").exists() and "prepare/encoder" in record["wall_s"]
+    for step in ("pretrain", "finetune"):  # what the stages (and so their checkpoints) load, from any folder
+        assert stage_config(cfg, step, tmp_path / step).encoder.model.pretrained == str(tower.resolve())
+    # other proxy settings: another tower beside it, the first one left for the checkpoints that name it
+    cfg2 = compose_config("recipe", [*overrides, "prepare.encoder.out=enc/tower", "prepare.encoder.seed=1"])
+    _prepare(cfg2, trusted_prefixes(None), record)
+    assert len([p for p in (tmp_path / "enc").iterdir() if not p.name.startswith(".")]) == 2
+    assert Path(cfg2.prepare.encoder.out) != tower.resolve() and (tower / "DONE").exists()
+
+
 def _run_sweep(sweep: Path, data_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "dc.experiments.recipe", "-m", *args, *TINY]
     cmd += [f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _run_point(job: Path, data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "dc.experiments.recipe", *args, *TINY]
+    cmd += [f"paths.data_dir={data_dir}", f"hydra.run.dir={job}"]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -82,10 +149,46 @@ def test_two_point_sweep_train_eval_collect(tmp_path: Path, data_dir: Path) -> N
     # the same command again (a requeued sweep): finished stages and benchmarks are read back, nothing retrains
     stamps = {p: (p / "finetune" / "checkpoints" / "last.ckpt").stat().st_mtime_ns for p in points}
     before = {p: json.loads((p / "point.json").read_text()) for p in points}
-    again = _run_sweep(sweep, data_dir, "connector=mlp,dci", "seed=3")
+    # (with a runtime-only change: not a change of settings)
+    again = _run_sweep(sweep, data_dir, "connector=mlp,dci", "seed=3", "trainer.log_every_n_steps=1")
     assert again.returncode == 0, again.stderr[-3000:]
     for point in points:
         after = json.loads((point / "point.json").read_text())
         assert after["status"] == "ok" and after["metrics"] == before[point]["metrics"]
         assert (point / "finetune" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamps[point]
         assert after["wall_s"]["finetune"] >= before[point]["wall_s"]["finetune"]  # time summed over attempts
+
+
+def test_rerun_with_other_settings_is_refused_and_overwrite_redoes_the_stale_steps(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    job = tmp_path / "point"
+    first = _run_point(job, data_dir, "connector=mlp", "seed=3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    made = {s: json.loads((job / s / "settings.json").read_text())["settings"] for s in ("pretrain", "finetune")}
+    assert made["finetune"]["trainer.max_steps"] == 2 and "stage.lr" in made["finetune"]
+    assert json.loads((job / "eval" / "synthetic" / "settings.json").read_text())["settings"]["limit"] is None
+    s1, s2 = job / "pretrain" / "checkpoints" / "last.ckpt", job / "finetune" / "checkpoints" / "last.ckpt"
+    stamps = (s1.stat().st_mtime_ns, s2.stat().st_mtime_ns)
+    point = (job / "point.json").read_bytes()
+
+    changed = ("connector=mlp", "seed=3", "finetune.stage.lr=0.5", "limit=1")
+    refused = _run_point(job, data_dir, *changed)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {job} holds results made with other settings")
+    assert f"finetune (stage.lr: {made['finetune']['stage.lr']!r} -> 0.5)" in line
+    assert "eval/synthetic (benchmark.limit: None -> 1, limit: None -> 1)" in line and "pretrain (" not in line
+    assert "add overwrite=true to redo finetune, eval/synthetic" in line
+    # nothing touched: the results and the record of what they were made with
+    assert (job / "point.json").read_bytes() == point and (s1.stat().st_mtime_ns, s2.stat().st_mtime_ns) == stamps
+
+    redone = _run_point(job, data_dir, *changed, "overwrite=true")
+    assert redone.returncode == 0, redone.stderr[-3000:]
+    assert s1.stat().st_mtime_ns == stamps[0] and s2.stat().st_mtime_ns != stamps[1]  # stage 1 was still good
+    assert json.loads((job / "finetune" / "settings.json").read_text())["settings"]["stage.lr"] == 0.5
+    results = json.loads((job / "eval" / "synthetic" / "synthetic_results.json").read_text())["results"]
+    assert results["synthetic"]["counts"]["answered"] == 1  # limit=1, not the 8 answers of the first run
+    record = json.loads((job / "point.json").read_text())
+    assert record["status"] == "ok" and "finetune.stage.lr=0.5" in record["overrides"]
+    assert record["metrics"]["synthetic/accuracy"] == results["synthetic"]["metrics"]["accuracy"]

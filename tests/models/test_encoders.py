@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from pathlib import Path
@@ -144,7 +145,20 @@ def test_hf_pretrained_path_truncates_and_matches_stock(tmp_path, family):
         prefix = 0
     layout = EncoderLayout("saved", num_layers=6, hidden_size=32, image_size=28, patch_size=7, num_prefix_tokens=prefix)
     taps = [(4,), (1,), (0, 1, 2), (3, 4)]
-    enc = HFVisionEncoder(layout, taps, family=family, pretrained=os.fspath(tmp_path))
+    reports: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: reports.append(record.getMessage())
+    transformers_log = logging.getLogger("transformers")  # its own handler (no propagation to pytest's)
+    transformers_log.addHandler(handler)
+    try:
+        enc = HFVisionEncoder(layout, taps, family=family, pretrained=os.fspath(tmp_path))
+        # the text tower, projections, SigLIP's head and blocks 4-5 are left out on purpose: no load report
+        assert not [r for r in reports if "LOAD REPORT" in r]
+        type(stock).from_pretrained(tmp_path)  # the stock class does report the text tower it does not hold
+        loaded = [r for r in reports if "LOAD REPORT" in r]
+        assert len(loaded) == 1 and "text_model" in loaded[0]
+    finally:
+        transformers_log.removeHandler(handler)
     assert len(enc.model.encoder.layers) == 4
     pixels = torch.randn(2, 3, 28, 28)
     with torch.no_grad():

@@ -128,6 +128,22 @@ def test_torchrun_script_passes_devices_nodes_and_one_run_dir() -> None:
     assert failed.returncode != 0 and "RUN_DIR" in failed.stderr  # multi-node needs one shared run folder
 
 
+def test_torchrun_dry_run_without_gpus_prints_the_command(tmp_path: Path) -> None:
+    """DRY_RUN=1 on a machine whose nvidia-smi finds no driver, GPUS_PER_NODE unset: the command with 1 GPU (said)."""
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed'\nexit 9\n")
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "GPUS_PER_NODE"}
+    env.update(DRY_RUN="1", PATH=f"{tmp_path}:{env['PATH']}")
+    script = str(ROOT / "scripts" / "torchrun.sh")
+    dry = subprocess.run([script, "stage=pretrain"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "--nproc_per_node 1 " in dry.stdout and "trainer.devices=1 " in dry.stdout
+    assert "the command shows GPUS_PER_NODE=1" in dry.stderr
+    env.pop("DRY_RUN")
+    real = subprocess.run([script, "stage=pretrain"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
+    assert real.returncode == 1 and "no GPUs visible; set GPUS_PER_NODE" in real.stderr  # a real launch still stops
+
+
 def test_sweep_script_runs_one_distributed_job_per_grid_point(tmp_path: Path) -> None:
     lines = _dry(
         "sweep_torchrun.sh",

@@ -77,10 +77,11 @@ class HFVisionEncoder(VisionEncoder):
             hf_config = from_pretrained(AutoConfig.from_pretrained, pretrained, "encoder.model.pretrained")
             hf_config = getattr(hf_config, "vision_config", hf_config)
             self._check_layout(hf_config)
+            skipped = _skipped_weights(hf_config.num_hidden_layers, self.depth)
             for key, value in overrides.items():
                 setattr(hf_config, key, value)
             model = from_pretrained(
-                model_cls.from_pretrained,
+                _ignoring(model_cls, skipped).from_pretrained,
                 pretrained,
                 "encoder.model.pretrained",
                 config=hf_config,
@@ -129,3 +130,28 @@ class HFVisionEncoder(VisionEncoder):
     def block_classes(self) -> set[type[nn.Module]]:
         """Transformer block classes (FSDP wrap units)."""
         return {type(self.model.encoder.layers[0])}
+
+
+def _skipped_weights(num_layers: int, depth: int) -> list[str]:
+    """Patterns of the checkpoint weights dc leaves out on purpose: the hub repos' text tower and projections
+    (CLIP's `logit_scale`, SigLIP's `logit_bias`), SigLIP's pooling head, and the blocks deeper than the deepest
+    tap. Any other weight the tower lacks is still reported by transformers.
+    """
+    patterns = [
+        r"(^|\.)text_model\.",
+        r"(^|\.)(text|visual)_projection\.",
+        r"(^|\.)logit_(scale|bias)$",
+        r"(^|\.)head\.",
+    ]
+    if depth < num_layers:
+        patterns.append(rf"(^|\.)encoder\.layers\.({'|'.join(map(str, range(depth, num_layers)))})\.")
+    return patterns
+
+
+def _ignoring(model_cls: type, patterns: list[str]) -> type:
+    """`model_cls` whose loading does not report `patterns` as unexpected weights (transformers' per-class list)."""
+    known = list(getattr(model_cls, "_keys_to_ignore_on_load_unexpected", None) or [])
+    # the same name and module: transformers takes a class defined outside its package for custom code and would
+    # skip the checkpoint key mapping of its own classes (`vision_model.` prefixes)
+    attrs = {"_keys_to_ignore_on_load_unexpected": known + patterns, "__module__": model_cls.__module__}
+    return type(model_cls.__name__, (model_cls,), attrs)
