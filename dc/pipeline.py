@@ -21,7 +21,7 @@ from dc.data.visual import build_visual_processor
 from dc.lit_module import DCModule, model_config
 from dc.models.llms.tokenizers import load_tokenizer
 from dc.training.callbacks import loss_progress_bar
-from dc.training.checkpoint import check_resume, checkpoint_hparams, resolve_ckpt_path
+from dc.training.checkpoint import check_resume, checkpoint_hparams, resolve_ckpt_path, verify_archive
 from dc.training.checkpoint_io import DirectCheckpointIO, clean_partial_files
 from dc.training.data import ResumableDataModule
 from dc.training.loggers import build_loggers, finish_wandb, restore_csv_metrics
@@ -300,6 +300,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             trainer.accumulate_grad_batches,
         )
         if ckpt_path is not None:  # before Lightning reads it: FSDP2 loads the weights before any module hook runs
+            if Path(ckpt_path).is_file():  # every strategy (FSDP ones bypass the checkpoint IO plugin)
+                verify_archive(ckpt_path)
             check_resume(checkpoint_hparams(ckpt_path), module.hparams, ckpt_path)
         trainer.fit(module, datamodule=ResumableDataModule(datamodule, seed=int(cfg.seed)), ckpt_path=ckpt_path)
         metrics = _float_metrics(trainer.callback_metrics)

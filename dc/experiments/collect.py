@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import logging
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +28,13 @@ import yaml
 
 from dc.eval.benchmarks.report import atomic_write_json, atomic_write_text, flatten_metrics
 from dc.experiments.plot import plot_table
-from dc.experiments.recipe import POINT_FILE, is_runtime_override
+from dc.experiments.recipe import FROM_KEY, POINT_FILE, SETTINGS_FILE, STEPS, digest, is_runtime_override
 from dc.pipeline import user_errors
 from dc.training.loggers import sweep_group
 from dc.utils.cli import errors_as_messages
 from dc.utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SEED_KEY = "seed"
 
@@ -59,6 +62,19 @@ def _split(override: str) -> tuple[str, str]:
     return key.lstrip("+~"), value
 
 
+def scored_on_this_model(point_dir: Path, eval_dir: Path) -> bool:
+    """Whether a benchmark folder was scored on the model the point's last stage holds now: its `settings.json`
+    names the digest of that stage's settings (`made_from.<stage>`). A benchmark dropped from a recipe whose
+    stage 2 was then redone keeps its folder, scored on the old model. Folders without settings pass.
+    """
+    stage = point_dir / STEPS[-1] / SETTINGS_FILE
+    scored = eval_dir / SETTINGS_FILE
+    if not (stage.exists() and scored.exists()):
+        return True
+    made_from = json.loads(scored.read_text())["settings"].get(f"{FROM_KEY}.{STEPS[-1]}")
+    return made_from is None or made_from == digest(json.loads(stage.read_text())["settings"])
+
+
 def read_point(point_dir: Path) -> Point:
     """A point folder: `point.json`, the overrides its results were made with (`point.json`'s, else
     `.hydra/overrides.yaml`) and its results files' metrics.
@@ -76,6 +92,9 @@ def read_point(point_dir: Path) -> Point:
     metrics: dict[str, float] = {}
     main: list[str] = []
     for path in sorted(point_dir.glob("eval/*/*_results.json")):
+        if not scored_on_this_model(point_dir, path.parent):
+            log.warning("%s: scored on another model than %s's stage 2 now holds; left out", path, point_dir.name)
+            continue
         for bench, result in json.loads(path.read_text())["results"].items():
             metrics.update({f"{bench}/{k}": v for k, v in flatten_metrics(result).items()})
             if result.get("main_metric"):

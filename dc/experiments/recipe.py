@@ -26,7 +26,9 @@ trains; rank 0 alone evaluates and writes `point.json` and the `settings.json` f
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -54,6 +56,10 @@ STEPS = ("pretrain", "finetune")
 RECIPE_KEYS = ("prepare", "pretrain", "finetune", "benchmarks", "eval", "limit", "overwrite")
 POINT_FILE = "point.json"
 SETTINGS_FILE = "settings.json"  # in each step's folder: {"settings": what its result was made with}
+# A step's settings hold `made_from.<step>`: the digest of the settings of the step whose result it was made from
+# (stage 2 from stage 1, a benchmark from stage 2), so a redo of stage 1 cut short before stage 2 was redone still
+# finds stage 2 stale on the next run, and so on down the chain.
+FROM_KEY = "made_from"
 
 # Keys of a stage's or benchmark's config that say how it runs, not what it produces: a re-run of a point may change
 # them, and `collect` does not tell points apart by them. The model's are those a resume may change (speed and
@@ -213,18 +219,29 @@ def _recorded(node: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 def step_settings(cfg: DictConfig, job_dir: Path) -> dict[str, dict[str, Any]]:
     """What determines each step's result, by the step's folder in `job_dir` (`pretrain`, `finetune`,
     `eval/<name>`), in the order they run: the step's resolved config (`_recorded`); the first stage's also holds
-    the `prepare` nodes (what they make feeds it). A step also depends on the steps before it (`stale_steps`).
+    the `prepare` nodes (what they make feeds it); a later step's hold `made_from.<step>`, the digest of the
+    settings of the step whose result it starts from.
     """
-    prepare = _recorded({"prepare": OmegaConf.to_container(cfg.prepare, resolve=True)} if cfg.get("prepare") else {})
+    prepare = _recorded({"prepare": OmegaConf.to_container(cfg.prepare, resolve=True)}) if cfg.get("prepare") else {}
     out: dict[str, dict[str, Any]] = {}
     init_from: Path | None = None
+    previous: str | None = None
     for step in STEPS:
-        out[step] = {**(prepare if not out else {}), **_recorded(stage_config(cfg, step, job_dir / step, init_from))}
-        init_from = job_dir / step / "checkpoints" / "last.ckpt"
-    ckpt = job_dir / STEPS[-1] / "checkpoints" / "last.ckpt"
+        made_from = {f"{FROM_KEY}.{previous}": digest(out[previous])} if previous else prepare
+        out[step] = {**made_from, **_recorded(stage_config(cfg, step, job_dir / step, init_from))}
+        init_from, previous = job_dir / step / "checkpoints" / "last.ckpt", step
+    made_from = {f"{FROM_KEY}.{previous}": digest(out[previous])}
     for name in benchmark_names(cfg):
-        out[f"eval/{name}"] = _recorded(benchmark_config(cfg, name, ckpt, job_dir / "eval" / name))
+        out[f"eval/{name}"] = {
+            **made_from,
+            **_recorded(benchmark_config(cfg, name, init_from, job_dir / "eval" / name)),
+        }
     return out
+
+
+def digest(settings: Mapping[str, Any]) -> str:
+    """A short fingerprint of a step's settings, recorded by the steps made from its result (`FROM_KEY`)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _has_results(folder: Path, step: str) -> bool:
@@ -249,24 +266,16 @@ def _changes(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     return [f"{k}: {show(before, k)} -> {show(now, k)}" for k in keys]
 
 
-def _override_values(overrides: Sequence[str]) -> dict[str, str]:
-    return {o.partition("=")[0].lstrip("+~"): o.partition("=")[2] for o in overrides if not is_runtime_override(o)}
-
-
-def stale_steps(
-    job_dir: Path, settings: Mapping[str, Mapping[str, Any]], overrides: Sequence[str]
-) -> tuple[list[str], dict[str, list[str]]]:
+def stale_steps(job_dir: Path, settings: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], dict[str, list[str]]]:
     """The steps of the point in `job_dir` whose results were made with other settings than `settings`
     (`step_settings`), with the steps after them that used those results; and what changed, per step.
 
-    A step made before the recipe recorded settings (no `settings.json`) is judged by the overrides of the run
-    that made it (`point.json`); without them it is taken as made with these settings.
+    A step made before the recipe recorded settings (no `settings.json`) is taken as made with these settings,
+    with a warning. (Every rank decides from the files alone, before any of them writes: the ranks agree.)
 
     Returns:
-        (stale steps in run order, {step (or "overrides"): ["key: before -> now", ...]}).
+        (stale steps in run order, {step: ["key: before -> now", ...]}).
     """
-    earlier = job_dir / POINT_FILE
-    earlier_overrides = json.loads(earlier.read_text()).get("overrides") if earlier.exists() else None
     stale: list[str] = []
     changes: dict[str, list[str]] = {}
     upstream = False  # a stage before this step is stale: this step was made from what will be replaced
@@ -275,17 +284,11 @@ def stale_steps(
         if not _has_results(folder, step):
             continue
         made = _made_with(folder)
-        if made is not None:
-            diff = _changes(made, now)
-            if diff:
-                changes[step] = diff
-        else:
-            diff = _changes(_override_values(earlier_overrides or []), _override_values(overrides))
-            if diff and earlier_overrides is not None:
-                changes["overrides"] = diff
-            else:
-                diff = []
-                log.warning("%s: made before the recipe recorded settings; reused as made with this run's", folder)
+        diff = _changes(made, now) if made is not None else []
+        if diff:
+            changes[step] = diff
+        if made is None:
+            log.warning("%s: made before the recipe recorded settings; reused as made with this run's", folder)
         if diff or upstream:
             stale.append(step)
             upstream = upstream or step in STEPS
@@ -376,7 +379,7 @@ def run_point(cfg: DictConfig) -> dict[str, Any]:
     job_dir = Path(cfg.paths.output_dir)
     overrides = task_overrides()
     settings = step_settings(cfg, job_dir)
-    stale, changes = stale_steps(job_dir, settings, overrides)
+    stale, changes = stale_steps(job_dir, settings)
     if changes and not cfg.get("overwrite"):
         flag = "overwrite=true" if "overwrite" in cfg else "+overwrite=true"
         raise ConfigError(_refusal(job_dir, stale, changes, flag))
@@ -447,8 +450,17 @@ def log_point_to_wandb(cfg: DictConfig, record: dict[str, Any]) -> None:
 
 @hydra.main(version_base="1.3", config_path="../../configs", config_name="recipe")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point: run one point; return its first metric (what a sweeper would optimise)."""
-    with errors_as_messages(user_errors()):  # the message names the key or file and the fix: no traceback
+    """Hydra entry point: run one point; return its first metric (what a sweeper would optimise).
+
+    One point (no `-m`): a mistake prints one line (`error: ...`), no traceback. In a sweep every error stays an
+    exception, which Hydra records for that point while the other points still run (a `SystemExit` would end the
+    sweep).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    with contextlib.nullcontext() if sweep else errors_as_messages(user_errors()):
         record = run_point(cfg)
     return next(iter(record["metrics"].values()), None)
 

@@ -60,7 +60,7 @@ def check_options(cfg: DictConfig) -> None:
     if cfg.get("template") is not None:
         check_template_name(cfg.template, "template")
     dtype = cfg.get("dtype")
-    if dtype is not None and dtype not in DTYPES:
+    if dtype is not None and (not isinstance(dtype, str) or dtype not in DTYPES):
         raise ConfigError(f"dtype={dtype!r}: expected one of {list(DTYPES)}, or null (the LLM's, float32)")
     if not isinstance(cfg.get("verify"), bool):
         raise ConfigError(f"verify={cfg.get('verify')!r}: expected true or false")

@@ -3,7 +3,7 @@
 The staging folder holds a marker file (`STAGING_MARKER`) from the moment it is created, so a later run tells its
 own leftover (an export or import that was killed) from a folder of the user's that happens to have the same name:
 the leftover is removed and written again, anything else is refused, naming it. A failed write removes the staging
-folder; the marker is removed just before the rename. Files get the modes the umask gives (`0666 & ~umask`), as
+folder; the marker is removed once the folder is in place. Files get the modes the umask gives (`0666 & ~umask`), as
 files written with `open()` do: safetensors writes its files 0600.
 """
 
@@ -78,8 +78,8 @@ def staged(out: str | Path, what: str, *, overwrite: bool = False, hint: str = "
         yield tmp
         umask_modes(tmp)
         check_destination(out, what, overwrite=overwrite, hint=hint)
-        (tmp / STAGING_MARKER).unlink()
         _move_into_place(tmp, out, overwrite)
+        (out / STAGING_MARKER).unlink()  # after the rename: a kill before it leaves a `.tmp` dc knows as its own
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

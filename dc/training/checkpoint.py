@@ -94,17 +94,19 @@ def verify_archive(path: str | Path) -> None:
         NotACheckpointError: naming the file and the first damaged member.
     """
     path = Path(path)
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            try:
+    where = "its table of contents"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                where = f"member {info.filename}"
                 with archive.open(info) as member:  # ZipExtFile compares the CRC-32 when it reaches the end
                     while member.read(1 << 24):
                         pass
-            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-                raise NotACheckpointError(
-                    f"{path}: a damaged checkpoint (member {info.filename}: {exc}); the file changed after it was "
-                    f"written: use an earlier checkpoint or copy it again"
-                ) from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise NotACheckpointError(
+            f"{path}: a damaged checkpoint ({where}: {exc}); the file changed after it was written: use an earlier "
+            f"checkpoint or copy it again"
+        ) from None
 
 
 def read_checkpoint(

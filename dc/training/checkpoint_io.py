@@ -25,18 +25,7 @@ PARTIAL = ".partial"
 
 
 class DirectCheckpointIO(TorchCheckpointIO):
-    """`TorchCheckpointIO` whose `save_checkpoint` writes in place (see the module docstring) and whose
-    `load_checkpoint` checks a file's CRC-32s first (`dc.training.checkpoint.verify_archive`: a resume from a
-    damaged file stops, naming it, instead of training on from wrong weights).
-    """
-
-    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> Any:
-        from dc.training.checkpoint import verify_archive
-
-        if Path(path).is_file():
-            verify_archive(path)
-        kwargs = {"map_location": map_location} if map_location is not None else {}
-        return super().load_checkpoint(path, weights_only=weights_only, **kwargs)
+    """`TorchCheckpointIO` whose `save_checkpoint` writes in place (see the module docstring)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:

@@ -6,6 +6,7 @@ count; a prepared tower is named by its settings and pinned as an absolute path.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -16,13 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from dc.experiments.collect import collect
+from dc.experiments.collect import collect, scored_on_this_model
 from dc.experiments.recipe import (
     _changes,
     _prepare,
     benchmark_config,
     is_runtime_override,
     stage_config,
+    stale_steps,
     step_settings,
 )
 from dc.utils.instantiate import trusted_prefixes
@@ -74,11 +76,45 @@ def test_settings_leave_out_runtime_keys_and_name_what_changed(tmp_path: Path) -
     assert not any(is_runtime_override(o) for o in changed)
     other = step_settings(compose_config("recipe", [*base, *changed]), tmp_path)
     assert _changes(settings["pretrain"], other["pretrain"]) == ["trainer.max_steps: -1 -> 3"]
-    assert _changes(settings["finetune"], other["finetune"]) == [f"stage.lr: {cfg.finetune.stage.lr!r} -> 0.5"]
+    # each later step names the settings of the step it is made from (written out: sha256 of the sorted JSON)
+    made_from = hashlib.sha256(json.dumps(other["pretrain"], sort_keys=True).encode()).hexdigest()[:12]
+    assert other["finetune"]["made_from.pretrain"] == made_from != settings["finetune"]["made_from.pretrain"]
+    assert _changes(settings["finetune"], other["finetune"]) == [
+        f"made_from.pretrain: {settings['finetune']['made_from.pretrain']!r} -> {made_from!r}",
+        f"stage.lr: {cfg.finetune.stage.lr!r} -> 0.5",
+    ]
     assert _changes(settings["eval/synthetic"], other["eval/synthetic"]) == [
         "benchmark.limit: None -> 7",
         "limit: None -> 7",
+        f"made_from.finetune: {settings['eval/synthetic']['made_from.finetune']!r} -> "
+        f"{other['eval/synthetic']['made_from.finetune']!r}",
     ]
+
+
+def test_a_redo_cut_short_leaves_the_later_steps_stale(tmp_path: Path) -> None:
+    """Stage 1 redone with new settings, then the job stopped before stage 2 was redone: the next run (same
+    command) still finds stage 2 and the benchmark stale, through the digest of stage 1 they were made from."""
+    job = tmp_path / "job"
+    base = [f"paths.output_dir={job}"]
+    old = step_settings(compose_config("recipe", base), job)
+    for step, settings in old.items():  # a finished point
+        (job / step).mkdir(parents=True)
+        (job / step / "settings.json").write_text(json.dumps({"settings": settings}))
+        (job / step / ("metrics.json" if step in ("pretrain", "finetune") else "synthetic_results.json")).write_text(
+            "{}"
+        )
+    assert stale_steps(job, old) == ([], {})
+    new = step_settings(compose_config("recipe", [*base, "pretrain.stage.lr=0.5"]), job)
+    assert stale_steps(job, new)[0] == ["pretrain", "finetune", "eval/synthetic"]
+    (job / "pretrain" / "settings.json").write_text(json.dumps({"settings": new["pretrain"]}))  # stage 1 redone
+    stale, changes = stale_steps(job, new)
+    assert stale == list(changes) == ["finetune", "eval/synthetic"]  # the chain: stage 2, then its benchmark
+    assert changes["finetune"][0].startswith("made_from.pretrain: ")
+    # collect leaves out a benchmark scored on another model than stage 2 now holds
+    (job / "finetune" / "settings.json").write_text(json.dumps({"settings": new["finetune"]}))  # stage 2 redone
+    assert not scored_on_this_model(job, job / "eval" / "synthetic")
+    (job / "eval" / "synthetic" / "settings.json").write_text(json.dumps({"settings": new["eval/synthetic"]}))
+    assert scored_on_this_model(job, job / "eval" / "synthetic")
 
 
 def test_prepared_tower_is_named_by_its_settings_and_pinned_absolute(
@@ -158,6 +194,14 @@ def test_two_point_sweep_train_eval_collect(tmp_path: Path, data_dir: Path) -> N
         assert (point / "finetune" / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamps[point]
         assert after["wall_s"]["finetune"] >= before[point]["wall_s"]["finetune"]  # time summed over attempts
 
+    # other settings: every point is refused (nothing touched), and a refused point does not end the sweep
+    records = {p: (p / "point.json").read_bytes() for p in points}
+    refused = _run_sweep(sweep, data_dir, "connector=mlp,dci", "seed=3", "limit=2")
+    assert refused.returncode == 1 and "holds results made with other settings" in refused.stderr
+    for point in points:
+        assert "limit=2" in (point / ".hydra" / "overrides.yaml").read_text()  # Hydra started this point too
+        assert (point / "point.json").read_bytes() == records[point]
+
 
 def test_rerun_with_other_settings_is_refused_and_overwrite_redoes_the_stale_steps(
     tmp_path: Path, data_dir: Path
@@ -178,7 +222,9 @@ def test_rerun_with_other_settings_is_refused_and_overwrite_redoes_the_stale_ste
     line = refused.stderr.strip().splitlines()[-1]
     assert line.startswith(f"error: {job} holds results made with other settings")
     assert f"finetune (stage.lr: {made['finetune']['stage.lr']!r} -> 0.5)" in line
-    assert "eval/synthetic (benchmark.limit: None -> 1, limit: None -> 1)" in line and "pretrain (" not in line
+    # the benchmark: its own change, and the stage 2 it was scored on (digest of that stage's settings) changed
+    assert "eval/synthetic (benchmark.limit: None -> 1, limit: None -> 1, made_from.finetune: '" in line
+    assert "pretrain (" not in line
     assert "add overwrite=true to redo finetune, eval/synthetic" in line
     # nothing touched: the results and the record of what they were made with
     assert (job / "point.json").read_bytes() == point and (s1.stat().st_mtime_ns, s2.stat().st_mtime_ns) == stamps

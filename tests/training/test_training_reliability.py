@@ -321,8 +321,13 @@ def test_a_checkpoint_with_flipped_bytes_is_refused_naming_the_member(train_cfg,
         read_checkpoint(bad)
     assert read_checkpoint(bad, mmap=True)["global_step"] == 1  # the config alone: no check (nothing else read)
     with pytest.raises(NotACheckpointError, match="flipped.ckpt: a damaged checkpoint"):
-        DirectCheckpointIO().load_checkpoint(bad)  # what a resume reads through
-    assert DirectCheckpointIO().load_checkpoint(ckpt)["global_step"] == 1
+        train(train_cfg("trainer.max_steps=2", f"ckpt_path={bad}"))  # a resume from it
+    table = tmp_path / "table.ckpt"  # damage in the archive's table of contents (its end)
+    data = bytearray(ckpt.read_bytes())
+    data[-40:-30] = bytes(10)
+    table.write_bytes(bytes(data))
+    with pytest.raises(NotACheckpointError, match=r"table.ckpt: a damaged checkpoint \(its table of contents"):
+        read_checkpoint(table)
 
 
 def test_checkpoint_writes_stay_in_the_checkpoint_folder(tmp_path: Path, monkeypatch) -> None:
