@@ -73,7 +73,7 @@ def check_scalars(cfg: DictConfig) -> None:
     Raises:
         ConfigError: naming the key, its value and what is expected.
     """
-    from dc.data.image import ASPECTS
+    from dc.data.image import check_aspect
 
     def refuse(key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{key}={value!r}: expected {expected}")
@@ -96,8 +96,8 @@ def check_scalars(cfg: DictConfig) -> None:
     for key in ("weight_decay", "warmup_ratio"):
         if key in stage and (not _number(stage.get(key)) or stage.get(key) < 0):
             refuse(f"stage.{key}", stage.get(key), "a non-negative number")
-    if "image_aspect" in stage and stage.get("image_aspect") not in ASPECTS:
-        refuse("stage.image_aspect", stage.get("image_aspect"), f"one of {ASPECTS}")
+    if "image_aspect" in stage:
+        check_aspect(stage.get("image_aspect"), "stage.image_aspect")
     data = cfg.get("data") or {}
     fraction = data.get("val_fraction", 0.0)
     if not _number(fraction) or not 0 <= fraction < 1:

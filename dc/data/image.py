@@ -21,12 +21,27 @@ from typing import Any
 import torch
 from PIL import Image
 
+from dc.utils.errors import ConfigError
+
 try:  # deprecated since torchvision 0.29 in favour of torchcodec; without it every image takes the PIL path
     from torchvision.io import ImageReadMode, decode_image
 except ImportError:  # pragma: no cover - depends on the installed torchvision
     decode_image = None
 
 ASPECTS = ("pad", "square")
+
+
+def check_aspect(value: Any, key: str, *, allowed_null: str | None = None) -> None:
+    """`value` is an image aspect ("pad" or "square"); `allowed_null`: what null means, when null is allowed.
+
+    Raises:
+        ConfigError: naming `key`.
+    """
+    if value is None and allowed_null is not None:
+        return
+    if not isinstance(value, str) or value not in ASPECTS:
+        also = f", or null ({allowed_null})" if allowed_null is not None else ""
+        raise ConfigError(f"{key}={value!r}: expected one of {ASPECTS}{also}")
 
 
 def expand_to_square(image: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
@@ -49,8 +64,7 @@ class ImagePreprocessor:
     """
 
     def __init__(self, processor: Any, aspect: str = "pad") -> None:
-        if aspect not in ASPECTS:
-            raise ValueError(f"image aspect={aspect!r}: expected one of {ASPECTS}")
+        check_aspect(aspect, "image aspect")
         self.processor = processor
         self.aspect = aspect
         self.fill = tuple(int(255 * m) for m in processor.image_mean)

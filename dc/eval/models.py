@@ -53,10 +53,9 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 def check_image_aspect(image_aspect: str | None) -> None:
     """`image_aspect` (eval.py's and the chat's key, which sets the image processor's `image.aspect`)."""
-    from dc.data.image import ASPECTS
+    from dc.data.image import check_aspect
 
-    if image_aspect is not None and image_aspect not in ASPECTS:
-        raise ConfigError(f"image_aspect={image_aspect!r}: expected one of {ASPECTS}")
+    check_aspect(image_aspect, "image_aspect", allowed_null="the model's own")
 
 
 def file_identity(path: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dc.data.image import ASPECTS
+from dc.data.image import check_aspect
 from dc.export.chat_template import check_template_name
 from dc.export.errors import export_user_errors
 from dc.export.hf_llava import save_hf_llava
@@ -55,8 +55,7 @@ def check_options(cfg: DictConfig) -> None:
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]}: python -m dc.export takes {sorted(_options() - {'paths'})}")
     aspect = cfg.get("image_aspect")
-    if aspect is not None and aspect not in ASPECTS:
-        raise ConfigError(f"image_aspect={aspect!r}: expected one of {list(ASPECTS)}, or null (the checkpoint's own)")
+    check_aspect(aspect, "image_aspect", allowed_null="the checkpoint's own")
     if cfg.get("template") is not None:
         check_template_name(cfg.template, "template")
     dtype = cfg.get("dtype")

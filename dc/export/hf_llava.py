@@ -43,7 +43,7 @@ from transformers import (
 )
 
 from dc.constants import IMAGE_PLACEHOLDER
-from dc.data.image import ASPECTS
+from dc.data.image import check_aspect
 from dc.export.chat_template import chat_template_jinja, load_template
 from dc.export.errors import ExportError
 from dc.export.projector import connector_blockers, export_projector, select_strategy
@@ -104,8 +104,7 @@ def llava_image_processor(image_cfg: Any, image_aspect: str = "pad") -> LlavaIma
         image_cfg: the encoder config's `image` node (`_target_` CLIPImageProcessor or SiglipImageProcessor).
         image_aspect: "pad" (pad to a square with the mean colour, as in stage 2 and evaluation) or "square".
     """
-    if image_aspect not in ASPECTS:
-        raise ValueError(f"image_aspect={image_aspect!r}: expected one of {ASPECTS}")
+    check_aspect(image_aspect, "image_aspect")
     source = instantiate(image_cfg)
     if type(source) not in (CLIPImageProcessor, SiglipImageProcessor):
         raise ExportError(

@@ -124,7 +124,10 @@ BOTH = ["ckpt_path={data}", "out_dir={tmp}/hf"]
         (["out_dir={tmp}/hf"], "ckpt_path must be given, e.g. python -m dc.export ckpt_path="),
         (["ckpt_path={data}"], "out_dir must be given, e.g. python -m dc.export ckpt_path="),
         ([], "ckpt_path and out_dir must be given"),
-        ([*BOTH, "image_aspect=squre"], "image_aspect='squre': expected one of ['pad', 'square']"),
+        (
+            [*BOTH, "image_aspect=squre"],
+            "image_aspect='squre': expected one of ('pad', 'square'), or null (the checkpoint's own)",
+        ),
         ([*BOTH, "verify=maybe"], "verify='maybe': expected true or false"),
         ([*BOTH, "verify=no"], "verify='no': expected true or false"),
         ([*BOTH, "verify=off"], "verify='off': expected true or false"),

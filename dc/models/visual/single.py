@@ -4,10 +4,8 @@ reference) or `square` (the encoder's processor alone; the reference's stage 1).
 
 from __future__ import annotations
 
+from dc.data.image import check_aspect
 from dc.models.visual.base import IMAGE, ImageMode, ViewTokens, VisualMeta
-from dc.utils.errors import ConfigError
-
-ASPECTS = ("pad", "square")
 
 
 class SingleView(ImageMode):
@@ -20,8 +18,7 @@ class SingleView(ImageMode):
     size_dependent = False
 
     def __init__(self, aspect: str = "pad") -> None:
-        if aspect not in ASPECTS:
-            raise ConfigError(f"image.aspect={aspect!r}: expected one of {ASPECTS}")
+        check_aspect(aspect, "image.aspect")
         self.aspect = aspect
 
     def meta(self, size: tuple[int, int], view: ViewTokens, image_size: int) -> VisualMeta:
