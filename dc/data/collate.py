@@ -61,7 +61,9 @@ class Collator:
         visual = [m for s in samples for m in s.get("visual", ())]
         slots = int((ids == IMAGE_TOKEN_INDEX).sum())
         if slots != sum(m.tokens for m in visual):
-            raise ValueError(f"batch has {slots} visual-token slots but its inputs declare {sum(m.tokens for m in visual)}")
+            raise ValueError(
+                f"batch has {slots} visual-token slots but its inputs declare {sum(m.tokens for m in visual)}"
+            )
         num_tokens = int(mask.sum())
         batch = {
             "input_ids": ids,

@@ -182,8 +182,15 @@ class LlavaDataModule(L.LightningDataModule):
 
     def _dataset(self, store: RecordStore) -> LlavaJsonDataset:
         return LlavaJsonDataset(
-            None, self.image_folder, self.tokenizer, self.template, self.visual, self.max_length, records=store,
-            strict=self.strict, overlength=self.overlength,
+            None,
+            self.image_folder,
+            self.tokenizer,
+            self.template,
+            self.visual,
+            self.max_length,
+            records=store,
+            strict=self.strict,
+            overlength=self.overlength,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -195,17 +202,36 @@ class LlavaDataModule(L.LightningDataModule):
         persistent = self.num_workers > 0
         if self.format == "shards":
             stream = self._stream(rank, world, epoch)
-            return ShardLoader(stream, num_workers=self.num_workers, collate_fn=_identity,
-                               persistent_workers=persistent, pin_memory=self.pin_memory)
+            return ShardLoader(
+                stream,
+                num_workers=self.num_workers,
+                collate_fn=_identity,
+                persistent_workers=persistent,
+                pin_memory=self.pin_memory,
+            )
         store = self.train_set.records
         sampler = GroupedBatchSampler(
-            store.estimated_lengths(self.visual_tokens(store)), store.n_images > 0, self.batch_size,
-            num_replicas=world, rank=rank, group=self.group, megabatch_factor=self.megabatch_factor,
-            shuffle=True, seed=self.seed, max_tokens=self.max_tokens,
+            store.estimated_lengths(self.visual_tokens(store)),
+            store.n_images > 0,
+            self.batch_size,
+            num_replicas=world,
+            rank=rank,
+            group=self.group,
+            megabatch_factor=self.megabatch_factor,
+            shuffle=True,
+            seed=self.seed,
+            max_tokens=self.max_tokens,
         )
         sampler.set_epoch(epoch)
-        return DataLoader(self.train_set, sampler=sampler, batch_size=None, num_workers=self.num_workers,
-                          collate_fn=self.collate, persistent_workers=persistent, pin_memory=self.pin_memory)
+        return DataLoader(
+            self.train_set,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=self.num_workers,
+            collate_fn=self.collate,
+            persistent_workers=persistent,
+            pin_memory=self.pin_memory,
+        )
 
     def train_batches(self, world_size: int = 1) -> int:
         """Batches each rank gets per epoch, computed without building a loader (for the LR schedule's length)."""
@@ -229,8 +255,15 @@ class LlavaDataModule(L.LightningDataModule):
             else np.zeros(len(store), dtype=np.int64)
         )
         sampler = GroupedBatchSampler(
-            lengths, store.n_images > 0, self.batch_size, num_replicas=world_size,
-            rank=0, group=self.group, megabatch_factor=self.megabatch_factor, shuffle=True, seed=self.seed,
+            lengths,
+            store.n_images > 0,
+            self.batch_size,
+            num_replicas=world_size,
+            rank=0,
+            group=self.group,
+            megabatch_factor=self.megabatch_factor,
+            shuffle=True,
+            seed=self.seed,
             max_tokens=self.max_tokens,
         )
         return len(sampler)
@@ -275,10 +308,23 @@ class LlavaDataModule(L.LightningDataModule):
             per_rank = max(1, total // (world * self.batch_size))
         hint = one_pass_length(total, self.batch_size, self.num_workers) if total is not None else None
         return ShardStream(
-            self.shard_urls, self.builder, self.collate, self.batch_size, strict=self.strict, rank=rank,
-            world_size=world, batches_per_rank=per_rank, resampled=self.resampled, group=self.group,
-            megabatch_factor=self.megabatch_factor, shuffle_buffer=self.shuffle_buffer, seed=self.seed,
-            epoch=epoch, length_hint=hint, expected_counts=self._expected_counts(), max_tokens=self.max_tokens,
+            self.shard_urls,
+            self.builder,
+            self.collate,
+            self.batch_size,
+            strict=self.strict,
+            rank=rank,
+            world_size=world,
+            batches_per_rank=per_rank,
+            resampled=self.resampled,
+            group=self.group,
+            megabatch_factor=self.megabatch_factor,
+            shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed,
+            epoch=epoch,
+            length_hint=hint,
+            expected_counts=self._expected_counts(),
+            max_tokens=self.max_tokens,
         )
 
     def _expected_counts(self) -> dict[str, int]:
@@ -290,5 +336,11 @@ class LlavaDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=self.collate, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.val_set,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=self.collate,
+            persistent_workers=self.num_workers > 0,
+        )

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from torch.utils.data import DistributedSampler
+
 from dc.utils.errors import ConfigError
 
 
@@ -289,7 +290,8 @@ def check_batching(saved: dict[str, Any] | None, current: dict[str, Any] | None)
 
 def batching_settings(source: Any) -> dict[str, Any]:
     """What decides the composition of the batches of a sampler or stream (`batch_size`, `max_tokens`, `group`,
-    `megabatch_factor` attributes), by config key: recorded with a data position, compared on resume."""
+    `megabatch_factor` attributes), by config key: recorded with a data position, compared on resume.
+    """
     return {
         "batch_size": source.batch_size,
         "max_tokens": source.max_tokens,

@@ -4,11 +4,12 @@
 centre-crops; SigLIP resizes to a square); `pad` first pads it to a square with the processor's mean colour,
 image centred (stage 2 and evaluation).
 
-`from_bytes` is the training loaders' entry: for 8-bit RGB JPEG/PNG it decodes straight to a uint8 [3, H, W]
-tensor with torchvision (libjpeg-turbo / libpng, the same pixels as PIL: tested) and pads in torch, which skips
-PIL's decode-to-PIL and PIL-to-numpy copies (~25 % of the per-image cost); anything else (grey, palette, CMYK,
-16-bit, other formats, undecodable bytes, a torchvision without `decode_image`) goes through PIL exactly as
-`__call__`. torchvision 0.29 deprecates its image decoders (torchcodec replaces them); the fallback keeps this
+`from_bytes` is the training loaders' entry: for 8-bit RGB JPEG it decodes straight to a uint8 [3, H, W] tensor
+with torchvision (libjpeg-turbo, the same pixels as PIL: tested) and pads in torch, which skips PIL's decode-to-PIL
+and PIL-to-numpy copies (~25 % of the per-image cost); anything else (PNG, grey, palette, CMYK, 16-bit, other
+formats, undecodable bytes, a torchvision without `decode_image`) goes through PIL exactly as `__call__`. PNG is
+not given to torchvision: its libpng path crashes the process (SIGSEGV) on a PNG whose compressed data is damaged
+("IDAT: incorrect data check"), where PIL raises an `OSError` that the loaders count as `corrupt_image`. torchvision 0.29 deprecates its image decoders (torchcodec replaces them); the fallback keeps this
 working when they are removed.
 """
 
@@ -87,7 +88,7 @@ class ImagePreprocessor:
         with Image.open(io.BytesIO(data)) as img:  # reads the header only; raises on unknown or broken formats
             w, h = img.size
             limit = Image.MAX_IMAGE_PIXELS or float("inf")
-            fast = decode_image is not None and img.format in ("JPEG", "PNG") and img.mode == "RGB" and w * h <= limit
+            fast = decode_image is not None and img.format == "JPEG" and img.mode == "RGB" and w * h <= limit
             if not fast:
                 img.load()
                 return self(img)
@@ -95,7 +96,9 @@ class ImagePreprocessor:
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # a decoder warning (bad data) means "let PIL decide"
                 warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29 deprecates its decoders
-                pixels = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
+                pixels = decode_image(
+                    torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED
+                )
         except Exception:  # noqa: BLE001 - any failure: PIL decodes or raises its own, classifiable error
             pixels = None
         if pixels is None or pixels.dtype != torch.uint8 or tuple(pixels.shape) != (3, h, w):

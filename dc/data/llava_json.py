@@ -24,7 +24,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from dc.data.records import SKIP_REASONS, BadDataError, BadRecord, SampleBuilder, SkipReporter, Skipped
+from dc.data.records import SKIP_REASONS, BadDataError, BadRecord, SampleBuilder, Skipped, SkipReporter
 from dc.data.visual import VisualProcessor
 from dc.models.llms.templates import ChatTemplate
 
@@ -77,7 +77,9 @@ def read_records(path: str | Path, bad_lines: str = "raise") -> list[Any]:
 def _text_chars(record: Any) -> int:
     if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
         return 0
-    return sum(len(t["value"]) for t in record["conversations"] if isinstance(t, dict) and isinstance(t.get("value"), str))
+    return sum(
+        len(t["value"]) for t in record["conversations"] if isinstance(t, dict) and isinstance(t.get("value"), str)
+    )
 
 
 def _n_images(record: Any) -> int:
@@ -94,7 +96,9 @@ class RecordStore:
         n_images: images per record (0 = text-only).
     """
 
-    def __init__(self, blob: np.ndarray, offsets: np.ndarray, text_chars: np.ndarray, n_images: np.ndarray, source: str) -> None:
+    def __init__(
+        self, blob: np.ndarray, offsets: np.ndarray, text_chars: np.ndarray, n_images: np.ndarray, source: str
+    ) -> None:
         self.blob, self.offsets, self.source = blob, offsets, source
         self.text_chars, self.n_images = text_chars, n_images
 
@@ -251,4 +255,3 @@ class LlavaJsonDataset(Dataset):
             f"{self.records.source}: {self.refill_tries} random records in a row are bad ({why}; last batch "
             f"{indices[:8]}...): {hint}"
         )
-

@@ -249,7 +249,11 @@ class SampleBuilder:
         is_image = ids == IMAGE_TOKEN_INDEX
         slots = int(is_image.sum())
         if slots != len(metas):
-            raise BadRecord("image_tag_mismatch", f"template {self.template.name!r} gives {slots} image slot(s) for {len(metas)} image(s)", rid)
+            raise BadRecord(
+                "image_tag_mismatch",
+                f"template {self.template.name!r} gives {slots} image slot(s) for {len(metas)} image(s)",
+                rid,
+            )
         if slots:  # the k-th placeholder -> metas[k].tokens of them, labels ignored there (already IGNORE_INDEX)
             repeats = torch.ones_like(ids)
             repeats[is_image] = torch.tensor([m.tokens for m in metas], dtype=torch.long)
@@ -258,7 +262,9 @@ class SampleBuilder:
         if n > self.max_length:
             m = self.max_length
             # Never cut through a run of visual tokens, and keep at least one supervised token.
-            safe = self.overlength == "truncate" and not (ids[m - 1] == IMAGE_TOKEN_INDEX and ids[m] == IMAGE_TOKEN_INDEX)
+            safe = self.overlength == "truncate" and not (
+                ids[m - 1] == IMAGE_TOKEN_INDEX and ids[m] == IMAGE_TOKEN_INDEX
+            )
             if not safe or not bool((labels[:m] != IGNORE_INDEX).any()):
                 raise BadRecord("too_long", f"{n} tokens after visual-token expansion > max_length={m}", rid)
             ids, labels = ids[:m], labels[:m]
@@ -299,7 +305,9 @@ class SampleBuilder:
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
                 raise BadRecord("corrupt_image", f"image {k}: {type(exc).__name__}: {exc}", rid) from None
             if got != meta:  # the file changed between tokenising and decoding
-                raise BadRecord("corrupt_image", f"image {k}: its size changed after it was tokenised ({meta} -> {got})", rid)
+                raise BadRecord(
+                    "corrupt_image", f"image {k}: its size changed after it was tokenised ({meta} -> {got})", rid
+                )
             out.append(views)
         if len(out) == 1:
             return out[0]  # the collate's cat is the only copy
@@ -331,8 +339,15 @@ class SampleBuilder:
         check_image_tags(conv, len(sources), rid)
         metas = self.metas(rid, sources)
         ids, labels, truncated, kept = self.text(rid, conv, metas)
-        return {"id": rid, "input_ids": ids, "labels": labels, "truncated": truncated, "n_images": kept,
-                "visual": metas[:kept], "sources": sources[:kept]}
+        return {
+            "id": rid,
+            "input_ids": ids,
+            "labels": labels,
+            "truncated": truncated,
+            "n_images": kept,
+            "visual": metas[:kept],
+            "sources": sources[:kept],
+        }
 
     def finish(self, sample: dict[str, Any]) -> dict[str, Any]:
         """The prepared `sample` with `pixel_values` (its sources dropped); raises `BadRecord` for bad images."""

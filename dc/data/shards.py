@@ -34,7 +34,6 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterator
-from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +65,9 @@ def resolve_shards(spec: str) -> tuple[list[str], dict | None]:
         path = path / MANIFEST
     if path.name == MANIFEST:
         if not path.exists():
-            raise FileNotFoundError(f"data.shards={spec}: no {MANIFEST} there; write shards with `python -m dc.data.to_shards`")
+            raise FileNotFoundError(
+                f"data.shards={spec}: no {MANIFEST} there; write shards with `python -m dc.data.to_shards`"
+            )
         manifest = json.loads(path.read_text())
         return [str(path.parent / s["name"]) for s in manifest["shards"]], manifest
     urls = sorted({u for pattern in wds.shardlists.expand_urls(spec) for u in _glob(pattern)})
@@ -231,7 +232,9 @@ class ShardStream(IterableDataset):
                 pending["bad_shard"] += 1
                 log.warning("%s holds %d samples, index.json lists %d (bad_shard)", url, seen[url], expected)
 
-    def _raw(self, worker: int, n_workers: int, epoch: int, pending: Counter, rng: np.random.Generator) -> Iterator[dict]:
+    def _raw(
+        self, worker: int, n_workers: int, epoch: int, pending: Counter, rng: np.random.Generator
+    ) -> Iterator[dict]:
         if self.resampled:
             while True:
                 yield from self._read([self.urls[int(rng.integers(len(self.urls)))]], pending)
@@ -244,7 +247,7 @@ class ShardStream(IterableDataset):
         if self.batches_per_rank is None:
             yield from self._read(urls, pending, stride, offset)
             return
-        for cycle in count():
+        while True:  # cycle over its shards, reshuffled each pass, until the consumer stops
             n = 0
             for raw in self._read(urls, pending, stride, offset):
                 n += 1
@@ -319,7 +322,11 @@ class ShardStream(IterableDataset):
             return batch
 
         groups = group_stream(
-            samples(), self.batch_size, group=self.group, megabatch_factor=self.megabatch_factor, rng=rng,
+            samples(),
+            self.batch_size,
+            group=self.group,
+            megabatch_factor=self.megabatch_factor,
+            rng=rng,
             max_tokens=self.max_tokens,
         )
         if resume:
@@ -385,7 +392,12 @@ class ShardLoader(DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         stream: ShardStream = self.dataset  # type: ignore[assignment]
-        return {"epoch": self._epoch, "batches": self._yielded, "finished": self._finished, "batching": stream.batching()}
+        return {
+            "epoch": self._epoch,
+            "batches": self._yielded,
+            "finished": self._finished,
+            "batching": stream.batching(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         stream: ShardStream = self.dataset  # type: ignore[assignment]

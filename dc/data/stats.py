@@ -64,7 +64,8 @@ class DataStats:
 def host_tensors(metrics: dict[str, float]) -> dict[str, torch.Tensor]:
     """Host-side values as CPU tensors for `self.log`: Lightning turns a Python number into a tensor on the module's
     device, and a blocking host-to-GPU copy waits for all queued GPU work (a sync per step); a CPU tensor stays on
-    the CPU until a logger reads it."""
+    the CPU until a logger reads it.
+    """
     return {k: torch.tensor(float(v), dtype=torch.float32) for k, v in metrics.items()}
 
 
@@ -76,8 +77,15 @@ def log_data_stats(module: L.LightningModule, batch: dict[str, Any], stats: Data
     """
     bs = int(batch["input_ids"].shape[0])
     module.log_dict(host_tensors(stats.update(batch)), on_step=True, on_epoch=True, batch_size=bs)
-    module.log("data/skipped_total", float(sum(stats.skipped.values())), on_step=True, on_epoch=False,
-               reduce_fx="sum", sync_dist=True, batch_size=bs)
+    module.log(
+        "data/skipped_total",
+        float(sum(stats.skipped.values())),
+        on_step=True,
+        on_epoch=False,
+        reduce_fx="sum",
+        sync_dist=True,
+        batch_size=bs,
+    )
 
 
 def all_reduce_counts(counts: Counter, device: torch.device | None = None) -> Counter:
@@ -107,7 +115,9 @@ class DataStatsCallback(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = (self.stats.tokens, self.stats.padding)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if isinstance(batch, dict) and "input_ids" in batch:
             metrics = host_tensors(self.stats.update(batch))
             pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=int(batch["input_ids"].shape[0]))
@@ -118,13 +128,18 @@ class DataStatsCallback(L.Callback):
         local = Counter({f"skipped:{r}": n for r, n in self.stats.skipped.items()})
         local.update({"truncated": self.stats.truncated, "tokens": tokens, "padding": padding})
         total = all_reduce_counts(local, device)
-        metrics = {f"data/skipped/{k.split(':', 1)[1]}": float(n) for k, n in sorted(total.items()) if k.startswith("skipped:")}
+        metrics = {
+            f"data/skipped/{k.split(':', 1)[1]}": float(n) for k, n in sorted(total.items()) if k.startswith("skipped:")
+        }
         metrics["data/skipped_total"] = float(sum(n for k, n in total.items() if k.startswith("skipped:")))
         metrics["data/truncated_total"] = float(total["truncated"])
         metrics["data/padding_frac_epoch"] = total["padding"] / max(1, total["tokens"] + total["padding"])
         for name, value in metrics.items():
             pl_module.log(name, value, rank_zero_only=True)
         if trainer.is_global_zero:
-            log.info("data (all ranks): skipped %s, truncated %d, padding %.1f %% this epoch",
-                     {k: v for k, v in metrics.items() if k.startswith("data/skipped/")} or "none",
-                     total["truncated"], 100 * metrics["data/padding_frac_epoch"])
+            log.info(
+                "data (all ranks): skipped %s, truncated %d, padding %.1f %% this epoch",
+                {k: v for k, v in metrics.items() if k.startswith("data/skipped/")} or "none",
+                total["truncated"],
+                100 * metrics["data/padding_frac_epoch"],
+            )

@@ -49,9 +49,18 @@ from dc.utils.files import publish_dir
 VERSION = 1  # bump when the generated content changes
 FPS = 8
 KINDS = ("static", "count", "move", "recolour")
-NEEDS = {"colour": "frame", "shape": "frame", "position": "frame", "count": "frame", "moved": "frames",
-         "changed": "frames", "moved_from": "order", "moved_to": "order", "colour_before": "order",
-         "colour_after": "order"}
+NEEDS = {
+    "colour": "frame",
+    "shape": "frame",
+    "position": "frame",
+    "count": "frame",
+    "moved": "frames",
+    "changed": "frames",
+    "moved_from": "order",
+    "moved_to": "order",
+    "colour_before": "order",
+    "colour_after": "order",
+}
 TEMPORAL_QUESTIONS = {
     "moved": "Did the shape move?",
     "changed": "Did the shape change colour?",
@@ -101,15 +110,27 @@ def clip_questions(clip: Clip) -> list[tuple[str, str, str]]:
     o, p = first[0], last[0]
     by_cat = {c: (c, q, a) for c, q, a in questions(first)}
     if clip.kind == "static":
-        return [by_cat["colour"], by_cat["shape"], by_cat["position"],
-                ("moved", TEMPORAL_QUESTIONS["moved"], "no"), ("changed", TEMPORAL_QUESTIONS["changed"], "no")]
+        return [
+            by_cat["colour"],
+            by_cat["shape"],
+            by_cat["position"],
+            ("moved", TEMPORAL_QUESTIONS["moved"], "no"),
+            ("changed", TEMPORAL_QUESTIONS["changed"], "no"),
+        ]
     if clip.kind == "move":
-        return [by_cat["colour"], by_cat["shape"], ("moved", TEMPORAL_QUESTIONS["moved"], "yes"),
-                ("moved_from", TEMPORAL_QUESTIONS["moved_from"], POSITIONS[o.cell]),
-                ("moved_to", TEMPORAL_QUESTIONS["moved_to"], POSITIONS[p.cell])]
-    return [by_cat["shape"], ("changed", TEMPORAL_QUESTIONS["changed"], "yes"),
-            ("colour_before", TEMPORAL_QUESTIONS["colour_before"], o.colour),
-            ("colour_after", TEMPORAL_QUESTIONS["colour_after"], p.colour)]
+        return [
+            by_cat["colour"],
+            by_cat["shape"],
+            ("moved", TEMPORAL_QUESTIONS["moved"], "yes"),
+            ("moved_from", TEMPORAL_QUESTIONS["moved_from"], POSITIONS[o.cell]),
+            ("moved_to", TEMPORAL_QUESTIONS["moved_to"], POSITIONS[p.cell]),
+        ]
+    return [
+        by_cat["shape"],
+        ("changed", TEMPORAL_QUESTIONS["changed"], "yes"),
+        ("colour_before", TEMPORAL_QUESTIONS["colour_before"], o.colour),
+        ("colour_after", TEMPORAL_QUESTIONS["colour_after"], p.colour),
+    ]
 
 
 def render_clip(clip: Clip, size: int = IMAGE_SIZE) -> list[Image.Image]:
@@ -159,8 +180,9 @@ def _complete(root: Path) -> bool:
         return False
 
 
-def generate(root: str | os.PathLike, *, seed: int = 0, n_per_kind: int = 20, min_frames: int = 8,
-             max_frames: int = 16) -> Path:
+def generate(
+    root: str | os.PathLike, *, seed: int = 0, n_per_kind: int = 20, min_frames: int = 8, max_frames: int = 16
+) -> Path:
     """Write the task under `root` unless a complete copy is already there; return `root`.
 
     Args:
@@ -184,10 +206,27 @@ def generate(root: str | os.PathLike, *, seed: int = 0, n_per_kind: int = 20, mi
                 name = f"{kind}_{k:04d}.mp4"
                 write_video(tmp / "videos" / name, render_clip(clip))
                 for cat, text, answer in clip_questions(clip):
-                    rows.append({"question_id": f"{kind}-{k}-{cat}", "video": name, "text": text, "answer": answer,
-                                 "category": cat, "needs": NEEDS[cat]})
+                    rows.append(
+                        {
+                            "question_id": f"{kind}-{k}-{cat}",
+                            "video": name,
+                            "text": text,
+                            "answer": answer,
+                            "category": cat,
+                            "needs": NEEDS[cat],
+                        }
+                    )
         write_blank_video(tmp / "videos" / "blank.mp4", max_frames)
         (tmp / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (tmp / "DONE").write_text(json.dumps({"version": VERSION, "seed": seed, "n_per_kind": n_per_kind,
-                                              "min_frames": min_frames, "max_frames": max_frames}))
+        (tmp / "DONE").write_text(
+            json.dumps(
+                {
+                    "version": VERSION,
+                    "seed": seed,
+                    "n_per_kind": n_per_kind,
+                    "min_frames": min_frames,
+                    "max_frames": max_frames,
+                }
+            )
+        )
     return root

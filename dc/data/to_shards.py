@@ -135,7 +135,13 @@ class ShardWriter:
         self.tar.close()
         name = f"{self.prefix}-{self.next_shard:06d}.tar"
         os.replace(self.tmp, self.out / name)
-        entry = {"name": name, "count": self.count, "bytes": (self.out / name).stat().st_size, "first": self.first, "last": self.last}
+        entry = {
+            "name": name,
+            "count": self.count,
+            "bytes": (self.out / name).stat().st_size,
+            "first": self.first,
+            "last": self.last,
+        }
         if entry["bytes"] > self.max_bytes:
             log.warning("%s is %d bytes, over the %d cap", name, entry["bytes"], self.max_bytes)
         self.done.append(entry)
@@ -160,8 +166,14 @@ def _write_json(path: Path, obj: Any) -> None:
 def _fingerprint(json_path: Path, image_folder: Path, prefix: str, max_bytes: int, max_count: int) -> dict:
     st = json_path.stat()
     return {
-        "format": FORMAT, "json": str(json_path.resolve()), "json_size": st.st_size, "json_mtime_ns": st.st_mtime_ns,
-        "image_folder": str(image_folder.resolve()), "prefix": prefix, "max_bytes": max_bytes, "max_count": max_count,
+        "format": FORMAT,
+        "json": str(json_path.resolve()),
+        "json_size": st.st_size,
+        "json_mtime_ns": st.st_mtime_ns,
+        "image_folder": str(image_folder.resolve()),
+        "prefix": prefix,
+        "max_bytes": max_bytes,
+        "max_count": max_count,
     }
 
 
@@ -238,9 +250,13 @@ def convert(
     def save_progress(complete: bool = False) -> dict:
         counts = base + Counter(reason for _, reason in skipped)
         manifest = {
-            "fingerprint": fingerprint, "complete": complete, "shards": writer.done,
-            "num_samples": sum(s["count"] for s in writer.done), "num_records": len(records),
-            "skipped": dict(sorted(counts.items())), "skipped_records": listed[:MAX_LISTED_SKIPS],
+            "fingerprint": fingerprint,
+            "complete": complete,
+            "shards": writer.done,
+            "num_samples": sum(s["count"] for s in writer.done),
+            "num_records": len(records),
+            "skipped": dict(sorted(counts.items())),
+            "skipped_records": listed[:MAX_LISTED_SKIPS],
         }
         _write_json(out / (MANIFEST if complete else PROGRESS), manifest)
         return manifest
@@ -295,7 +311,9 @@ def summary(manifest: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--json", required=True, help="LLaVA JSON list (or .jsonl)")
     p.add_argument("--image-folder", required=True, help="folder the records' image paths are relative to")
     p.add_argument("--out", required=True, help="output folder (shards + index.json)")
@@ -311,8 +329,17 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.image_folder).is_dir():
         p.error(f"--image-folder {args.image_folder}: no such folder")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    convert(args.json, args.image_folder, args.out, max_size_mb=args.max_size_mb, max_count=args.max_count,
-            prefix=args.prefix, workers=args.workers, overwrite=args.overwrite, progress=not args.no_progress)
+    convert(
+        args.json,
+        args.image_folder,
+        args.out,
+        max_size_mb=args.max_size_mb,
+        max_count=args.max_count,
+        prefix=args.prefix,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     return 0
 
 

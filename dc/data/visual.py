@@ -46,7 +46,9 @@ class VisualProcessor:
         frame_aspect: how video frames are made square ("pad", the reference's default, or "square").
     """
 
-    def __init__(self, mode: ImageMode, processor: Any, view: ViewTokens, image_size: int, frame_aspect: str = "pad") -> None:
+    def __init__(
+        self, mode: ImageMode, processor: Any, view: ViewTokens, image_size: int, frame_aspect: str = "pad"
+    ) -> None:
         self.mode = mode
         self.processor = processor
         self.view = view
@@ -100,7 +102,9 @@ class VisualProcessor:
         target, _ = self.mode.layout(image.size, s)
         new_w, new_h = fitted_size(image.size, target)
         canvas = Image.new("RGB", target, (0, 0, 0))
-        canvas.paste(image.resize((new_w, new_h), Image.Resampling.BICUBIC), ((target[0] - new_w) // 2, (target[1] - new_h) // 2))
+        canvas.paste(
+            image.resize((new_w, new_h), Image.Resampling.BICUBIC), ((target[0] - new_w) // 2, (target[1] - new_h) // 2)
+        )
         views = [image.resize((s, s), Image.Resampling.BICUBIC)] + [canvas.crop(box) for box in crop_boxes(target, s)]
         return self.processor(images=views, return_tensors="pt")["pixel_values"]
 

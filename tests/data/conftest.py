@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from data_helpers import NUM_VISUAL_TOKENS
-from dc_testing import make_template, tiny_tokenizer
 from transformers import CLIPImageProcessor
 
 from dc.data.visual import VisualProcessor
 from dc.models.visual import SingleView, ViewTokens
+
+from data_helpers import NUM_VISUAL_TOKENS
+from dc_testing import make_template, tiny_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,9 @@ def good_records(n_image: int, n_text: int, prefix: str = "good") -> list[dict]:
             conv += qa("Where is the blue shape?", "top left", False)
         out.append({"id": f"{prefix}-img-{k}", "image": f"{prefix}-img-{k}.jpg", "conversations": conv})
     for k in range(n_text):
-        out.append({"id": f"{prefix}-txt-{k}", "conversations": qa("How many shapes are there?" * (1 + k % 2), "two", False)})
+        out.append(
+            {"id": f"{prefix}-txt-{k}", "conversations": qa("How many shapes are there?" * (1 + k % 2), "two", False)}
+        )
     return out
 
 
@@ -46,17 +48,30 @@ BAD_RECORDS: list[tuple[str, Any]] = [
     ("malformed_record", ["not", "a", "dict"]),
     ("malformed_record", {"id": "bad-nofield", "image": "bad-nofield.jpg"}),
     ("no_conversations", {"id": "bad-empty", "conversations": []}),
-    ("bad_conversation", {"id": "bad-roles", "conversations": [{"from": "gpt", "value": "hi"}, {"from": "gpt", "value": "x"}]}),
+    (
+        "bad_conversation",
+        {"id": "bad-roles", "conversations": [{"from": "gpt", "value": "hi"}, {"from": "gpt", "value": "x"}]},
+    ),
     ("tag_without_image", {"id": "bad-tag-noimg", "conversations": qa("What is it?", "a cat", True)}),
-    ("image_without_tag", {"id": "bad-img-notag", "image": "bad-img-notag.jpg", "conversations": qa("What is it?", "a cat", False)}),
-    ("extra_image_tags", {"id": "bad-two-tags", "image": "bad-two-tags.jpg",
-                          "conversations": qa("<image> What is it?", "a cat", True)}),
+    (
+        "image_without_tag",
+        {"id": "bad-img-notag", "image": "bad-img-notag.jpg", "conversations": qa("What is it?", "a cat", False)},
+    ),
+    (
+        "extra_image_tags",
+        {"id": "bad-two-tags", "image": "bad-two-tags.jpg", "conversations": qa("<image> What is it?", "a cat", True)},
+    ),
     ("missing_image", {"id": "bad-missing", "image": "does-not-exist.jpg", "conversations": qa("What?", "x", True)}),
     ("corrupt_image", {"id": "bad-corrupt", "image": "bad-corrupt.jpg", "conversations": qa("What?", "x", True)}),
     ("too_long", {"id": "bad-long", "image": "bad-long.jpg", "conversations": qa(LONG, "x", True)}),
 ]
-BAD_FILES = {"bad-img-notag.jpg": image_bytes(1), "bad-two-tags.jpg": image_bytes(2), "bad-long.jpg": image_bytes(3),
-             "bad-corrupt.jpg": b"\xff\xd8\xff\xe0 this is not a jpeg", "bad-nofield.jpg": image_bytes(4)}
+BAD_FILES = {
+    "bad-img-notag.jpg": image_bytes(1),
+    "bad-two-tags.jpg": image_bytes(2),
+    "bad-long.jpg": image_bytes(3),
+    "bad-corrupt.jpg": b"\xff\xd8\xff\xe0 this is not a jpeg",
+    "bad-nofield.jpg": image_bytes(4),
+}
 
 
 def planted_counts(extra: dict[str, int] | None = None) -> Counter:
@@ -76,7 +91,9 @@ def interleave(good: list, bad: list) -> list:
     return out + bad
 
 
-def write_layout(root: Path, records: list, files: dict[str, bytes] | None = None, name: str = "data.json") -> tuple[Path, Path]:
+def write_layout(
+    root: Path, records: list, files: dict[str, bytes] | None = None, name: str = "data.json"
+) -> tuple[Path, Path]:
     """LLaVA layout under `root`: the JSON (or JSONL) file and `images/` with every good record's image."""
     folder = root / "images"
     folder.mkdir(parents=True, exist_ok=True)

@@ -8,11 +8,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from dc.data.datamodule import LlavaDataModule
+from dc.data.records import BadRecordError
+from dc.data.stats import DataStats
+
 from data_helpers import (
     BAD_FILES,
     BAD_RECORDS,
     MAX_LENGTH,
-    NUM_VISUAL_TOKENS,
     good_records,
     image_bytes,
     interleave,
@@ -22,16 +26,18 @@ from data_helpers import (
     write_tar,
 )
 
-from dc.data.datamodule import LlavaDataModule
-from dc.data.records import BadRecordError
-from dc.data.stats import DataStats
-
 
 def datamodule(tokenizer, template, visual, **kw) -> LlavaDataModule:
     kw.setdefault("batch_size", 4)
     kw.setdefault("num_workers", 2)
-    return LlavaDataModule(tokenizer=tokenizer, template=template, visual=visual, max_length=MAX_LENGTH,
-                           group_by_modality_length=True, **kw)
+    return LlavaDataModule(
+        tokenizer=tokenizer,
+        template=template,
+        visual=visual,
+        max_length=MAX_LENGTH,
+        group_by_modality_length=True,
+        **kw,
+    )
 
 
 def run_epoch(dm: LlavaDataModule) -> tuple[DataStats, list]:
@@ -70,7 +76,7 @@ def test_shard_path_skips_and_counts_every_bad_kind(tmp_path, tokenizer, templat
     for k, rec in enumerate(good):
         samples.append(shard_sample(f"{k:09d}", rec, image_bytes(k) if "image" in rec else None))
     bad = []
-    for k, (reason, rec) in enumerate(BAD_RECORDS):
+    for k, (_, rec) in enumerate(BAD_RECORDS):
         key = f"{1000 + k:09d}"
         name = rec.get("image") if isinstance(rec, dict) else None
         bad.append(shard_sample(key, rec, BAD_FILES.get(name) if name else None))
@@ -82,8 +88,14 @@ def test_shard_path_skips_and_counts_every_bad_kind(tmp_path, tokenizer, templat
     cuts = [0, 13, 20, 38, len(mixed)]  # 4 shards of uneven size
     for n, (a, b) in enumerate(zip(cuts, cuts[1:])):
         write_tar(shard_dir / f"part-{n:06d}.tar", mixed[a:b])
-    dm = datamodule(tokenizer, template, visual, format="shards", shards=str(shard_dir / "part-{000000..000003}.tar"),
-                    shuffle_buffer=8)
+    dm = datamodule(
+        tokenizer,
+        template,
+        visual,
+        format="shards",
+        shards=str(shard_dir / "part-{000000..000003}.tar"),
+        shuffle_buffer=8,
+    )
     stats, ids = run_epoch(dm)
     assert stats.skipped == planted_counts({"bad_json": 1, "malformed_record": 1})
     assert sorted(ids) == sorted(r["id"] for r in good)  # one pass: each good record exactly once
@@ -112,9 +124,15 @@ def test_strict_raises_naming_the_record(tmp_path, tokenizer, template, visual, 
     if fmt == "json":
         kw = {"train_file": str(path), "image_folder": str(folder)}
     else:
-        write_tar(tmp_path / "s-000000.tar", [shard_sample(f"{k:09d}", r, (folder / r["image"]).read_bytes()
-                                                         if (folder / r["image"]).exists() else None)
-                                             for k, r in enumerate(records)])
+        write_tar(
+            tmp_path / "s-000000.tar",
+            [
+                shard_sample(
+                    f"{k:09d}", r, (folder / r["image"]).read_bytes() if (folder / r["image"]).exists() else None
+                )
+                for k, r in enumerate(records)
+            ],
+        )
         kw = {"format": "shards", "shards": str(tmp_path / "s-000000.tar")}
     dm = datamodule(tokenizer, template, visual, strict=True, num_workers=0, **kw)
     with pytest.raises(BadRecordError, match="bad-missing.*missing_image"):

@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from data_helpers import NUM_VISUAL_TOKENS, good_records, image_bytes, shard_sample, write_layout, write_tar
 from transformers import CLIPImageProcessor
-
-from dc_testing import make_template, tiny_tokenizer
 
 from dc.data.datamodule import LlavaDataModule
 from dc.data.visual import VisualProcessor
 from dc.models.visual import SingleView, ViewTokens
+
+from data_helpers import good_records, image_bytes, shard_sample, write_layout, write_tar
+from dc_testing import make_template, tiny_tokenizer
 
 SHARD_SIZES = (9, 3, 7, 2, 6)  # uneven on purpose: 5 shards over 2 ranks × 2 workers
 BATCH = 3
@@ -37,13 +37,21 @@ def _run_rank(rank: int, world: int, port: int, root: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    common = dict(tokenizer=tiny_tokenizer(), template=make_template("vicuna_v1"),
-                  visual=VisualProcessor(SingleView("pad"), proc, ViewTokens(4, 4), image_size=32),
-                  batch_size=BATCH, max_length=128, group_by_modality_length=True, megabatch_factor=2)
+    common = dict(
+        tokenizer=tiny_tokenizer(),
+        template=make_template("vicuna_v1"),
+        visual=VisualProcessor(SingleView("pad"), proc, ViewTokens(4, 4), image_size=32),
+        batch_size=BATCH,
+        max_length=128,
+        group_by_modality_length=True,
+        megabatch_factor=2,
+    )
     model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(1, 1))
     result = {}
-    for fmt, kw in {"shards": {"format": "shards", "shards": f"{root}/shards", "num_workers": 2},
-                    "json": {"train_file": f"{root}/data.json", "image_folder": f"{root}/images", "num_workers": 0}}.items():
+    for fmt, kw in {
+        "shards": {"format": "shards", "shards": f"{root}/shards", "num_workers": 2},
+        "json": {"train_file": f"{root}/data.json", "image_folder": f"{root}/images", "num_workers": 0},
+    }.items():
         dm = LlavaDataModule(**common, **kw)
         dm.setup()
         loader = dm.train_dataloader()
@@ -101,8 +109,14 @@ def test_lightning_leaves_the_samplers_alone(tmp_path, tokenizer, template, visu
 
     records = good_records(8, 2)
     path, folder = write_layout(tmp_path, records)
-    dm = LlavaDataModule(train_file=str(path), image_folder=str(folder), tokenizer=tokenizer, template=template,
-                         visual=visual, batch_size=2)
+    dm = LlavaDataModule(
+        train_file=str(path),
+        image_folder=str(folder),
+        tokenizer=tokenizer,
+        template=template,
+        visual=visual,
+        batch_size=2,
+    )
     dm.setup()
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False)
     loader = dm.train_dataloader()

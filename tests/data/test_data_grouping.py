@@ -44,7 +44,7 @@ def test_batches_single_modality_except_leftover_and_equal_per_rank(world):
         assert len(per_rank[-1]) == len(s)
     assert len({len(b) for b in per_rank}) == 1  # the same number of batches on every rank
     step = world * bs
-    n_leftover = (sum(has_image) % step + sum(~has_image) % step)
+    n_leftover = sum(has_image) % step + sum(~has_image) % step
     mixed_allowed = -(-n_leftover // step)  # leftover steps, all at the end
     n_steps = len(per_rank[0])
     for k in range(n_steps):
@@ -73,7 +73,9 @@ def test_group_stream_single_modality_and_one_mixed_leftover():
     samples = []
     for k in range(203):
         n_img = int(rng.random() < 0.6)
-        samples.append({"input_ids": [1] * int(rng.integers(5, 400)), "pixel_values": torch.zeros(n_img, 3, 2, 2), "k": k})
+        samples.append(
+            {"input_ids": [1] * int(rng.integers(5, 400)), "pixel_values": torch.zeros(n_img, 3, 2, 2), "k": k}
+        )
     batches = list(group_stream(iter(samples), 8, megabatch_factor=4, rng=np.random.default_rng(1)))
     assert sorted(s["k"] for b in batches for s in b) == list(range(203))
     mixed = [b for b in batches if len({s["pixel_values"].shape[0] for s in b}) > 1]
@@ -93,7 +95,11 @@ def test_group_stream_token_budget(group):
     stream's batches (but the last) are single-modality and full: one more sample would break a limit."""
     rng = np.random.default_rng(3)
     samples = [
-        {"input_ids": [1] * int(rng.integers(5, 400)), "pixel_values": torch.zeros(int(rng.random() < 0.6), 3, 2, 2), "k": k}
+        {
+            "input_ids": [1] * int(rng.integers(5, 400)),
+            "pixel_values": torch.zeros(int(rng.random() < 0.6), 3, 2, 2),
+            "k": k,
+        }
         for k in range(301)
     ]
     budget, most = 1024, 16
@@ -116,9 +122,16 @@ def test_datamodule_batches_are_single_modality_with_real_padding(tmp_path, toke
     path, folder = write_layout(tmp_path, records)
     stats = {}
     for group in (True, False):
-        dm = LlavaDataModule(train_file=str(path), image_folder=str(folder), tokenizer=tokenizer, template=template,
-                             visual=visual, batch_size=8,
-                             group_by_modality_length=group, megabatch_factor=4)
+        dm = LlavaDataModule(
+            train_file=str(path),
+            image_folder=str(folder),
+            tokenizer=tokenizer,
+            template=template,
+            visual=visual,
+            batch_size=8,
+            group_by_modality_length=group,
+            megabatch_factor=4,
+        )
         dm.setup()
         pad = tot = 0
         for batch in dm.train_dataloader():
@@ -135,8 +148,10 @@ def test_datamodule_batches_are_single_modality_with_real_padding(tmp_path, toke
 
 def test_collator_pads_and_counts():
     c = Collator(pad_token_id=0)
-    samples = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "pixel_values": torch.zeros(1, 3, 2, 2), "truncated": True},
-               {"input_ids": [5], "labels": [5], "pixel_values": torch.zeros(0, 3, 2, 2)}]
+    samples = [
+        {"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "pixel_values": torch.zeros(1, 3, 2, 2), "truncated": True},
+        {"input_ids": [5], "labels": [5], "pixel_values": torch.zeros(0, 3, 2, 2)},
+    ]
     b = c(samples)
     assert b["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert b["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
@@ -200,5 +215,9 @@ def test_datamodule_token_budget(tmp_path, tokenizer, template, visual):
     assert multi and all(len(ids) * max(estimate[i] for i in ids) <= 2048 for ids in multi)
     with pytest.raises(ValueError, match="data.max_tokens=100 must be an integer >= data.max_length=512"):
         LlavaDataModule(**common, max_tokens=100, max_length=512)
-    with pytest.raises(ValueError, match="data.format=shards needs data.batches_per_epoch"):  # tests/data/test_data_shards.py
-        LlavaDataModule(tokenizer=tokenizer, template=template, visual=visual, format="shards", shards="x", max_tokens=4096)
+    with pytest.raises(
+        ValueError, match="data.format=shards needs data.batches_per_epoch"
+    ):  # tests/data/test_data_shards.py
+        LlavaDataModule(
+            tokenizer=tokenizer, template=template, visual=visual, format="shards", shards="x", max_tokens=4096
+        )

@@ -9,11 +9,12 @@ import os
 from pathlib import Path
 
 import pytest
-from data_helpers import BAD_FILES, BAD_RECORDS, good_records, image_bytes, interleave
 from hydra import compose, initialize_config_dir
 
 from dc.data.to_shards import convert
 from dc.pipeline import train
+
+from data_helpers import BAD_FILES, BAD_RECORDS, good_records, image_bytes, interleave
 
 PLANTED = {"missing_image": 1, "corrupt_image": 1, "too_long": 1}
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -21,12 +22,23 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 def compose_cfg(data_root: Path, out: Path, *overrides: str):
     with initialize_config_dir(config_dir=os.fspath(CONFIGS), version_base="1.3"):
-        return compose("train", overrides=[
-            "data=llava_instruct", f"paths.data_dir={data_root}", f"paths.output_dir={out}", "run_name=t",
-            "data.batch_size=4", "data.num_workers=0", "data.max_length=256", "stage.global_batch_size=4",
-            "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=csv",
-            *overrides,
-        ])
+        return compose(
+            "train",
+            overrides=[
+                "data=llava_instruct",
+                f"paths.data_dir={data_root}",
+                f"paths.output_dir={out}",
+                "run_name=t",
+                "data.batch_size=4",
+                "data.num_workers=0",
+                "data.max_length=256",
+                "stage.global_batch_size=4",
+                "trainer.max_epochs=1",
+                "trainer.enable_progress_bar=false",
+                "logger=csv",
+                *overrides,
+            ],
+        )
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +55,14 @@ def data_root(tmp_path_factory) -> Path:
         (inst / name).write_bytes(data)
     bad = [rec for reason, rec in BAD_RECORDS if reason in PLANTED]
     (inst / "llava_v1_5_mix665k.json").write_text(json.dumps(interleave(records, bad)))
-    convert(inst / "llava_v1_5_mix665k.json", inst, root / "shards/llava_instruct", max_size_mb=1, max_count=6,
-            progress=False)
+    convert(
+        inst / "llava_v1_5_mix665k.json",
+        inst,
+        root / "shards/llava_instruct",
+        max_size_mb=1,
+        max_count=6,
+        progress=False,
+    )
     return root
 
 

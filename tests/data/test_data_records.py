@@ -4,12 +4,13 @@ truncation that never cuts visual tokens (counted), text-only samples with zero 
 from __future__ import annotations
 
 import pytest
-from data_helpers import image_bytes, qa
 
 from dc.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from dc.data.collate import Collator
 from dc.data.records import BadRecord, SampleBuilder
 from dc.models.llms.templates.vicuna import VICUNA_SYSTEM
+
+from data_helpers import image_bytes, qa
 
 N = 16
 
@@ -26,7 +27,9 @@ def test_image_moved_to_front_and_expanded(tokenizer, template, visual):
     ids, labels = s["input_ids"].tolist(), s["labels"].tolist()
     first = ids.index(IMAGE_TOKEN_INDEX)
     # Independently: BOS, the system prompt and " USER: " come before the image, then N visual tokens.
-    assert ids[:first] == [tokenizer.bos_token_id] + tokenizer.encode(VICUNA_SYSTEM + " USER: ", add_special_tokens=False)
+    assert ids[:first] == [tokenizer.bos_token_id] + tokenizer.encode(
+        VICUNA_SYSTEM + " USER: ", add_special_tokens=False
+    )
     assert ids[first : first + N] == [IMAGE_TOKEN_INDEX] * N and ids.count(IMAGE_TOKEN_INDEX) == N
     supervised = [t for t, lab in zip(ids, labels) if lab != IGNORE_INDEX]
     assert tokenizer.decode(supervised) == " red</s>"

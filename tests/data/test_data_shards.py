@@ -7,12 +7,12 @@ import json
 import lightning as L
 import pytest
 import torch
-from data_helpers import NUM_VISUAL_TOKENS, good_records, image_bytes, shard_sample, write_tar
-
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dc.data.datamodule import LlavaDataModule
 from dc.data.stats import DataStatsCallback
+
+from data_helpers import good_records, image_bytes, shard_sample, write_tar
 
 
 @pytest.fixture
@@ -21,8 +21,13 @@ def shard_dir(tmp_path):
     manifest = {"shards": []}
     for n, chunk in enumerate((records[:7], records[7:12], records[12:])):
         name = f"t-{n:06d}.tar"
-        write_tar(tmp_path / name, [shard_sample(r["id"].replace("-", "_"), r, image_bytes(k) if "image" in r else None)
-                                    for k, r in enumerate(chunk)])
+        write_tar(
+            tmp_path / name,
+            [
+                shard_sample(r["id"].replace("-", "_"), r, image_bytes(k) if "image" in r else None)
+                for k, r in enumerate(chunk)
+            ],
+        )
         manifest["shards"].append({"name": name, "count": len(chunk)})
     (tmp_path / "index.json").write_text(json.dumps(manifest))
     return tmp_path, records
@@ -30,9 +35,17 @@ def shard_dir(tmp_path):
 
 def loader(shard_dir, tokenizer, template, visual, **kw):
     kw = {"megabatch_factor": 2, **kw}
-    dm = LlavaDataModule(tokenizer=tokenizer, template=template, visual=visual, format="shards",
-                         shards=str(shard_dir), batch_size=4,
-                         max_length=128, group_by_modality_length=True, **kw)
+    dm = LlavaDataModule(
+        tokenizer=tokenizer,
+        template=template,
+        visual=visual,
+        format="shards",
+        shards=str(shard_dir),
+        batch_size=4,
+        max_length=128,
+        group_by_modality_length=True,
+        **kw,
+    )
     dm.setup()
     return dm.train_dataloader()
 
@@ -61,8 +74,14 @@ def test_fixed_batches_per_epoch(shard_dir, tokenizer, template, visual, resampl
 def test_pattern_without_manifest_needs_an_epoch_length_on_several_ranks(shard_dir, tokenizer, template, visual):
     root, _ = shard_dir
     (root / "index.json").unlink()
-    dm = LlavaDataModule(tokenizer=tokenizer, template=template, visual=visual, format="shards",
-                         shards=str(root / "t-{000000..000002}.tar"), batch_size=4)
+    dm = LlavaDataModule(
+        tokenizer=tokenizer,
+        template=template,
+        visual=visual,
+        format="shards",
+        shards=str(root / "t-{000000..000002}.tar"),
+        batch_size=4,
+    )
     dm.setup()
     with pytest.raises(ValueError, match="batches_per_epoch"):
         dm._stream(rank=0, world=2, epoch=0)
@@ -112,14 +131,33 @@ class _Recorder(L.LightningModule):
 def test_lightning_resume_continues_the_shard_stream(shard_dir, tokenizer, template, visual, tmp_path):
     root, _ = shard_dir
 
-    def fit(max_steps: int, ckpt: str | None = None, save: bool = False, stats: DataStatsCallback | None = None) -> list:
-        dm = LlavaDataModule(tokenizer=tokenizer, template=template, visual=visual, format="shards",
-                             shards=str(root), batch_size=3, max_length=128,
-                             group_by_modality_length=True, megabatch_factor=2, num_workers=2)
+    def fit(
+        max_steps: int, ckpt: str | None = None, save: bool = False, stats: DataStatsCallback | None = None
+    ) -> list:
+        dm = LlavaDataModule(
+            tokenizer=tokenizer,
+            template=template,
+            visual=visual,
+            format="shards",
+            shards=str(root),
+            batch_size=3,
+            max_length=128,
+            group_by_modality_length=True,
+            megabatch_factor=2,
+            num_workers=2,
+        )
         cb = [ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)] if save else []
         cb += [stats] if stats is not None else []
-        trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, max_epochs=1, logger=False, callbacks=cb,
-                            enable_checkpointing=save, enable_progress_bar=False, enable_model_summary=False)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=max_steps,
+            max_epochs=1,
+            logger=False,
+            callbacks=cb,
+            enable_checkpointing=save,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
         module = _Recorder()
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
         metrics.update(trainer.callback_metrics)
@@ -128,7 +166,9 @@ def test_lightning_resume_continues_the_shard_stream(shard_dir, tokenizer, templ
     metrics: dict = {}
     stats = DataStatsCallback()
     full = fit(5, stats=stats)
-    assert metrics["data/skipped_total"] == 0 and metrics["data/padding_frac_epoch"] == pytest.approx(stats.stats.padding_fraction)
+    assert metrics["data/skipped_total"] == 0 and metrics["data/padding_frac_epoch"] == pytest.approx(
+        stats.stats.padding_fraction
+    )
     assert stats.stats.samples == sum(len(ids) for ids in full)
     first = fit(2, save=True)
     rest = fit(5, ckpt=str(tmp_path / "ckpt" / "last.ckpt"))

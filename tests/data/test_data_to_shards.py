@@ -9,12 +9,13 @@ import tarfile
 
 import numpy as np
 import pytest
-from data_helpers import good_records, qa
 from PIL import Image
 
 from dc.data import to_shards
 from dc.data.shards import resolve_shards
 from dc.data.to_shards import convert, main
+
+from data_helpers import good_records, qa
 
 
 def noisy_png(seed: int) -> bytes:
@@ -126,8 +127,24 @@ def test_interrupted_run_leaves_no_partial_shard_and_resumes(layout, tmp_path, m
 def test_cli(layout, tmp_path):
     path, folder, _ = layout
     out = tmp_path / "cli"
-    assert main(["--json", str(path), "--image-folder", str(folder), "--out", str(out), "--max-count", "100",
-                 "--workers", "0", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--json",
+                str(path),
+                "--image-folder",
+                str(folder),
+                "--out",
+                str(out),
+                "--max-count",
+                "100",
+                "--workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((out / "index.json").read_text())
     assert [s["name"] for s in manifest["shards"]] == ["mix-000000.tar"]
 

@@ -7,7 +7,6 @@ import io
 
 import numpy as np
 import torch
-from data_helpers import qa
 from PIL import Image
 from transformers import CLIPImageProcessor
 
@@ -17,6 +16,8 @@ from dc.data.records import SampleBuilder
 from dc.data.visual import VisualProcessor
 from dc.models.visual import ViewTokens
 from dc.models.visual.anyres import AnyRes
+
+from data_helpers import qa
 
 S = 32  # encoder input side of these tests
 
@@ -66,8 +67,14 @@ def test_sample_slots_follow_each_images_own_count(tokenizer, template) -> None:
     visual = VisualProcessor(AnyRes(), _proc(), ViewTokens(4, 4), S)
     builder = SampleBuilder(tokenizer, template, visual, max_length=512)
     images = [_png(_gradient(64, 32)), _png(_gradient(30, 90))]
-    record = {"id": "two", "image": ["a.png", "b.png"], "conversations": [
-        {"from": "human", "value": "Left <image> and right <image>, same?"}, {"from": "gpt", "value": "no"}]}
+    record = {
+        "id": "two",
+        "image": ["a.png", "b.png"],
+        "conversations": [
+            {"from": "human", "value": "Left <image> and right <image>, same?"},
+            {"from": "gpt", "value": "no"},
+        ],
+    }
     sample = builder(record, lambda rid, paths: [lambda d=d: d for d in images])
     metas = sample["visual"]
     # 64x32 -> 2x1 grid exact: 16 + 4 rows x (8 + 1) = 52; 30x90 -> 1x3 grid (32x96): map 12x4, kept width
@@ -91,14 +98,25 @@ def test_sample_slots_follow_each_images_own_count(tokenizer, template) -> None:
 def test_truncation_drops_whole_images_and_their_views(tokenizer, template) -> None:
     visual = VisualProcessor(AnyRes(), _proc(), ViewTokens(4, 4), S)
     images = [_png(_gradient(64, 32)), _png(_gradient(64, 32))]
-    record = {"id": "cut", "image": ["a.png", "b.png"], "conversations": [
-        {"from": "human", "value": "<image> one"}, {"from": "gpt", "value": "first"},
-        {"from": "human", "value": "<image> two"}, {"from": "gpt", "value": "second"}]}
-    full = SampleBuilder(tokenizer, template, visual, max_length=1024)(record, lambda r, p: [lambda d=d: d for d in images])
+    record = {
+        "id": "cut",
+        "image": ["a.png", "b.png"],
+        "conversations": [
+            {"from": "human", "value": "<image> one"},
+            {"from": "gpt", "value": "first"},
+            {"from": "human", "value": "<image> two"},
+            {"from": "gpt", "value": "second"},
+        ],
+    }
+    full = SampleBuilder(tokenizer, template, visual, max_length=1024)(
+        record, lambda r, p: [lambda d=d: d for d in images]
+    )
     ids = full["input_ids"].tolist()
     first_end = ids.index(IMAGE_TOKEN_INDEX) + 52
     second = ids.index(IMAGE_TOKEN_INDEX, first_end)  # start of the second image's run: cut right before it
-    cut = SampleBuilder(tokenizer, template, visual, max_length=second)(record, lambda r, p: [lambda d=d: d for d in images])
+    cut = SampleBuilder(tokenizer, template, visual, max_length=second)(
+        record, lambda r, p: [lambda d=d: d for d in images]
+    )
     assert cut["truncated"] and len(cut["visual"]) == 1 and cut["pixel_values"].shape[0] == 3
     assert int((cut["input_ids"] == IMAGE_TOKEN_INDEX).sum()) == 52
 

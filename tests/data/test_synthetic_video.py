@@ -86,8 +86,18 @@ def test_question_mix_and_balance(task):
     cats = Counter(r["category"] for r in rows)
     # 8 clips per kind: static asks colour/shape/position/moved/changed, move asks colour/shape/moved/from/to,
     # recolour asks shape/changed/before/after, count asks count.
-    assert cats == {"colour": 16, "shape": 24, "position": 8, "count": 8, "moved": 16, "changed": 16,
-                    "moved_from": 8, "moved_to": 8, "colour_before": 8, "colour_after": 8}
+    assert cats == {
+        "colour": 16,
+        "shape": 24,
+        "position": 8,
+        "count": 8,
+        "moved": 16,
+        "changed": 16,
+        "moved_from": 8,
+        "moved_to": 8,
+        "colour_before": 8,
+        "colour_after": 8,
+    }
     for cat in ("moved", "changed"):
         assert Counter(r["answer"] for r in rows if r["category"] == cat) == {"yes": 8, "no": 8}
     needs = {r["category"]: r["needs"] for r in rows}

@@ -16,25 +16,28 @@ from dc.data.video import BadVideo, decode_video, read_video, sample_frame_indic
 
 # ---------------------------------------------------------------------------------------------------- indices
 # Expected values worked by hand: seg = (total-1)/T, bounds b_i = round_half_even(seg*i), index_i = (b_i+b_{i+1})//2.
-@pytest.mark.parametrize("total, num_frames, expected", [
-    # seg = 9/8 = 1.125; bounds 0, 1.125->1, 2.25->2, 3.375->3, 4.5->4 (tie, to even), 5.625->6, 6.75->7, 7.875->8, 9.
-    # Round-half-up would give 4.5->5 and [0, 1, 2, 4, 5, 6, 7, 8].
-    (10, 8, [0, 1, 2, 3, 5, 6, 7, 8]),
-    # seg = 99/8 = 12.375; bounds 0, 12, 24.75->25, 37.125->37, 49.5->50 (tie, 50 is even), 61.875->62, 74.25->74,
-    # 86.625->87, 99.
-    (100, 8, [6, 18, 31, 43, 56, 68, 80, 93]),
-    # seg = 5/4 = 1.25; bounds 0, 1, 2.5->2 (tie, to even; half-up: 3), 3.75->4, 5.
-    (6, 4, [0, 1, 3, 4]),
-    # T > total: T = min(4, 8) = 4, seg = 3/4; bounds 0, 0.75->1, 1.5->2 (tie, 2 is even), 2.25->2, 3.
-    (4, 8, [0, 1, 2, 2]),
-    # T = 2, seg = 1/2; bounds 0, 0.5->0 (tie, to even), 1.0->1: frame 0 twice, as the reference does.
-    (2, 8, [0, 0]),
-    # T = 5, seg = 4/5; bounds 0, 0.8->1, 1.6->2, 2.4->2, 3.2->3, 4: the last frame is never picked.
-    (5, 8, [0, 1, 2, 2, 3]),
-    (1, 8, [0]),
-    # seg = 1: bounds 0, 1, 2.
-    (3, 2, [0, 1]),
-])
+@pytest.mark.parametrize(
+    "total, num_frames, expected",
+    [
+        # seg = 9/8 = 1.125; bounds 0, 1.125->1, 2.25->2, 3.375->3, 4.5->4 (tie, to even), 5.625->6, 6.75->7, 7.875->8, 9.
+        # Round-half-up would give 4.5->5 and [0, 1, 2, 4, 5, 6, 7, 8].
+        (10, 8, [0, 1, 2, 3, 5, 6, 7, 8]),
+        # seg = 99/8 = 12.375; bounds 0, 12, 24.75->25, 37.125->37, 49.5->50 (tie, 50 is even), 61.875->62, 74.25->74,
+        # 86.625->87, 99.
+        (100, 8, [6, 18, 31, 43, 56, 68, 80, 93]),
+        # seg = 5/4 = 1.25; bounds 0, 1, 2.5->2 (tie, to even; half-up: 3), 3.75->4, 5.
+        (6, 4, [0, 1, 3, 4]),
+        # T > total: T = min(4, 8) = 4, seg = 3/4; bounds 0, 0.75->1, 1.5->2 (tie, 2 is even), 2.25->2, 3.
+        (4, 8, [0, 1, 2, 2]),
+        # T = 2, seg = 1/2; bounds 0, 0.5->0 (tie, to even), 1.0->1: frame 0 twice, as the reference does.
+        (2, 8, [0, 0]),
+        # T = 5, seg = 4/5; bounds 0, 0.8->1, 1.6->2, 2.4->2, 3.2->3, 4: the last frame is never picked.
+        (5, 8, [0, 1, 2, 2, 3]),
+        (1, 8, [0]),
+        # seg = 1: bounds 0, 1, 2.
+        (3, 2, [0, 1]),
+    ],
+)
 def test_sample_frame_indices(total, num_frames, expected):
     assert sample_frame_indices(total, num_frames) == expected
 
