@@ -175,6 +175,8 @@ class LlavaDataModule(L.LightningDataModule):
             self.shard_urls, self.manifest = resolve_shards(self.shards)
             return
         store = RecordStore.from_file(self.train_file)
+        if len(store) == 0:
+            raise ConfigError(f"data.train_file={self.train_file}: the file holds no records")
         n_val = int(len(store) * self.val_fraction)
         n_train = len(store) - n_val
         self.train_set = self._dataset(store.subset(0, n_train))

@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from dc.data.records import SKIP_REASONS, BadDataError, BadRecord, SampleBuilder, Skipped, SkipReporter
 from dc.data.visual import VisualProcessor
 from dc.models.llms.templates import ChatTemplate
+from dc.utils.errors import ConfigError
 
 __all__ = ["LlavaJsonDataset", "RecordStore", "read_records"]
 
@@ -53,25 +54,39 @@ def read_records(path: str | Path, bad_lines: str = "raise") -> list[Any]:
         ValueError: the file does not parse (the message names the file, and the line for JSONL) or is not a list.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         out: list[Any] = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(path.read_bytes().splitlines(), 1):
             if line.strip():
                 try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as exc:
+                    out.append(json.loads(line))  # bytes: decoded as UTF-8, strictly
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                     if bad_lines != "keep":
-                        raise ValueError(f"{path}:{n}: not valid JSON ({exc})") from None
+                        raise ConfigError(f"{path}:{n}: not valid JSON ({exc})") from None
                     out.append(BadLine(n, str(exc)))
         return out
     try:
-        data = json.loads(text)
+        data = json.loads(path.read_bytes())
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); expected a LLaVA JSON list"
+        ) from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); expected a LLaVA JSON list of records") from None
+        raise ConfigError(f"{path}: not valid JSON ({exc}); expected a LLaVA JSON list of records") from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        raise ConfigError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
     return data
+
+
+def encode_record(record: Any) -> bytes:
+    """A record as UTF-8 JSON. Text that is not valid Unicode (a lone surrogate such as `"\\udcff"`, which JSON
+    allows) is kept as it is (`surrogatepass`); reading it back raises, and the record is counted as malformed.
+    """
+    text = json.dumps(record, ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 def _text_chars(record: Any) -> int:
@@ -105,7 +120,7 @@ class RecordStore:
     @classmethod
     def from_records(cls, records: list[Any], source: str = "<records>", raw: list[bytes] | None = None) -> RecordStore:
         """Pack parsed records (and, for JSONL, their raw lines, so an unparsable line stays one bad record)."""
-        chunks = raw if raw is not None else [json.dumps(r, ensure_ascii=False).encode() for r in records]
+        chunks = raw if raw is not None else [encode_record(r) for r in records]
         offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
         np.cumsum([len(c) for c in chunks], out=offsets[1:])
         blob = np.frombuffer(b"".join(chunks), dtype=np.uint8) if chunks else np.zeros(0, np.uint8)
@@ -119,12 +134,12 @@ class RecordStore:
         path = Path(path)
         if path.suffix != ".jsonl":
             return cls.from_records(read_records(path), str(path))
-        raw = [line.encode() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        raw = [line for line in path.read_bytes().splitlines() if line.strip()]
         parsed: list[Any] = []
         for line in raw:
             try:
                 parsed.append(json.loads(line))
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 parsed.append(None)
         return cls.from_records(parsed, str(path), raw=raw)
 
@@ -137,9 +152,16 @@ class RecordStore:
     def __getitem__(self, i: int) -> Any:
         """The parsed record `i`; raises `BadRecord("bad_json")` for an unparsable JSONL line."""
         try:
-            return json.loads(self.raw(i))
+            text = self.raw(i).decode()  # strict UTF-8 (json.loads of bytes would pass surrogates)
+            record = json.loads(text)
+            if "\\ud" in text.lower():  # a JSONL line may spell a lone surrogate as an escape: check the strings
+                json.dumps(record, ensure_ascii=False).encode()
+            return record
         except json.JSONDecodeError as exc:
             raise BadRecord("bad_json", f"{exc}", f"{Path(self.source).name}#{i}") from None
+        except UnicodeError as exc:  # not UTF-8 (a JSONL line), or a lone surrogate (kept by `encode_record`)
+            detail = f"text that is not valid Unicode ({exc.reason})"
+            raise BadRecord("malformed_record", detail, f"{Path(self.source).name}#{i}") from None
 
     def subset(self, start: int, stop: int) -> RecordStore:
         """Records [start, stop) (shares the buffer)."""

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from dc.data.llava_json import BadLine, read_records
 from dc.data.records import BadRecord, check_image_tags, check_record
 from dc.data.shards import MANIFEST
+from dc.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,11 @@ def prepare(item: tuple[int, Any], image_folder: Path) -> tuple[int, Any, str, A
             images.append((ext if len(paths) == 1 else f"{k}.{ext}", data))
     except BadRecord as err:
         return index, err.record_id, err.reason, err.detail
-    members = [("json", json.dumps(record, ensure_ascii=False).encode())] + images
+    try:
+        text = json.dumps(record, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate (valid JSON, not valid Unicode)
+        return index, rid, "malformed_record", f"text that is not valid Unicode ({exc.reason})"
+    members = [("json", text)] + images
     return index, rid, "ok", members
 
 
@@ -217,8 +222,10 @@ def convert(
     prefix = prefix or re.sub(r"[^A-Za-z0-9_-]", "_", json_path.stem)
     max_bytes = int(max_size_mb * 2**20)
     if max_bytes < RECORD or max_count < 1:
-        raise ValueError(f"--max-size-mb must be >= {RECORD / 2**20:.3f} and --max-count >= 1")
+        raise ConfigError(f"--max-size-mb must be >= {RECORD / 2**20:.3f} and --max-count >= 1")
     records = read_records(json_path, bad_lines="keep")
+    if not records:
+        raise ConfigError(f"{json_path}: the file holds no records; nothing to convert")
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(f".{prefix}-*.tar.tmp-*"):  # left by a killed run
         stale.unlink()
@@ -329,17 +336,20 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.image_folder).is_dir():
         p.error(f"--image-folder {args.image_folder}: no such folder")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    convert(
-        args.json,
-        args.image_folder,
-        args.out,
-        max_size_mb=args.max_size_mb,
-        max_count=args.max_count,
-        prefix=args.prefix,
-        workers=args.workers,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+    from dc.utils.cli import errors_as_messages
+
+    with errors_as_messages((ConfigError,)):  # the message names the file or option: no traceback
+        convert(
+            args.json,
+            args.image_folder,
+            args.out,
+            max_size_mb=args.max_size_mb,
+            max_count=args.max_count,
+            prefix=args.prefix,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
     return 0
 
 

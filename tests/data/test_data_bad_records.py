@@ -168,3 +168,12 @@ def test_skipped_file_is_not_touched(tmp_path, tokenizer, template, visual):
     assert {p: p.read_bytes() for p in before} == before
     assert json.loads(path.read_text())[3]["id"] == "bad-corrupt"
     assert Path(folder / "bad-corrupt.jpg").exists()
+
+
+def test_a_train_file_without_records_is_refused_naming_it(tokenizer, template, visual, tmp_path: Path) -> None:
+    from dc.utils.errors import ConfigError
+
+    path, folder = write_layout(tmp_path, [])
+    dm = datamodule(tokenizer, template, visual, train_file=str(path), image_folder=str(folder), num_workers=0)
+    with pytest.raises(ConfigError, match=rf"data.train_file={path}: the file holds no records"):
+        dm.setup("fit")

@@ -15,7 +15,7 @@ from dc.data import to_shards
 from dc.data.shards import resolve_shards
 from dc.data.to_shards import convert, main
 
-from data_helpers import good_records, qa
+from data_helpers import good_records, image_bytes, qa
 
 
 def noisy_png(seed: int) -> bytes:
@@ -160,3 +160,48 @@ def test_command_line_names_a_missing_input(tmp_path, capsys) -> None:
             to_shards.main([*argv, "--out", str(tmp_path / "out")])
         assert exit_info.value.code == 2 and named in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_text_that_is_not_unicode_and_files_that_are_not_utf8_or_hold_nothing(tmp_path, capsys):
+    """A lone surrogate (valid JSON, not valid Unicode) is one malformed record, in the converter and in the JSON
+    loader; a JSON file that is not UTF-8 or holds no records is refused naming the file."""
+    from dc.data.llava_json import RecordStore
+    from dc.data.records import BadRecord
+    from dc.utils.errors import ConfigError
+
+    records = good_records(3, 1)
+    records[1]["conversations"][1]["value"] = "\udcff\ud800"
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))  # ensure_ascii: the file itself is valid UTF-8 JSON
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k, rec in enumerate(records):
+        if "image" in rec:
+            (folder / rec["image"]).write_bytes(image_bytes(k))
+    manifest = convert(path, folder, tmp_path / "shards", progress=False)
+    assert manifest["skipped"] == {"malformed_record": 1} and manifest["num_samples"] == 3
+    store = RecordStore.from_file(path)
+    assert [store[i]["id"] for i in (0, 2, 3)] == [records[i]["id"] for i in (0, 2, 3)]
+    with pytest.raises(BadRecord, match="text that is not valid Unicode") as bad:
+        store[1]
+    assert bad.value.reason == "malformed_record" and bad.value.record_id == "data.json#1"
+
+    lines = tmp_path / "data.jsonl"  # the same records as JSONL: the surrogate spelled as an escape
+    lines.write_text("".join(json.dumps(r) + "\n" for r in records))
+    store = RecordStore.from_file(lines)
+    assert store[0]["id"] == records[0]["id"]
+    with pytest.raises(BadRecord, match="text that is not valid Unicode"):
+        store[1]
+
+    latin = tmp_path / "latin1.json"
+    latin.write_bytes(json.dumps(records[:1]).replace("red", "r\u00e9d").encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.json: not UTF-8 text \(byte \d+"):
+        RecordStore.from_file(latin)
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--json", str(empty), "--image-folder", str(folder), "--out", str(tmp_path / "e")])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == f"error: {empty}: the file holds no records; nothing to convert\n"
+    assert not (tmp_path / "e").exists()
