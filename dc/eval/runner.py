@@ -32,7 +32,7 @@ from dc.eval.benchmarks.report import flatten_metrics, write_report
 from dc.eval.models import InferenceModel, VideoSettings, Visual
 from dc.eval.parallel import AnswerFiles, deal
 from dc.utils.cli import report
-from dc.utils.errors import ConfigError
+from dc.utils.errors import ConfigError, config_number
 from dc.utils.instantiate import instantiate, trusted_prefixes
 
 log = logging.getLogger(__name__)
@@ -230,14 +230,29 @@ def run_pass(
     return files.answers(), skips
 
 
+def check_options(cfg: DictConfig) -> None:
+    """`batch_size` a positive integer, `limit` one or null (`limit=0` would score no question, `limit=-3` all but
+    three).
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    if config_number(cfg.get("batch_size", 1), "batch_size", int) < 1:
+        raise ConfigError(f"batch_size={cfg.get('batch_size')!r}: expected a positive integer")
+    limit = cfg.get("limit")
+    if limit is not None and config_number(limit, "limit", int) < 1:
+        raise ConfigError(f"limit={limit!r}: expected a positive integer (questions to answer) or null (all)")
+
+
 def run_benchmark(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """`python eval.py ...`: answers, result JSON + markdown table (rank 0), metrics on every rank."""
     started = time.perf_counter()
+    check_options(cfg)
     fabric = make_fabric(cfg.runtime)
     fabric.launch()
     bench = _benchmark(cfg)
+    records, skips = bench.load()  # a missing benchmark file is named before minutes of model loading
     model = build_model(cfg, fabric.device)
-    records, skips = bench.load()
     default_frames = int((cfg.get("video") or {}).get("num_frames", 8))
     frames = [video_frames(r, default_frames) for r in records if getattr(r, "video", None) is not None]
     if frames and hasattr(model, "check_video_fits"):

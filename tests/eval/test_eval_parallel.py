@@ -124,3 +124,36 @@ def test_the_same_folder_spelled_differently_keeps_the_answers(trained, tmp_path
     shutil.copytree(root, other)  # the same questions in another folder: another benchmark for the answers
     with pytest.raises(StaleAnswersError, match="benchmark.root"):
         evaluate(compose_config("eval", [*base, f"benchmark.root={other}"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("limit=0", r"limit=0: expected a positive integer \(questions to answer\) or null"),
+        ("limit=-3", r"limit=-3: expected a positive integer"),
+        ("limit=abc", r"limit='abc': expected an integer"),
+        ("batch_size=0", r"batch_size=0: expected a positive integer"),
+        ("batch_size=two", r"batch_size='two': expected an integer"),
+    ],
+)
+def test_eval_options_are_checked_first(tmp_path: Path, override: str, message: str) -> None:
+    from dc.utils.errors import ConfigError
+
+    cfg = compose_config("eval", [f"ckpt_path={tmp_path / 'none.ckpt'}", f"paths.output_dir={tmp_path}", override])
+    with pytest.raises(ConfigError, match=message):
+        evaluate(cfg)
+
+
+def test_a_missing_benchmark_file_is_named_before_the_model_loads(tmp_path: Path) -> None:
+    """The model (here: a checkpoint that does not exist) is read only after the benchmark's files are found."""
+    cfg = compose_config(
+        "eval",
+        [
+            f"ckpt_path={tmp_path / 'none.ckpt'}",
+            "benchmark=pope",
+            f"benchmark.root={tmp_path}",
+            f"paths.output_dir={tmp_path}",
+        ],
+    )
+    with pytest.raises(FileNotFoundError, match=r"pope: required file .* not found"):
+        evaluate(cfg)
