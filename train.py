@@ -11,7 +11,7 @@ from dc.utils.cli import errors_as_messages
 def main(cfg: DictConfig) -> float | None:
     with errors_as_messages(user_errors()):  # the message names the key and the fix: no traceback
         metrics, _ = train(cfg)
-    return optimized_metric(cfg, metrics)  # the value a Hydra sweeper optimises (`optimized_metric=<key>`)
+        return optimized_metric(cfg, metrics)  # the value a Hydra sweeper optimises (`optimized_metric=<key>`)
 
 
 if __name__ == "__main__":

@@ -216,13 +216,14 @@ def optimized_metric(cfg: DictConfig, metrics: dict[str, float]) -> float | None
     """`metrics[cfg.optimized_metric]` (what train.py / eval.py return to a Hydra sweeper); None when unset.
 
     Raises:
-        KeyError: the named metric was not produced (the message lists the ones that were).
+        ConfigError: the named metric was not produced (the message lists the ones that were; none when the run
+            trained or answered nothing).
     """
     key = cfg.get("optimized_metric")
     if key is None:
         return None
     if key not in metrics:
-        raise KeyError(f"optimized_metric={key!r} is not among this run's metrics: {sorted(metrics)}")
+        raise ConfigError(f"optimized_metric={key!r} is not among this run's metrics: {sorted(metrics)}")
     return float(metrics[key])
 
 
@@ -320,6 +321,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         ckpt_cb = trainer.checkpoint_callback
         if ckpt_cb is not None and trainer.is_global_zero:
             last = Path(ckpt_cb.dirpath) / "last.ckpt" if ckpt_cb.dirpath else None
+            last = last if last is not None and last.exists() else None  # none written: no training batch
             metrics_file.write_text(json.dumps({**metrics, "last_ckpt": str(last) if last else None}, indent=2))
             if last is not None:
                 report(f"checkpoint: {last}  (step {trainer.global_step}; metrics in {metrics_file})")

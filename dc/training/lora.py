@@ -36,12 +36,27 @@ def lora_target_names(model: nn.Module, exclude: list[str] | tuple[str, ...] = (
             skipped.add(leaf)
             continue
         names.add(leaf)
+    unknown = sorted(set(exclude) - names - skipped_heads(model, head))
+    if unknown:
+        raise ConfigError(
+            f"stage.lora.exclude: {unknown} name no nn.Linear of {type(model).__name__} (its linear layers: "
+            f"{sorted(names)})"
+        )
     targets = sorted(names - skipped)
     if not targets:
         raise ConfigError(
             f"stage.lora: no nn.Linear targets left in {type(model).__name__} after excluding {sorted(skipped)}"
         )
     return targets
+
+
+def skipped_heads(model: nn.Module, head: nn.Module | None) -> set[str]:
+    """Leaf names of the output head's `nn.Linear` (never a LoRA target, so naming it in `exclude` is allowed)."""
+    return {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and (module is head or name.rsplit(".", 1)[-1] == "lm_head")
+    }
 
 
 def lora_config(cfg: Any, targets: list[str]) -> LoraConfig:

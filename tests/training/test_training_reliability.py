@@ -343,3 +343,16 @@ def test_checkpoint_writes_stay_in_the_checkpoint_folder(tmp_path: Path, monkeyp
     removed = clean_partial_files(folder)
     assert sorted(p.name for p in removed) == [".x.ckpt.tmp-123", "last.ckpt.partial"]
     assert [p.name for p in folder.iterdir()] == ["other.ckpt"]
+
+
+def test_an_optimized_metric_the_run_did_not_produce_is_named(capsys) -> None:
+    from omegaconf import OmegaConf
+
+    from dc.pipeline import optimized_metric, user_errors
+    from dc.utils.cli import errors_as_messages
+
+    cfg = OmegaConf.create({"optimized_metric": "train/loss"})
+    assert optimized_metric(cfg, {"train/loss": 2.5, "val/loss": 3.0}) == 2.5
+    with pytest.raises(SystemExit), errors_as_messages(user_errors()):
+        optimized_metric(cfg, {})  # a run that trained nothing: one line, not a KeyError traceback
+    assert capsys.readouterr().err == "error: optimized_metric='train/loss' is not among this run's metrics: []\n"

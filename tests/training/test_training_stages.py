@@ -13,6 +13,7 @@ from dc.models.builder import build_vlm
 from dc.pipeline import build_datamodule, train
 from dc.training.checkpoint import load_vlm
 from dc.training.lora import LORA_KEY, export_lora, lora_target_names, merge_lora
+from dc.utils.errors import ConfigError
 
 from dc_testing import make_module
 from train_helpers import compose_config, load_ckpt, single_thread  # noqa: F401
@@ -86,6 +87,9 @@ def test_lora_targets_every_llm_linear_but_lm_head(tmp_path: Path, data_dir: Pat
     vlm = build_vlm(_cfg(tmp_path, data_dir))
     assert lora_target_names(vlm.llm.model) == LLAMA_LINEARS
     assert lora_target_names(vlm.llm.model, exclude=["gate_proj"]) == [n for n in LLAMA_LINEARS if n != "gate_proj"]
+    assert lora_target_names(vlm.llm.model, exclude=["lm_head"]) == LLAMA_LINEARS  # never a target: allowed
+    with pytest.raises(ConfigError, match=r"stage.lora.exclude: \['qproj_typo'\] name no nn.Linear .*'q_proj'"):
+        lora_target_names(vlm.llm.model, exclude=["gate_proj", "qproj_typo"])  # not silently ignored
 
 
 def test_lora_stage_base_frozen_saved_reloaded_merged(tmp_path: Path, data_dir: Path, pretrained_llm: Path) -> None:
