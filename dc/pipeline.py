@@ -73,7 +73,7 @@ def check_scalars(cfg: DictConfig) -> None:
     Raises:
         ConfigError: naming the key, its value and what is expected.
     """
-    from dc.data.image import check_aspect
+    from dc.models.visual.single import check_aspect
 
     def refuse(key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"{key}={value!r}: expected {expected}")

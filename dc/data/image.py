@@ -22,27 +22,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from dc.utils.errors import ConfigError
+from dc.models.visual.single import check_aspect
 
 try:  # deprecated since torchvision 0.29 in favour of torchcodec; without it every image takes the PIL path
     from torchvision.io import ImageReadMode, decode_image
 except ImportError:  # pragma: no cover - depends on the installed torchvision
     decode_image = None
-
-ASPECTS = ("pad", "square")
-
-
-def check_aspect(value: Any, key: str, *, allowed_null: str | None = None) -> None:
-    """`value` is an image aspect ("pad" or "square"); `allowed_null`: what null means, when null is allowed.
-
-    Raises:
-        ConfigError: naming `key`.
-    """
-    if value is None and allowed_null is not None:
-        return
-    if not isinstance(value, str) or value not in ASPECTS:
-        also = f", or null ({allowed_null})" if allowed_null is not None else ""
-        raise ConfigError(f"{key}={value!r}: expected one of {ASPECTS}{also}")
 
 
 def expand_to_square(image: Image.Image, colour: tuple[int, int, int]) -> Image.Image:

@@ -53,7 +53,7 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 def check_image_aspect(image_aspect: str | None) -> None:
     """`image_aspect` (eval.py's and the chat's key, which sets the image processor's `image.aspect`)."""
-    from dc.data.image import check_aspect
+    from dc.models.visual.single import check_aspect
 
     check_aspect(image_aspect, "image_aspect", allowed_null="the model's own")
 

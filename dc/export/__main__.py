@@ -17,7 +17,6 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dc.data.image import check_aspect
 from dc.export.chat_template import check_template_name
 from dc.export.errors import export_user_errors
 from dc.export.hf_llava import save_hf_llava
@@ -25,7 +24,7 @@ from dc.export.staging import check_destination
 from dc.models.builder import build_image_mode
 from dc.models.llms.templates import ChatTemplate
 from dc.models.visual.base import ImageMode
-from dc.models.visual.single import SingleView
+from dc.models.visual.single import SingleView, check_aspect
 from dc.training.checkpoint import NotACheckpointError, checkpoint_hparams, load_vlm
 from dc.utils.cli import errors_as_messages
 from dc.utils.errors import ConfigError

@@ -43,7 +43,6 @@ from transformers import (
 )
 
 from dc.constants import IMAGE_PLACEHOLDER
-from dc.data.image import check_aspect
 from dc.export.chat_template import chat_template_jinja, load_template
 from dc.export.errors import ExportError
 from dc.export.projector import connector_blockers, export_projector, select_strategy
@@ -53,6 +52,7 @@ from dc.export.vision import export_vision_tower
 from dc.export.weights import assemble
 from dc.models.encoders.dual import DualEncoder
 from dc.models.llms.templates import ChatTemplate
+from dc.models.visual.single import check_aspect
 from dc.models.vlm import VLM
 from dc.utils.instantiate import instantiate
 

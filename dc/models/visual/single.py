@@ -4,8 +4,25 @@ reference) or `square` (the encoder's processor alone; the reference's stage 1).
 
 from __future__ import annotations
 
-from dc.data.image import check_aspect
+from typing import Any
+
 from dc.models.visual.base import IMAGE, ImageMode, ViewTokens, VisualMeta
+from dc.utils.errors import ConfigError
+
+ASPECTS = ("pad", "square")
+
+
+def check_aspect(value: Any, key: str, *, allowed_null: str | None = None) -> None:
+    """`value` is an image aspect ("pad" or "square"); `allowed_null`: what null means, when null is allowed.
+
+    Raises:
+        ConfigError: naming `key`.
+    """
+    if value is None and allowed_null is not None:
+        return
+    if not isinstance(value, str) or value not in ASPECTS:
+        also = f", or null ({allowed_null})" if allowed_null is not None else ""
+        raise ConfigError(f"{key}={value!r}: expected one of {ASPECTS}{also}")
 
 
 class SingleView(ImageMode):
