@@ -45,6 +45,7 @@ from dc.eval.benchmarks.report import atomic_write_json, flatten_metrics
 from dc.models.builder import build_connector
 from dc.pipeline import evaluate, train, user_errors
 from dc.training.checkpoint import RUNTIME_KEYS as MODEL_RUNTIME_KEYS
+from dc.training.checkpoint import under
 from dc.training.loggers import hydra_choices, is_rank_zero, run_fields
 from dc.utils.cli import errors_as_messages
 from dc.utils.errors import ConfigError
@@ -185,10 +186,6 @@ def task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def _matches(key: str, keys: Sequence[str]) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in keys)
-
-
 def is_runtime_override(override: str) -> bool:
     """Whether a command-line override of the recipe (`pretrain.trainer.enable_progress_bar=false`,
     `eval.batch_size=8`, `overwrite=true`) only changes how its steps run (`RUNTIME_KEYS`).
@@ -196,7 +193,7 @@ def is_runtime_override(override: str) -> bool:
     key = override.partition("=")[0].lstrip("+~")
     for prefix in (*STEPS, "eval"):
         key = key.removeprefix(prefix + ".")
-    return _matches(key, RUNTIME_KEYS)
+    return under(key, RUNTIME_KEYS)
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -212,7 +209,7 @@ def _recorded(node: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     as `settings.json` gives them back (tuples as lists).
     """
     plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-    flat = {k: v for k, v in _flat(plain).items() if not _matches(k, RUNTIME_KEYS + DERIVED_KEYS)}
+    flat = {k: v for k, v in _flat(plain).items() if not under(k, RUNTIME_KEYS + DERIVED_KEYS)}
     return json.loads(json.dumps(flat, default=str))
 
 

@@ -236,8 +236,13 @@ def _plain(node: Any) -> Any:
     return node
 
 
+def under(key: str, prefixes: Iterable[str]) -> bool:
+    """Whether dotted `key` is one of `prefixes` or lies under one (`a.b.c` is under `a.b`, `a.bc` is not)."""
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
 def _diff(saved: Any, current: Any, key: str, out: list[str]) -> None:
-    if any(key == r or key.startswith(r + ".") for r in RUNTIME_KEYS):
+    if under(key, RUNTIME_KEYS):
         return
     if isinstance(saved, Mapping) and isinstance(current, Mapping):
         # a key only one side has was added to dc or retired since: not compared (its default applies)
