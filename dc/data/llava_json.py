@@ -154,7 +154,9 @@ class RecordStore:
         try:
             text = self.raw(i).decode()  # strict UTF-8 (json.loads of bytes would pass surrogates)
             record = json.loads(text)
-            if "\\ud" in text.lower():  # a JSONL line may spell a lone surrogate as an escape: check the strings
+            if (
+                "\\ud" in text or "\\uD" in text
+            ):  # a JSONL line may spell a lone surrogate as an escape: check the strings
                 json.dumps(record, ensure_ascii=False).encode()
             return record
         except json.JSONDecodeError as exc:
