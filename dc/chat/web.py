@@ -202,9 +202,9 @@ def check_port(host: str, port: int) -> None:
 
 def serve(cfg: DictConfig) -> int:
     """`python -m dc.chat mode=web ...`: load the model and serve the page until interrupted; the exit status."""
-    import_gradio()  # fail before loading the model
     host, port = str(cfg.server.host), config_number(cfg.server.port, "server.port", int)
-    check_port(host, port)
+    check_port(host, port)  # options first, then the optional dependency: both before the model loads
+    import_gradio()
     chat = chat_from_config(cfg)
     demo = build_demo(chat, initial_conversation(chat, cfg))
     limit_mb = max(chat.limits.max_image_mb, chat.limits.max_video_mb)

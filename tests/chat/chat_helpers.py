@@ -30,14 +30,17 @@ class Trained:
         return next(q for q in self.questions if q["image"] == name and q["category"] == category)
 
 
-def run_cli(args: list[str], script: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m dc.chat <args>` with `script` on its standard input."""
+def run_cli(
+    args: list[str], script: str, timeout: int = 300, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m dc.chat <args>` with `script` on its standard input (`extra_env` added to the environment)."""
     env = {
         **os.environ,
         "WANDB_MODE": "disabled",
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": "1",
+        **(extra_env or {}),
     }
     cmd = [sys.executable, "-m", "dc.chat", *args]
     return subprocess.run(cmd, cwd=ROOT, input=script, capture_output=True, text=True, timeout=timeout, env=env)

@@ -10,6 +10,7 @@ traceback.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,35 @@ def test_a_busy_port_is_refused_before_the_model_loads(trained: Trained) -> None
         f"error: server.port={port}: cannot serve on 127.0.0.1:{port} (Address already in use)"
     )
     assert "dc chat web demo" not in result.stdout  # refused before the model was loaded and the page announced
+
+
+def without_gradio(tmp_path: Path) -> dict[str, str]:
+    """An environment in which `import gradio` fails as on a machine without the `demo` extra."""
+    shim = tmp_path / "no_gradio"
+    shim.mkdir()
+    (shim / "gradio.py").write_text('raise ModuleNotFoundError("No module named \'gradio\'", name="gradio")\n')
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(shim), os.environ.get("PYTHONPATH", "")) if p)}
+
+
+def test_without_gradio_the_web_demo_says_how_to_install_it(trained: Trained, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port free at the time of asking
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_cli(
+        [f"ckpt_path={trained.ckpt}", "mode=web", f"server.port={port}"], "", extra_env=without_gradio(tmp_path)
+    )
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.startswith(
+        "error: the web demo needs Gradio, an optional dependency: pip install -e '.[demo]'"
+    )
+    assert "Traceback" not in result.stderr and "dc chat web demo" not in result.stdout
+
+
+def test_without_gradio_a_bad_port_is_still_named_first(trained: Trained, tmp_path: Path) -> None:
+    """The settings are checked before the optional dependency, so a machine without Gradio sees the same errors."""
+    result = run_cli(
+        [f"ckpt_path={trained.ckpt}", "mode=web", "server.port=abc"], "", extra_env=without_gradio(tmp_path)
+    )
+    assert result.returncode == 1 and result.stderr.startswith("error: server.port='abc': expected an integer")
