@@ -99,6 +99,9 @@ def check_scalars(cfg: DictConfig) -> None:
     if "image_aspect" in stage:
         check_aspect(stage.get("image_aspect"), "stage.image_aspect")
     data = cfg.get("data") or {}
+    length = data.get("max_length", 1)
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        refuse("data.max_length", length, "a positive integer (tokens per sample after visual-token expansion)")
     fraction = data.get("val_fraction", 0.0)
     if not _number(fraction) or not 0 <= fraction < 1:
         refuse("data.val_fraction", fraction, "a number in [0, 1)")
@@ -115,6 +118,7 @@ def validate(cfg: DictConfig) -> None:
     """
     from dc.models.builder import build_connector, build_image_mode, encoder_layout
     from dc.models.llms.hf_causal import HFCausalLM, check_llm_node
+    from dc.training.lora import check_lora_settings
     from dc.training.optim import check_optimizer_impl
 
     allowed = trusted_prefixes(cfg.get("extra_target_prefixes"))
@@ -131,6 +135,8 @@ def validate(cfg: DictConfig) -> None:
     if str(cfg.llm.get("_target_")) == f"{HFCausalLM.__module__}.{HFCausalLM.__qualname__}":
         check_llm_node(cfg.llm)
     check_optimizer_impl(cfg.stage.get("optimizer_impl", "auto"))
+    if cfg.stage.get("lora"):
+        check_lora_settings(cfg.stage.lora)
     init = cfg.stage.get("init_connector_from")
     if init and not Path(init).is_file():
         raise FileNotFoundError(f"stage.init_connector_from={init}: no such file (a stage-1 dc checkpoint)")

@@ -56,12 +56,9 @@ for axis in "${axes[@]}"; do
   points=("${next[@]}")
 done
 
-if [[ "${DRY_RUN:-0}" == "1" && -z "${GPUS_PER_NODE:-}" ]] \
-  && [[ "$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU ' || true)" -lt 1 ]]; then
-  # a dry run prints the commands wherever it runs: scripts/torchrun.sh would stop at "no GPUs visible"
-  echo "DRY_RUN: no GPUs visible; the commands show GPUS_PER_NODE=1 (set GPUS_PER_NODE for the real node)" >&2
-  export GPUS_PER_NODE=1
-fi
+# once for every point: no GPUs stops the sweep here, and a dry run prints the commands wherever it runs
+source scripts/gpus_per_node.sh
+gpus_per_node "commands show" || exit 1
 
 SWEEP_DIR=${SWEEP_DIR:-multirun/torchrun_$(date +%Y-%m-%d_%H-%M-%S)}
 export WANDB_RUN_GROUP=${WANDB_RUN_GROUP:-$(basename "$SWEEP_DIR")}

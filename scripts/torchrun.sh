@@ -13,15 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ -z "${GPUS_PER_NODE:-}" ]]; then
-  # one "GPU <n>: ..." line per GPU (without a driver nvidia-smi prints a failure message instead)
-  GPUS_PER_NODE=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU ' || true)
-  if [[ "$GPUS_PER_NODE" -lt 1 && "${DRY_RUN:-0}" == "1" ]]; then
-    echo "DRY_RUN: no GPUs visible; the command shows GPUS_PER_NODE=1 (set GPUS_PER_NODE for the real node)" >&2
-    GPUS_PER_NODE=1
-  fi
-  [[ "$GPUS_PER_NODE" -ge 1 ]] || { echo "no GPUs visible; set GPUS_PER_NODE" >&2; exit 1; }
-fi
+source scripts/gpus_per_node.sh
+gpus_per_node "command shows" || exit 1
 NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-localhost}

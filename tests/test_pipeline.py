@@ -187,3 +187,28 @@ def test_multirun_on_tiny_parts(tmp_path: Path, data_dir: Path) -> None:
     assert jobs == ["0-mlp-tiny_clip-tiny-finetune", "1-dci-tiny_clip-tiny-finetune"]
     for job in jobs:
         assert (tmp_path / job / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_refused_multirun_point_does_not_end_the_sweep(tmp_path: Path, data_dir: Path) -> None:
+    """`train.py -m` with a bad value in one point: that point prints its one-line error, the next point still
+    trains, and the sweep exits non-zero (Hydra names the failed point)."""
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "stage.optimizer_impl=nope,for_loop",
+        "debug=fast",
+        "trainer.max_steps=1",
+        f"paths.data_dir={data_dir}",
+        f"hydra.sweep.dir={tmp_path}",
+        "trainer.enable_progress_bar=false",
+    ]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert "error: stage.optimizer_impl='nope': expected one of" in result.stderr, result.stderr[-3000:]
+    jobs = {p.name: p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    assert sorted(jobs) == ["0-dci-tiny_clip-tiny-finetune", "1-dci-tiny_clip-tiny-finetune"], sorted(jobs)
+    assert not (jobs["0-dci-tiny_clip-tiny-finetune"] / "checkpoints" / "last.ckpt").exists()
+    assert (jobs["1-dci-tiny_clip-tiny-finetune"] / "checkpoints" / "last.ckpt").exists()
+    log = (jobs["0-dci-tiny_clip-tiny-finetune"] / "train.log").read_text()
+    assert "error: stage.optimizer_impl='nope'" in log  # the reason stays with the point's own log

@@ -120,7 +120,7 @@ class LlavaDataModule(L.LightningDataModule):
             prepare = None
         for key, value in (("batch_size", batch_size), ("max_length", max_length)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"data.{key}={value!r} must be a positive integer")
+                raise ConfigError(f"data.{key}={value!r} must be a positive integer")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ConfigError(f"data.num_workers={num_workers!r} must be a non-negative integer")
         if max_tokens is not None and format == "shards" and batches_per_epoch is None:

@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from dc.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 from dc.data.visual import VisualProcessor
-from dc.models.llms.templates import ChatTemplate, validate_conversation
+from dc.models.llms.templates import GPT, ChatTemplate, validate_conversation
 from dc.models.visual.base import VisualMeta
 from dc.utils.errors import ConfigError
 
@@ -230,6 +230,7 @@ class SampleBuilder:
         self.visual = visual
         self.max_length = max_length
         self.overlength = overlength
+        self.told_leading_gpt = False
 
     def text(
         self, rid: Any, conversations: list[dict], metas: Sequence[VisualMeta]
@@ -240,6 +241,13 @@ class SampleBuilder:
         many of the images, from the first, still have their slots.
         """
         check_image_tags(conversations, len(metas), rid)
+        if not self.told_leading_gpt and conversations and conversations[0].get("from") == GPT:
+            self.told_leading_gpt = True
+            log.warning(
+                "record %r starts with a 'gpt' turn: that turn is dropped and the rest trained on, as LLaVA's "
+                "preprocessing does (said once per data process; later such records are not named)",
+                rid,
+            )
         try:
             enc = self.template.encode(conversations, self.tokenizer)
         except ValueError as exc:

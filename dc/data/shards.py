@@ -79,6 +79,15 @@ def resolve_shards(spec: str) -> tuple[list[str], dict | None]:
         counts = {s["name"]: s for s in manifest["shards"]}
         manifest = {**manifest, "shards": [counts[Path(u).name] for u in urls if Path(u).name in counts]}
         if len(manifest["shards"]) != len(urls):
+            unlisted = [Path(u).name for u in urls if Path(u).name not in counts]
+            log.warning(
+                "data.shards=%s matches %d file(s) that %s does not list (from another or an interrupted conversion?): "
+                "%s; they are read too, and sample counts are unknown. Name the folder to read only the listed shards.",
+                spec,
+                len(unlisted),
+                index,
+                ", ".join(unlisted[:5]) + (", ..." if len(unlisted) > 5 else ""),
+            )
             manifest = None  # shards the manifest does not describe: counts unknown
     return urls, manifest
 

@@ -254,7 +254,7 @@ def convert(
     writer = ShardWriter(out, prefix, max_bytes, max_count, first_shard=len(kept))
     writer.done = list(kept)
 
-    def save_progress(complete: bool = False) -> dict:
+    def save_progress(complete: bool = False, **extra: Any) -> dict:
         counts = base + Counter(reason for _, reason in skipped)
         manifest = {
             "fingerprint": fingerprint,
@@ -264,6 +264,7 @@ def convert(
             "num_records": len(records),
             "skipped": dict(sorted(counts.items())),
             "skipped_records": listed[:MAX_LISTED_SKIPS],
+            **extra,
         }
         _write_json(out / (MANIFEST if complete else PROGRESS), manifest)
         return manifest
@@ -293,7 +294,11 @@ def convert(
         raise
     finally:
         bar.close()
-    manifest = save_progress(complete=True)
+    last = writer.done[-1]["last"] if writer.done else -1
+    # Each shard's `skipped_before` counts the skips between the previous shard and its own last record; the
+    # records after the last shard's are counted here, so the shards' counts plus these make `skipped`.
+    trailing = Counter(r for i, r in skipped if i > last)
+    manifest = save_progress(complete=True, skipped_after_last_shard=dict(sorted(trailing.items())))
     (out / PROGRESS).unlink(missing_ok=True)
     names = {s["name"] for s in writer.done}
     for old in out.glob(f"{prefix}-*.tar"):  # shards of an earlier, longer run

@@ -26,7 +26,6 @@ trains; rank 0 alone evaluates and writes `point.json` and the `settings.json` f
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -77,13 +76,7 @@ RUNTIME_KEYS = (
     "data.pin_memory",
     "data.persistent_workers",
     "data.prefetch_factor",
-    "callbacks.checkpoint",
-    "callbacks.rng_state",
-    "callbacks.lr_monitor",
-    "callbacks.throughput",
-    "callbacks.predictions",
-    "callbacks.data_stats",
-    "callbacks.progress",
+    "callbacks",  # they observe a run (checkpoints, logs, progress): `callbacks=none` included
     "batch_size",  # a benchmark's questions per forward pass (`eval.batch_size`)
     "runtime.accelerator",
     "runtime.devices",
@@ -449,15 +442,10 @@ def log_point_to_wandb(cfg: DictConfig, record: dict[str, Any]) -> None:
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point: run one point; return its first metric (what a sweeper would optimise).
 
-    One point (no `-m`): a mistake prints one line (`error: ...`), no traceback. In a sweep every error stays an
-    exception, which Hydra records for that point while the other points still run (a `SystemExit` would end the
-    sweep).
+    One point (no `-m`): a mistake prints one line (`error: ...`), no traceback. In a sweep it prints the same line
+    and stays an exception, which Hydra records for that point while the other points still run.
     """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    with contextlib.nullcontext() if sweep else errors_as_messages(user_errors()):
+    with errors_as_messages(user_errors()):
         record = run_point(cfg)
     return next(iter(record["metrics"].values()), None)
 

@@ -16,7 +16,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from dc.utils.errors import ConfigError
+from dc.utils.errors import ConfigError, config_number
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,33 @@ def skipped_heads(model: nn.Module, head: nn.Module | None) -> set[str]:
     }
 
 
+LORA_BIAS = ("none", "all", "lora_only")
+
+
+def check_lora_settings(cfg: Any) -> None:
+    """The `stage.lora` node's values, checked before any model is built (peft would refuse them later, naming no
+    key, or `int("abc")` would).
+
+    Raises:
+        ConfigError: naming the `stage.lora.*` key, its value and what is expected.
+    """
+    for key, kind in (("r", int), ("alpha", float)):
+        value = config_number(cfg.get(key), f"stage.lora.{key}", kind)
+        if value <= 0:
+            raise ConfigError(f"stage.lora.{key}={cfg.get(key)!r}: expected a positive number")
+    dropout = config_number(cfg.get("dropout", 0.0), "stage.lora.dropout")
+    if not 0 <= dropout < 1:
+        raise ConfigError(f"stage.lora.dropout={cfg.get('dropout')!r}: expected a number in [0, 1)")
+    if cfg.get("bias", "none") not in LORA_BIAS:
+        raise ConfigError(f"stage.lora.bias={cfg.get('bias')!r}: expected one of {LORA_BIAS}")
+    exclude = cfg.get("exclude") or []
+    if isinstance(exclude, str) or not all(isinstance(name, str) for name in exclude):
+        raise ConfigError(f"stage.lora.exclude={exclude!r}: expected a list of layer names, e.g. [gate_proj]")
+
+
 def lora_config(cfg: Any, targets: list[str]) -> LoraConfig:
     """Peft `LoraConfig` from the `stage.lora` node (r, alpha, dropout, bias)."""
+    check_lora_settings(cfg)
     return LoraConfig(
         r=int(cfg.r),
         lora_alpha=int(cfg.alpha),

@@ -25,12 +25,27 @@ def report(text: str, level: int = logging.INFO, stream: TextIO | None = None) -
 
 @contextmanager
 def errors_as_messages(errors: tuple[type[BaseException], ...]) -> Iterator[None]:
-    """Inside the block, one of `errors` prints `error: <message>` to stderr and exits with status 1."""
+    """Inside the block, one of `errors` prints `error: <message>` to stderr and exits with status 1.
+
+    In a Hydra multirun (`-m`) the message is printed and the error re-raised instead: Hydra records it as that
+    point's failure and runs the other points, then exits non-zero naming the first failed point (a `SystemExit`
+    would end the whole sweep at the failed point).
+    """
     try:
         yield
     except errors as err:
         report(f"error: {user_message(err)}", logging.ERROR, sys.stderr)
+        if in_hydra_sweep():
+            raise
         raise SystemExit(1) from None
+
+
+def in_hydra_sweep() -> bool:
+    """Whether this process is running a point of a Hydra multirun (`-m`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def user_message(err: BaseException) -> str:

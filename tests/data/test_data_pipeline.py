@@ -86,3 +86,18 @@ def test_train_runs_on_real_layout_with_bad_records(data_root, tmp_path, fmt):
     for reason, n in expected.items():
         assert metrics[f"data/skipped/{reason}"] == n
     assert 0 <= metrics["data/padding_frac_epoch"] < 1
+
+
+@pytest.mark.parametrize("data", ["synthetic", "llava_instruct", "llava_pretrain"])
+def test_the_generic_data_keys_are_set_without_a_plus(data: str, tmp_path: Path) -> None:
+    """docs/data.md's generic keys (`strict`, `overlength`, ...) exist in every data config: setting them on the
+    command line needs no `+`, and they reach the data module."""
+    from dc.pipeline import build_datamodule
+
+    from dc_testing import compose_config
+
+    overrides = ["data.strict=true", "data.overlength=skip", "data.max_length=77", "data.val_fraction=0.25"]
+    cfg = compose_config("train", ["debug=fast", f"data={data}", f"paths.data_dir={tmp_path}", *overrides])
+    dm = build_datamodule(cfg)
+    assert (dm.strict, dm.overlength, dm.max_length, dm.val_fraction) == (True, "skip", 77, 0.25)
+    assert (dm.builder.overlength, dm.builder.max_length) == ("skip", 77)

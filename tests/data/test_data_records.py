@@ -67,3 +67,21 @@ def test_cut_through_visual_tokens_is_too_long(tokenizer, template, visual):
 def test_wrong_option_is_a_config_error(tokenizer, template, visual):
     with pytest.raises(ValueError, match="data.overlength"):
         SampleBuilder(tokenizer, template, visual, 128, overlength="cut")
+
+
+def test_a_leading_gpt_turn_is_dropped_and_said_once(tokenizer, template, visual, caplog):
+    """LLaVA drops a conversation's leading `gpt` turn; dc does the same and names the first such record."""
+    builder = SampleBuilder(tokenizer, template, visual, 256)
+    plain = {"id": "plain", "conversations": qa("Hi?", "hello", False)}
+
+    def leading(rid: str, text: str) -> dict:
+        return {"id": rid, "conversations": [{"from": "gpt", "value": text}, *plain["conversations"]]}
+
+    with caplog.at_level("WARNING", logger="dc.data.records"):
+        first = builder(leading("lead-1", "Welcome."), lambda rid, paths: [])
+        second = builder(leading("lead-2", "Hello."), lambda rid, paths: [])
+        reference = builder(plain, lambda rid, paths: [])
+    assert first["input_ids"].tolist() == second["input_ids"].tolist() == reference["input_ids"].tolist()
+    assert first["labels"].tolist() == reference["labels"].tolist()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "'lead-1' starts with a 'gpt' turn: that turn is dropped" in warnings[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
@@ -122,6 +123,43 @@ def test_interrupted_run_leaves_no_partial_shard_and_resumes(layout, tmp_path, m
     assert [n for n in names if n.endswith(".tar")] == [s["name"] for s in done]
     convert(path, folder, out, max_size_mb=CAP_MB, max_count=5, progress=False)  # resumes after them
     assert digest(out) == digest(clean)
+
+
+def test_every_skip_is_placed_before_a_shard_or_after_the_last(layout, tmp_path):
+    """Each shard's `skipped_before` counts the skips since the previous shard's last record; the skips after the
+    last shard's last record are `skipped_after_last_shard`: together they make the totals."""
+    path, folder, records = layout
+    records = [*records, {"id": "late", "image": "sub/late.jpg", "conversations": qa("What?", "x", True)}]
+    path.write_text(json.dumps(records))  # a missing image after every good record
+    manifest = convert(path, folder, tmp_path / "shards", max_size_mb=CAP_MB, max_count=5, progress=False)
+    skips = {s["index"]: s["reason"] for s in manifest["skipped_records"]}
+    assert skips == {5: "corrupt_image", 11: "missing_image", len(records) - 1: "missing_image"}
+    prev = -1
+    for shard in manifest["shards"]:
+        expected = [reason for index, reason in skips.items() if prev < index <= shard["last"]]
+        assert shard["skipped_before"] == {r: expected.count(r) for r in set(expected)}
+        prev = shard["last"]
+    assert prev == len(records) - 2 and manifest["skipped_after_last_shard"] == {"missing_image": 1}
+    total = sum((collections.Counter(s["skipped_before"]) for s in manifest["shards"]), collections.Counter())
+    assert dict(total + collections.Counter(manifest["skipped_after_last_shard"])) == manifest["skipped"]
+
+
+def test_a_glob_over_tars_the_index_does_not_list_says_so(layout, tmp_path, caplog):
+    """A tar left by another conversion in the same folder: a glob reads it too, with a warning naming it; the
+    folder itself reads only the shards its index.json lists."""
+    path, folder, _ = layout
+    out = tmp_path / "shards"
+    manifest = convert(path, folder, out, max_size_mb=CAP_MB, max_count=5, progress=False)
+    listed = [s["name"] for s in manifest["shards"]]
+    (out / "other-000000.tar").write_bytes((out / listed[0]).read_bytes())
+    with caplog.at_level("WARNING", logger="dc.data.shards"):
+        urls, found = resolve_shards(f"{out}/*.tar")
+    assert sorted(u.rsplit("/", 1)[1] for u in urls) == sorted([*listed, "other-000000.tar"]) and found is None
+    assert "matches 1 file(s) that" in caplog.text and "other-000000.tar" in caplog.text
+    caplog.clear()
+    urls, found = resolve_shards(str(out))
+    assert [u.rsplit("/", 1)[1] for u in urls] == listed and found["num_samples"] == manifest["num_samples"]
+    assert not caplog.text
 
 
 def test_cli(layout, tmp_path):

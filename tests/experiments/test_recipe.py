@@ -70,6 +70,8 @@ def test_settings_leave_out_runtime_keys_and_name_what_changed(tmp_path: Path) -
         "logger=wandb",
     ]
     assert step_settings(compose_config("recipe", [*base, *runtime]), tmp_path) == settings
+    assert step_settings(compose_config("recipe", [*base, "callbacks=none"]), tmp_path) == settings
+    assert is_runtime_override("callbacks=none") and is_runtime_override("finetune.callbacks=none")
     assert all(is_runtime_override(o) for o in [*runtime, "+overwrite=true", "pretrain.data.num_workers=4"])
 
     changed = ["finetune.stage.lr=0.5", "limit=7", "+pretrain.trainer.max_steps=3"]

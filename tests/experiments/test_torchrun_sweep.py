@@ -73,3 +73,7 @@ def test_dry_run_without_gpus_prints_the_commands(tmp_path: Path) -> None:
     assert "connector=dci_efficient experiment=table3_efficient" in lines[2]
     assert "failed" not in out.stderr and "the commands show GPUS_PER_NODE=1" in out.stderr
     assert not (tmp_path / "t3").exists()  # nothing ran
+    env.pop("DRY_RUN")  # a real sweep there stops once, before its first point
+    real = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert real.returncode == 1 and real.stderr.strip().splitlines() == ["no GPUs visible; set GPUS_PER_NODE"]
+    assert not (tmp_path / "t3").exists()

@@ -8,6 +8,7 @@ the same ids as tokenising the whole text (both SentencePiece prefix schemes inc
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from collections.abc import Callable
@@ -289,6 +290,20 @@ def test_supervised_spans_are_exactly_the_replies(name, make, lead, end):
     assert [tok.decode(span) for span in spans] == [lead + reply + end for reply in REPLIES]
     assert enc.input_ids.count(IMAGE_TOKEN_INDEX) == 1
     assert enc.labels[enc.input_ids.index(IMAGE_TOKEN_INDEX)] == IGNORE_INDEX
+
+
+@pytest.mark.parametrize(("name", "make", "lead", "end"), CHAT_CASES, ids=CHAT_IDS)
+def test_a_text_longer_than_the_tokenizers_limit_gets_no_indexing_warning(name, make, lead, end, capfd, caplog):
+    """Lengths are dc's to check after visual-token expansion (`data.overlength`): the tokenizer's "will result in
+    indexing errors" warning about its own `model_max_length` would be false for a sample dc truncates or skips."""
+    tok, template = copy.deepcopy(make()), get_template(name)
+    tok.model_max_length = 8
+    long = [{"from": "human", "value": "<image>\n" + "the shape " * 40}, {"from": "gpt", "value": "a square"}]
+    capfd.readouterr()
+    with caplog.at_level("WARNING"):
+        enc = template.encode(long, tok)
+    assert len(enc.input_ids) > 8 * 4
+    assert "sequence length is longer than" not in capfd.readouterr().err + caplog.text
 
 
 def test_plain_supervises_caption_and_newline_only():

@@ -127,13 +127,20 @@ def test_config_mistakes_name_the_key(train_cfg, tmp_path: Path) -> None:
         ("seed=abc", "seed='abc': expected an integer"),
         ("data.val_fraction=1.5", r"data.val_fraction=1.5: expected a number in \[0, 1\)"),
         ("stage.image_aspect=foo", r"stage.image_aspect='foo': expected one of \('pad', 'square'\)"),
+        ("data.max_length=-5", r"data.max_length=-5: expected a positive integer"),
+        ("stage=lora stage.lora.r=0", r"stage.lora.r=0: expected a positive number"),
+        ("stage=lora stage.lora.r=2.5", r"stage.lora.r=2.5: expected an integer"),
+        ("stage=lora stage.lora.alpha=abc", r"stage.lora.alpha='abc': expected a number"),
+        ("stage=lora stage.lora.dropout=1.5", r"stage.lora.dropout=1.5: expected a number in \[0, 1\)"),
+        ("stage=lora stage.lora.bias=foo", r"stage.lora.bias='foo': expected one of \('none', 'all', 'lora_only'\)"),
+        ("stage=lora stage.lora.exclude=q_proj", r"stage.lora.exclude='q_proj': expected a list of layer names"),
     ],
 )
 def test_plain_values_are_checked_naming_the_key(train_cfg, override: str, message: str) -> None:
     from dc.pipeline import ConfigError
 
     with pytest.raises(ConfigError, match=message):
-        train(train_cfg(override))
+        train(train_cfg(*override.split()))
 
 
 def test_a_file_whose_every_record_is_too_long_says_why(train_cfg) -> None:

@@ -132,7 +132,9 @@ def tokenizer_facts(tokenizer: PreTrainedTokenizerBase) -> TokenizerFacts:
 
 def _natural(text: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The tokenizer's own ids for `text` as a whole string, without BOS/EOS."""
-    return list(tokenizer.encode(text, add_special_tokens=False))
+    # verbose=False: no "sequence length is longer than ... will result in indexing errors" warning for a long
+    # text; the sample's length is checked after visual-token expansion (`data.overlength`), never by the tokenizer.
+    return list(tokenizer.encode(text, add_special_tokens=False, verbose=False))
 
 
 def _encode_piece(text: str, tokenizer: PreTrainedTokenizerBase, prev: int | None) -> list[int]:
