@@ -135,12 +135,27 @@ def validate(cfg: DictConfig) -> None:
     if str(cfg.llm.get("_target_")) == f"{HFCausalLM.__module__}.{HFCausalLM.__qualname__}":
         check_llm_node(cfg.llm)
     check_optimizer_impl(cfg.stage.get("optimizer_impl", "auto"))
+    _check_strategy((cfg.get("trainer") or {}).get("strategy"))
     if cfg.stage.get("lora"):
         check_lora_settings(cfg.stage.lora)
     init = cfg.stage.get("init_connector_from")
     if init and not Path(init).is_file():
         raise FileNotFoundError(f"stage.init_connector_from={init}: no such file (a stage-1 dc checkpoint)")
     _check_data_files(cfg.get("data") or {})
+
+
+def _check_strategy(node: Any) -> None:
+    """The plain settings of dc's FSDP strategies (sharding, dtypes, checkpoint layout), checked before the loggers,
+    the data and the trainer are built.
+    """
+    from dc.training.fsdp import VLMFSDPStrategy
+    from dc.training.fsdp2 import VLMFSDP2Strategy
+
+    if not hasattr(node, "get"):
+        return
+    for cls in (VLMFSDPStrategy, VLMFSDP2Strategy):
+        if node.get("_target_") == f"{cls.__module__}.{cls.__qualname__}":
+            cls.check_settings(**{str(k): v for k, v in node.items() if not str(k).startswith("_")})
 
 
 def _check_data_files(data: DictConfig) -> None:

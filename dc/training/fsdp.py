@@ -37,6 +37,7 @@ from dc.utils.errors import ConfigError
 log = logging.getLogger(__name__)
 
 SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "_HYBRID_SHARD_ZERO2", "NO_SHARD")
+STATE_DICT_TYPES = ("full", "sharded")
 
 
 def is_trainable_leaf(module: nn.Module) -> bool:
@@ -65,10 +66,10 @@ def wrap_units(vlm: VLM, *, wrap_vision_blocks: bool = True) -> set[type[nn.Modu
     return wrap
 
 
-def _dtype(name: str) -> torch.dtype:
+def _dtype(name: str, key: str = "param_dtype") -> torch.dtype:
     dtype = getattr(torch, str(name), None)
-    if not isinstance(dtype, torch.dtype):
-        raise ConfigError(f"trainer.strategy: {name!r} is not a torch dtype name")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ConfigError(f"trainer.strategy.{key}={name!r}: expected a floating dtype name (bfloat16, float32)")
     return dtype
 
 
@@ -104,13 +105,14 @@ class VLMFSDPStrategy(FSDPStrategy):
         state_dict_type: str = "full",
         **kwargs: Any,
     ) -> None:
-        if sharding_strategy not in SHARDING:
-            raise ConfigError(f"stage.sharding={sharding_strategy!r}: expected one of {SHARDING}")
-        if activation_checkpointing:
-            raise ConfigError(
-                "trainer.strategy.activation_checkpointing is gone: set llm.activation_checkpointing="
-                "none|selective|full (applied by the LLM under every strategy)"
-            )
+        self.check_settings(
+            sharding_strategy=sharding_strategy,
+            activation_checkpointing=activation_checkpointing,
+            param_dtype=param_dtype,
+            reduce_dtype=reduce_dtype,
+            buffer_dtype=buffer_dtype,
+            state_dict_type=state_dict_type,
+        )
         self.lora = bool(lora)
         self.wrap_vision_blocks = bool(wrap_vision_blocks)
         self.cpu_ram_efficient_loading = bool(cpu_ram_efficient_loading)
@@ -120,7 +122,9 @@ class VLMFSDPStrategy(FSDPStrategy):
             kwargs["sync_module_states"] = True
             kwargs["param_init_fn"] = self._materialize_meta
         mixed = MixedPrecision(
-            param_dtype=_dtype(param_dtype), reduce_dtype=_dtype(reduce_dtype), buffer_dtype=_dtype(buffer_dtype)
+            param_dtype=_dtype(param_dtype, "param_dtype"),
+            reduce_dtype=_dtype(reduce_dtype, "reduce_dtype"),
+            buffer_dtype=_dtype(buffer_dtype, "buffer_dtype"),
         )
         super().__init__(
             sharding_strategy=sharding_strategy,
@@ -129,6 +133,35 @@ class VLMFSDPStrategy(FSDPStrategy):
             **kwargs,
         )
         self.wrap_classes: set[type[nn.Module]] = set()
+
+    @staticmethod
+    def check_settings(
+        sharding_strategy: str = "FULL_SHARD",
+        activation_checkpointing: bool = False,
+        param_dtype: str = "bfloat16",
+        reduce_dtype: str = "bfloat16",
+        buffer_dtype: str = "bfloat16",
+        state_dict_type: str = "full",
+        **_: Any,
+    ) -> None:
+        """The strategy's plain settings (also checked by `dc.pipeline.validate` before anything is built).
+
+        Raises:
+            ConfigError: naming the key, its value and what is expected.
+        """
+        if sharding_strategy not in SHARDING:
+            raise ConfigError(f"stage.sharding={sharding_strategy!r}: expected one of {SHARDING}")
+        if activation_checkpointing:
+            raise ConfigError(
+                "trainer.strategy.activation_checkpointing is gone: set llm.activation_checkpointing="
+                "none|selective|full (applied by the LLM under every strategy)"
+            )
+        for key, name in (("param_dtype", param_dtype), ("reduce_dtype", reduce_dtype), ("buffer_dtype", buffer_dtype)):
+            _dtype(name, key)
+        if state_dict_type not in STATE_DICT_TYPES:
+            raise ConfigError(
+                f"trainer.strategy.state_dict_type={state_dict_type!r}: expected one of {STATE_DICT_TYPES}"
+            )
 
     @property
     def state_dict_type(self) -> str:

@@ -138,6 +138,38 @@ class VLMFSDP2Strategy(ModelParallelStrategy):
         reduce_grads_per: str = "micro_batch",
         **kwargs: Any,
     ) -> None:
+        self.check_settings(
+            sharding_strategy=sharding_strategy,
+            param_dtype=param_dtype,
+            reduce_dtype=reduce_dtype,
+            state_dict_type=state_dict_type,
+            reduce_grads_per=reduce_grads_per,
+        )
+        super().__init__(save_distributed_checkpoint=state_dict_type == "sharded", **kwargs)
+        self.sharding_strategy = sharding_strategy
+        self.param_dtype = _dtype(param_dtype, "param_dtype")
+        self.reduce_dtype_setting = reduce_dtype
+        self.wrap_vision_blocks = bool(wrap_vision_blocks)
+        self.cpu_ram_efficient_loading = bool(cpu_ram_efficient_loading)
+        self._state_dict_type = state_dict_type
+        self.cpu_offload = bool(cpu_offload)
+        self.reduce_grads_per = reduce_grads_per
+        self.units: list[nn.Module] = []
+
+    @staticmethod
+    def check_settings(
+        sharding_strategy: str = "FULL_SHARD",
+        param_dtype: str = "bfloat16",
+        reduce_dtype: str = "auto",
+        state_dict_type: str = "full",
+        reduce_grads_per: str = "micro_batch",
+        **_: Any,
+    ) -> None:
+        """The strategy's plain settings (also checked by `dc.pipeline.validate` before anything is built).
+
+        Raises:
+            ConfigError: naming the key, its value and the allowed values.
+        """
         if sharding_strategy not in SHARDING:
             raise ConfigError(f"stage.sharding={sharding_strategy!r}: expected one of {SHARDING} (trainer=fsdp)")
         if state_dict_type not in STATE_DICT_TYPES:
@@ -148,18 +180,9 @@ class VLMFSDP2Strategy(ModelParallelStrategy):
             raise ConfigError(
                 f"trainer.strategy.reduce_grads_per={reduce_grads_per!r}: expected one of {REDUCE_GRADS_PER}"
             )
-        super().__init__(save_distributed_checkpoint=state_dict_type == "sharded", **kwargs)
-        self.sharding_strategy = sharding_strategy
-        self.param_dtype = _dtype(param_dtype, "param_dtype")
-        self.reduce_dtype_setting = reduce_dtype
+        _dtype(param_dtype, "param_dtype")
         if reduce_dtype != "auto":
             _dtype(reduce_dtype, "reduce_dtype")
-        self.wrap_vision_blocks = bool(wrap_vision_blocks)
-        self.cpu_ram_efficient_loading = bool(cpu_ram_efficient_loading)
-        self._state_dict_type = state_dict_type
-        self.cpu_offload = bool(cpu_offload)
-        self.reduce_grads_per = reduce_grads_per
-        self.units: list[nn.Module] = []
 
     @property
     def state_dict_type(self) -> str:

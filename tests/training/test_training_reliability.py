@@ -134,6 +134,15 @@ def test_config_mistakes_name_the_key(train_cfg, tmp_path: Path) -> None:
         ("stage=lora stage.lora.dropout=1.5", r"stage.lora.dropout=1.5: expected a number in \[0, 1\)"),
         ("stage=lora stage.lora.bias=foo", r"stage.lora.bias='foo': expected one of \('none', 'all', 'lora_only'\)"),
         ("stage=lora stage.lora.exclude=q_proj", r"stage.lora.exclude='q_proj': expected a list of layer names"),
+        ("trainer=fsdp trainer.strategy.state_dict_type=local", r"state_dict_type='local': expected one of"),
+        ("trainer=fsdp trainer.strategy.reduce_dtype=int8", r"trainer.strategy.reduce_dtype='int8': expected a float"),
+        ("trainer=fsdp stage.sharding=NO_SHARD", r"stage.sharding='NO_SHARD': expected one of"),
+        ("trainer=fsdp trainer.strategy.reduce_grads_per=layer", r"reduce_grads_per='layer': expected one of"),
+        (
+            "trainer=fsdp1 trainer.strategy.buffer_dtype=halfs",
+            r"trainer.strategy.buffer_dtype='halfs': expected a float",
+        ),
+        ("trainer=fsdp1 trainer.strategy.state_dict_type=local", r"state_dict_type='local': expected one of"),
     ],
 )
 def test_plain_values_are_checked_naming_the_key(train_cfg, override: str, message: str) -> None:
@@ -363,3 +372,28 @@ def test_an_optimized_metric_the_run_did_not_produce_is_named(capsys) -> None:
     with pytest.raises(SystemExit), errors_as_messages(user_errors()):
         optimized_metric(cfg, {})  # a run that trained nothing: one line, not a KeyError traceback
     assert capsys.readouterr().err == "error: optimized_metric='train/loss' is not among this run's metrics: []\n"
+
+
+def test_a_bad_strategy_setting_is_refused_before_the_logger_and_the_data(tmp_path: Path) -> None:
+    """The FSDP strategies' settings are checked with the rest of the config: no logger folder is made and no
+    data generated for a run that cannot start."""
+    from dc.pipeline import ConfigError
+
+    from dc_testing import compose_config
+
+    out, data = tmp_path / "out", tmp_path / "data"
+    cfg = compose_config(
+        "train",
+        [
+            "debug=fast",
+            "trainer=fsdp",
+            "trainer.strategy.state_dict_type=local",
+            "logger=csv",
+            f"paths.output_dir={out}",
+            f"paths.data_dir={data}",
+            "run_name=x",
+        ],
+    )
+    with pytest.raises(ConfigError, match="trainer.strategy.state_dict_type='local'"):
+        train(cfg)
+    assert not data.exists() and not (out / "csv").exists()
