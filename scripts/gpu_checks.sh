@@ -21,8 +21,8 @@
 #   4. bench part 1 (~2.5 min, limit 200 s)  calibration GEMM, ~1B + CLIP-L + DCI training-like MFU in the six
 #                   baseline variants (the lever variants and the profile are --mfu's: run it as a second call)
 #   5. bench part 2 (~1 min, limit 90 s) loss variants, attention variants, P3 at 7B, 7B memory feasibility
-# Afterwards (on any machine): python -m dc.bench --from-json docs/benchmarks.json \
-#     --gpu-json <OUT>/gpu_part1.json <OUT>/gpu_part2.json --out docs/benchmarks.md
+# Afterwards (on any machine), adding them to the recorded GPU results: python -m dc.bench \
+#     --from-json docs/benchmarks.json --gpu-json <OUT>/gpu_part1.json <OUT>/gpu_part2.json --out docs/benchmarks.md
 set -u
 cd "$(dirname "$0")/.."
 DRY=0

@@ -167,15 +167,34 @@ def resolved_paths(node: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _fingerprint(model: InferenceModel, cfg: DictConfig, bench: Benchmark, control: str | None) -> dict[str, Any]:
-    node = resolved_paths(OmegaConf.to_container(cfg.benchmark, resolve=True))
-    node.pop("limit", None)  # more or fewer questions keep the answers already given valid
-    return {
-        "model": model.fingerprint(),
-        "benchmark": node,
-        "control": control,
-        "generation": {k: bench.generation_kwargs.get(k) for k in GENERATION_KEYS},
+def _fingerprint(
+    model: InferenceModel, cfg: DictConfig, bench: Benchmark, control: str | None, videos: bool
+) -> dict[str, Any]:
+    """What the answers of one pass depend on: answers recorded under another fingerprint are stale."""
+    return _as_compared(
+        {
+            "model": model.fingerprint(),
+            "benchmark": resolved_paths(OmegaConf.to_container(cfg.benchmark, resolve=True)),
+            "control": control,
+            "generation": {k: bench.generation_kwargs.get(k) for k in GENERATION_KEYS},
+        },
+        bench,
+        videos,
+    )
+
+
+def _as_compared(fingerprint: dict[str, Any], bench: Benchmark, videos: bool) -> dict[str, Any]:
+    """`fingerprint` less what cannot change an answer: `limit` (more or fewer questions keep the answers given),
+    the benchmark's scoring-only options (`Benchmark.scoring_keys`: a judge's replies, a scoring rule, so a second
+    run scores the answers already there) and, for a benchmark without videos, the model's video settings.
+    """
+    out = dict(fingerprint)
+    out["benchmark"] = {
+        k: v for k, v in (out.get("benchmark") or {}).items() if k != "limit" and k not in bench.scoring_keys
     }
+    if not videos and isinstance(out.get("model"), dict):
+        out["model"] = {k: v for k, v in out["model"].items() if k != "video"}
+    return out
 
 
 def _lengths(records: Sequence[EvalRecord]) -> list[int]:
@@ -195,16 +214,22 @@ def run_pass(
     records: list[EvalRecord],
     out_dir: Path,
     control: str | None,
+    videos: bool = False,
 ) -> tuple[dict[str, str], list[Skip]]:
-    """Answer one pass (the benchmark, or one of its controls) on every rank; return (merged answers, skips)."""
+    """Answer one pass (the benchmark, or one of its controls) on every rank; return (merged answers, skips).
+    `videos`: whether the benchmark has videos (else the model's video settings cannot change its answers).
+    """
     stem = f"{bench.name}_{control}_answers" if control else f"{bench.name}_answers"
     files = AnswerFiles(out_dir, stem)
     if fabric.global_rank == 0:
         files.check_fingerprint(
-            _fingerprint(model, cfg, bench, control),
+            _fingerprint(model, cfg, bench, control, videos),
             bool(cfg.get("overwrite", False)),
-            # a fingerprint recorded before paths were resolved: its paths as this run would write them
-            recorded_as_now=lambda rec: {**rec, "benchmark": resolved_paths(rec.get("benchmark") or {})},
+            # a fingerprint recorded by an earlier version (paths as written, scoring options and video settings
+            # included): compared as this run would write it
+            recorded_as_now=lambda rec: _as_compared(
+                {**rec, "benchmark": resolved_paths(rec.get("benchmark") or {})}, bench, videos
+            ),
         )
     fabric.barrier()
     done = files.answers()
@@ -259,14 +284,17 @@ def run_benchmark(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         model.check_video_fits(max(frames))  # refuse before answering anything
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    answers, run_skips = run_pass(fabric, model, cfg, bench, records, out_dir, None)
+    videos = bool(frames)
+    answers, run_skips = run_pass(fabric, model, cfg, bench, records, out_dir, None, videos)
     skips = [*skips, *run_skips]
     skipped = {s.id for s in run_skips}
     kept = [r for r in records if r.id not in skipped]
     result = bench.score(kept, answers, skips)
     for control in bench.controls:
         control_records = bench.control_records(control, kept, out_dir)
-        control_answers, control_skips = run_pass(fabric, model, cfg, bench, control_records, out_dir, control)
+        control_answers, control_skips = run_pass(
+            fabric, model, cfg, bench, control_records, out_dir, control, videos
+        )
         control_result = bench.score(control_records, control_answers, control_skips)
         result["metrics"].update({f"{control}_{k}": v for k, v in control_result["metrics"].items()})
     metrics = {f"{bench.name}/{k}": v for k, v in flatten_metrics(result).items()}

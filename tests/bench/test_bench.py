@@ -242,3 +242,73 @@ def test_gpu_mode_new_mfu_levers_and_profile_run_tiny_on_cpu(tmp_path: Path) -> 
     assert main(["--from-json", str(base), "--gpu-json", str(tmp_path / "gpu_part1.json"), "--out", str(out)]) == 0
     md = out.read_text()
     assert "| packed_none_compiled_fused_enc_acc128 | fused |" in md and "Where a step goes" in md
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["--only", "P10"], "--only P10 measures part of the report"),
+        (["--tiny"], "--tiny numbers are meaningless"),
+        (["--mode", "full", "--only", ",".join(f"P{k}" for k in range(1, 11))], "--mode full without a CUDA device"),
+    ],
+)
+def test_the_recorded_report_is_replaced_only_by_a_complete_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], why: str
+) -> None:
+    """A partial, tiny or unmeasurable run without `--out` would have replaced docs/benchmarks.md (and its JSON)
+    with a report missing the recorded figures: it is refused before anything is measured or written."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    report = tmp_path / "docs" / "benchmarks.md"
+    report.parent.mkdir()
+    report.write_text("recorded")
+    with pytest.raises(SystemExit, match=f"error: not replacing docs/benchmarks.md: {why}.*give --out"):
+        main(argv)
+    assert report.read_text() == "recorded" and not report.with_suffix(".json").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--only", ""], "error: --only names no figure"),
+        (["--only", "P1", "--repeats", "0", "--out", "x.md"], "error: --repeats must be >= 1"),
+        (["--from-json", "missing.json"], "error: --from-json missing.json: no such file"),
+        (["--from-json", "notes.txt"], "error: --from-json notes.txt: not a JSON file written by dc.bench"),
+        (["--from-json", "list.json"], "error: --from-json list.json: not a report JSON"),
+        (["--mode", "gpu", "--part", "1"], "error: --mode gpu needs a CUDA device"),
+    ],
+)
+def test_bad_arguments_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "notes.txt").write_text("# not json\n")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match=message):
+        main(argv)
+    assert not (tmp_path / "docs").exists() and not (tmp_path / "gpu_results").exists()
+
+
+def test_gpu_results_are_added_to_the_recorded_ones(tmp_path: Path) -> None:
+    """`--from-json ... --gpu-json` adds parts (one already recorded is not repeated); `--replace-gpu` keeps only
+    the given ones."""
+    recorded_parts = ROOT / "docs" / "gpu"
+    first = json.loads((recorded_parts / "gpu_part2.json").read_text())
+    second = json.loads((recorded_parts / "eval_throughput.json").read_text())
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"meta": {"command": "x"}, "figures": [], "gpu": [first]}))
+    part = recorded_parts / "eval_throughput.json"
+    out = tmp_path / "report.md"
+
+    def recorded() -> list:
+        return json.loads(out.with_suffix(".json").read_text()).get("gpu", [])
+
+    assert main(["--from-json", str(base), "--gpu-json", str(part), "--out", str(out)]) == 0
+    assert recorded() == [first, second]
+    again = tmp_path / "again.json"
+    again.write_text(out.with_suffix(".json").read_text())
+    assert main(["--from-json", str(again), "--gpu-json", str(part), "--out", str(out)]) == 0
+    assert recorded() == [first, second]
+    assert main(["--from-json", str(again), "--out", str(out)]) == 0
+    assert recorded() == [first, second]
+    assert main(["--from-json", str(again), "--gpu-json", str(part), "--replace-gpu", "--out", str(out)]) == 0
+    assert recorded() == [second]

@@ -157,3 +157,56 @@ def test_a_missing_benchmark_file_is_named_before_the_model_loads(tmp_path: Path
     )
     with pytest.raises(FileNotFoundError, match=r"pope: required file .* not found"):
         evaluate(cfg)
+
+
+def _tiny_mme(root: Path, image: Path) -> Path:
+    """An MME folder (LLaVA question file + release layout) with one image and its yes/no question pair."""
+    release = root / "MME_Benchmark_release_version" / "existence"
+    release.mkdir(parents=True)
+    shutil.copy(image, release / "e1.png")
+    yes, no = "Is there a shape in this image? Please answer yes or no.", "Is there a dog? Please answer yes or no."
+    (release / "e1.txt").write_text(f"{yes}\tYes\n{no}\tNo\n")
+    suffix = "Answer the question using a single word or phrase."
+    rows = [
+        {
+            "question_id": "existence/e1.png",
+            "image": "existence/e1.png",
+            "text": f"{q}\n{suffix}",
+            "category": "existence",
+        }
+        for q in (yes, no)
+    ]
+    (root / "llava_mme.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_scoring_options_and_video_settings_keep_the_answers(trained, tmp_path: Path) -> None:
+    """A scoring-only option (MME's `scoring_rule`; a judge's replies) scores the answers already given instead of
+    refusing them as stale, and an image benchmark's answers do not depend on the video settings. The answers on
+    disk are edited between the runs: a second run that re-answered would not keep the edit."""
+    ckpt, root = trained
+    mme = _tiny_mme(tmp_path / "mme", next((root / "images").glob("eval_*.png")))
+    out = tmp_path / "eval"
+    base = [f"ckpt_path={ckpt}", "benchmark=mme", f"benchmark.root={mme}", f"paths.output_dir={out}"]
+    evaluate(compose_config("eval", base))
+    answers = out / "mme_answers.jsonl"
+    edited = [{**a, "text": "...Yes" if k == 0 else "No"} for k, a in enumerate(_lines(answers))]
+    answers.write_text("".join(json.dumps(a) + "\n" for a in edited))
+    expected_score = {"official": 50.0, "lmms_eval": 200.0}  # "...Yes" is "other" officially: 1/2 right, 0/1 image
+    for rule in ("lmms_eval", "official"):
+        for video in ([], ["video.aggregate=mean", "video.num_frames=4"]):
+            _, info = evaluate(compose_config("eval", [*base, f"benchmark.scoring_rule={rule}", *video]))
+            assert info["result"]["options"] == {"scoring_rule": rule}
+            assert info["result"]["breakdown"]["subtask"]["existence"]["score"] == pytest.approx(expected_score[rule])
+            assert _lines(answers) == edited  # scored, not answered again
+    # an answers file recorded by an earlier version (scoring options and video settings in the fingerprint)
+    meta = out / "mme_answers.meta.json"
+    recorded = json.loads(meta.read_text())
+    recorded["benchmark"]["scoring_rule"] = "lmms_eval"
+    recorded["model"]["video"] = {"num_frames": 16, "aggregate": "mean"}
+    meta.write_text(json.dumps(recorded))
+    evaluate(compose_config("eval", base))
+    assert _lines(answers) == edited
+    with pytest.raises(StaleAnswersError, match="benchmark.question_file"):  # what the answers depend on still counts
+        shutil.copy(mme / "llava_mme.jsonl", mme / "other.jsonl")
+        evaluate(compose_config("eval", [*base, "benchmark.question_file=other.jsonl"]))

@@ -88,6 +88,17 @@ class Benchmark(ABC):
     generation_kwargs: ClassVar[dict[str, Any]] = {"do_sample": False, "num_beams": 1}
     # Extra passes over the same questions with altered inputs (e.g. "blank" images), scored as `<control>_<metric>`.
     controls: tuple[str, ...] = ()
+    # Options read only when scoring: answers given under other values stay valid (a second run with a judge's
+    # replies, or another scoring rule, scores the answers already on disk). An option that changes which questions
+    # are asked or how (MMMU's `option_image_rule`) is not one of them.
+    scoring_keys: ClassVar[tuple[str, ...]] = (
+        "scoring_rule",
+        "use_judge",
+        "judge_model",
+        "judge_temperature",
+        "judge_api_key_env",
+        "judge_responses",
+    )
 
     def __init__(self, root: str | Path, *, limit: int | None = None, check_images: bool = True) -> None:
         self.root = Path(root)
