@@ -292,9 +292,7 @@ def run_benchmark(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     result = bench.score(kept, answers, skips)
     for control in bench.controls:
         control_records = bench.control_records(control, kept, out_dir)
-        control_answers, control_skips = run_pass(
-            fabric, model, cfg, bench, control_records, out_dir, control, videos
-        )
+        control_answers, control_skips = run_pass(fabric, model, cfg, bench, control_records, out_dir, control, videos)
         control_result = bench.score(control_records, control_answers, control_skips)
         result["metrics"].update({f"{control}_{k}": v for k, v in control_result["metrics"].items()})
     metrics = {f"{bench.name}/{k}": v for k, v in flatten_metrics(result).items()}
