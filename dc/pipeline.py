@@ -26,7 +26,7 @@ from dc.training.checkpoint_io import DirectCheckpointIO, clean_partial_files
 from dc.training.data import ResumableDataModule
 from dc.training.loggers import build_loggers, finish_wandb, restore_csv_metrics
 from dc.utils.cli import report
-from dc.utils.errors import ConfigError
+from dc.utils.errors import ConfigError, check_interpolations
 from dc.utils.instantiate import instantiate, trusted_prefixes
 
 log = logging.getLogger(__name__)
@@ -283,6 +283,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     `last` (this run folder's `checkpoints/last.ckpt`) or `auto` (that file if present). The wandb run, if any,
     is finished even when training raises, so the next job of a multirun gets its own run.
     """
+    check_interpolations(cfg)
     check_scalars(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
     output_dir = Path(cfg.paths.output_dir)

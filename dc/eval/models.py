@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
@@ -87,6 +87,7 @@ class InferenceModel(ABC):
     """A model the runner can prompt and generate with."""
 
     device: torch.device
+    videos: ClassVar[bool] = True  # whether `sample` takes videos (a list of frames as one visual)
 
     @abstractmethod
     def sample(self, text: str, visuals: Sequence[Visual]) -> dict[str, Any]:
@@ -224,6 +225,8 @@ class HFLlavaModel(InferenceModel):
         image_aspect, video, extra_prefixes: accepted for the runner's uniform call; the processor decides the image
             processing, and videos are refused.
     """
+
+    videos: ClassVar[bool] = False  # a stock Llava has no temporal aggregation
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ from dc.eval.benchmarks.report import flatten_metrics, write_report
 from dc.eval.models import InferenceModel, VideoSettings, Visual
 from dc.eval.parallel import AnswerFiles, deal
 from dc.utils.cli import report
-from dc.utils.errors import ConfigError, config_number
+from dc.utils.errors import ConfigError, check_interpolations, config_number
 from dc.utils.instantiate import instantiate, trusted_prefixes
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ def make_fabric(runtime: DictConfig) -> L.Fabric:
     devices = runtime.get("devices", "auto")
     if devices == "auto":
         devices = torch.cuda.device_count() if accelerator == "cuda" else 1
+    devices = int(devices)
     num_nodes = int(runtime.get("num_nodes", 1))
     parallel = int(devices) * num_nodes > 1
     strategy = "ddp" if parallel else "auto"
@@ -257,7 +258,7 @@ def run_pass(
 
 def check_options(cfg: DictConfig) -> None:
     """`batch_size` a positive integer, `limit` one or null (`limit=0` would score no question, `limit=-3` all but
-    three).
+    three), frame counts and the process layout (`runtime.devices`, `runtime.num_nodes`).
 
     Raises:
         ConfigError: naming the key.
@@ -267,19 +268,56 @@ def check_options(cfg: DictConfig) -> None:
     limit = cfg.get("limit")
     if limit is not None and config_number(limit, "limit", int) < 1:
         raise ConfigError(f"limit={limit!r}: expected a positive integer (questions to answer) or null (all)")
+    video = cfg.get("video") or {}
+    if config_number(video.get("num_frames", 8), "video.num_frames", int) < 1:
+        raise ConfigError(f"video.num_frames={video.get('num_frames')!r}: expected a positive integer")
+    frames = (cfg.get("benchmark") or {}).get("num_frames")
+    if frames is not None and config_number(frames, "benchmark.num_frames", int) < 1:
+        raise ConfigError(f"benchmark.num_frames={frames!r}: expected a positive integer or null (video.num_frames)")
+    model = cfg.get("model")
+    for key in model.keys() if isinstance(model, DictConfig) else ():
+        if OmegaConf.is_missing(model, key):
+            raise ConfigError(f"model.{key} must be set (model=hf: model.path=<HF Llava directory or hub id>)")
+    runtime = cfg.get("runtime") or {}
+    devices = runtime.get("devices", "auto")
+    if devices != "auto" and config_number(devices, "runtime.devices", int) < 1:
+        raise ConfigError(f"runtime.devices={devices!r}: expected auto or a positive integer")
+    if config_number(runtime.get("num_nodes", 1), "runtime.num_nodes", int) < 1:
+        raise ConfigError(f"runtime.num_nodes={runtime.get('num_nodes')!r}: expected a positive integer")
+
+
+def _model_class_takes_videos(cfg: DictConfig) -> bool:
+    """Whether the `model` node's class (one of dc's own; others are asked once built) takes videos."""
+    from dc.eval import models
+
+    module, _, name = str(cfg.model.get("_target_", "")).rpartition(".")
+    cls = getattr(models, name, None) if module == models.__name__ else None
+    return bool(getattr(cls, "videos", True))
+
+
+def _refuse_videos(cfg: DictConfig, bench: Benchmark) -> None:
+    raise ConfigError(
+        f"benchmark={bench.name} has videos, and model._target_={cfg.model.get('_target_')} (a stock "
+        "LlavaForConditionalGeneration) has no video path: evaluate videos with a dc checkpoint (ckpt_path=...)"
+    )
 
 
 def run_benchmark(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """`python eval.py ...`: answers, result JSON + markdown table (rank 0), metrics on every rank."""
     started = time.perf_counter()
+    check_interpolations(cfg)
     check_options(cfg)
     fabric = make_fabric(cfg.runtime)
     fabric.launch()
     bench = _benchmark(cfg)
     records, skips = bench.load()  # a missing benchmark file is named before minutes of model loading
-    model = build_model(cfg, fabric.device)
-    default_frames = int((cfg.get("video") or {}).get("num_frames", 8))
+    default_frames = config_number((cfg.get("video") or {}).get("num_frames", 8), "video.num_frames", int)
     frames = [video_frames(r, default_frames) for r in records if getattr(r, "video", None) is not None]
+    if frames and not _model_class_takes_videos(cfg):
+        _refuse_videos(cfg, bench)
+    model = build_model(cfg, fabric.device)
+    if frames and not model.videos:  # a model class of the user's own
+        _refuse_videos(cfg, bench)
     if frames and hasattr(model, "check_video_fits"):
         model.check_video_fits(max(frames))  # refuse before answering anything
     out_dir = Path(cfg.paths.output_dir)

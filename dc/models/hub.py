@@ -23,6 +23,10 @@ class PretrainedNotFoundError(OSError):
     """A `pretrained` source that is neither a local directory nor a reachable (or cached) hub id."""
 
 
+class PretrainedUnreadableError(PretrainedNotFoundError):
+    """A local model directory whose files the library cannot read (a truncated weight file, a broken config)."""
+
+
 def offline_requested() -> bool:
     """`HF_HUB_OFFLINE` set to a true value."""
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
@@ -61,11 +65,15 @@ def from_pretrained(load: Callable[..., T], source: str, key: str, **kwargs: Any
     offline = not local and (offline_requested() or not hub_reachable())
     if offline:
         kwargs["local_files_only"] = True
+    from safetensors import SafetensorError
+
     try:
         return load(source, **kwargs)
-    except (OSError, ValueError) as exc:
-        if local:
-            raise  # a local directory that exists but is broken: the library's own error says what is wrong
+    except (OSError, ValueError, SafetensorError) as exc:
+        if local:  # a local directory that exists but is broken: the library's own message says what is wrong
+            raise PretrainedUnreadableError(
+                f"{key}={source}: cannot load it: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+            ) from exc
         if offline_requested():
             state = "HF_HUB_OFFLINE=1 and it is not in the local Hugging Face cache"
         elif offline:

@@ -30,6 +30,7 @@ from torch.utils.data import (
 )
 
 from dc.data.grouping import check_batching
+from dc.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +118,13 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state: dict[str, int]) -> None:
         sampler: SkipSampler = self.sampler  # type: ignore[assignment]
         if int(state["items_per_batch"]) != self._items_per_batch:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot resume the data position: the checkpoint's loader took {state['items_per_batch']} sampler "
                 f"items per batch, this one {self._items_per_batch} (was data.batch_size changed?)"
             )
         check_batching(state.get("batching"), self._batching)
         if int(state.get("world_size", sampler.num_replicas)) != sampler.num_replicas:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot resume the data position: the checkpoint was written with {state['world_size']} ranks, this "
                 f"run has {sampler.num_replicas} (each rank's share of an epoch depends on the world size); resume "
                 "on the same number of devices"

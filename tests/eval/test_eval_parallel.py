@@ -134,12 +134,21 @@ def test_the_same_folder_spelled_differently_keeps_the_answers(trained, tmp_path
         ("limit=abc", r"limit='abc': expected an integer"),
         ("batch_size=0", r"batch_size=0: expected a positive integer"),
         ("batch_size=two", r"batch_size='two': expected an integer"),
+        ("video.num_frames=0", r"video.num_frames=0: expected a positive integer"),
+        ("video.num_frames=abc", r"video.num_frames='abc': expected an integer"),
+        ("benchmark=msvd_qa benchmark.num_frames=-1", r"benchmark.num_frames=-1: expected a positive integer"),
+        ("runtime.devices=abc", r"runtime.devices='abc': expected an integer"),
+        ("runtime.devices=0", r"runtime.devices=0: expected auto or a positive integer"),
+        ("runtime.num_nodes=0", r"runtime.num_nodes=0: expected a positive integer"),
+        ("model=hf", r"model.path must be set"),
+        ("paths.data_dir=${oc.env:DC_TEST_UNSET}", r"paths.data_dir=.*Environment variable 'DC_TEST_UNSET' not found"),
     ],
 )
 def test_eval_options_are_checked_first(tmp_path: Path, override: str, message: str) -> None:
     from dc.utils.errors import ConfigError
 
-    cfg = compose_config("eval", [f"ckpt_path={tmp_path / 'none.ckpt'}", f"paths.output_dir={tmp_path}", override])
+    overrides = [f"ckpt_path={tmp_path / 'none.ckpt'}", f"paths.output_dir={tmp_path}", *override.split()]
+    cfg = compose_config("eval", overrides)
     with pytest.raises(ConfigError, match=message):
         evaluate(cfg)
 

@@ -115,3 +115,24 @@ def test_the_frame_count_comes_from_video_num_frames_unless_the_benchmark_sets_o
     assert video_frames(record, 8) == frames
     # what is decoded: as many frames as the count (the clip has more), independently of the runner's default
     assert len(record_visuals(record, num_frames=8)[0]) == frames
+
+
+def test_a_stock_llava_model_is_refused_videos_before_it_loads(setup, tmp_path: Path) -> None:
+    """`model=hf` has no video path: a video benchmark is refused up front (not answered as 0 % with every
+    question skipped), before the model directory is even read (here it does not exist)."""
+    from dc.utils.errors import ConfigError
+
+    _, root = setup
+    cfg = compose_config(
+        "eval",
+        [
+            "model=hf",
+            f"model.path={tmp_path / 'no_such_model'}",
+            "benchmark=synthetic_video",
+            f"benchmark.root={root}",
+            f"paths.output_dir={tmp_path / 'out'}",
+        ],
+    )
+    with pytest.raises(ConfigError, match=r"benchmark=synthetic_video has videos.*has no video path"):
+        evaluate(cfg)
+    assert not list((tmp_path / "out").glob("*answers*"))

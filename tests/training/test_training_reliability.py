@@ -128,6 +128,11 @@ def test_config_mistakes_name_the_key(train_cfg, tmp_path: Path) -> None:
         ("data.val_fraction=1.5", r"data.val_fraction=1.5: expected a number in \[0, 1\)"),
         ("stage.image_aspect=foo", r"stage.image_aspect='foo': expected one of \('pad', 'square'\)"),
         ("data.max_length=-5", r"data.max_length=-5: expected a positive integer"),
+        (
+            "paths.data_dir=${oc.env:DC_TEST_UNSET}",
+            r"paths.data_dir=\$\{oc.env:DC_TEST_UNSET\}: cannot be resolved: Environment variable 'DC_TEST_UNSET'",
+        ),
+        ("data.batch_size=${no.such.key}", r"data.batch_size=\$\{no.such.key\}: cannot be resolved: Interpolation key"),
         ("stage=lora stage.lora.r=0", r"stage.lora.r=0: expected a positive number"),
         ("stage=lora stage.lora.r=2.5", r"stage.lora.r=2.5: expected an integer"),
         ("stage=lora stage.lora.alpha=abc", r"stage.lora.alpha='abc': expected a number"),
@@ -397,3 +402,19 @@ def test_a_bad_strategy_setting_is_refused_before_the_logger_and_the_data(tmp_pa
     with pytest.raises(ConfigError, match="trainer.strategy.state_dict_type='local'"):
         train(cfg)
     assert not data.exists() and not (out / "csv").exists()
+
+
+def test_a_broken_local_model_directory_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    """A local directory with a truncated weight file: the library's reason, after the key and the path."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from dc.models.hub import PretrainedNotFoundError, from_pretrained
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "llm")
+    weights = tmp_path / "llm" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(PretrainedNotFoundError, match=rf"^llm.pretrained={tmp_path / 'llm'}: cannot load it: \w+"):
+        from_pretrained(AutoModelForCausalLM.from_pretrained, str(tmp_path / "llm"), "llm.pretrained")
