@@ -244,6 +244,12 @@ class HFLlavaModel(InferenceModel):
         from dc.models.hub import from_pretrained
 
         check_image_aspect(image_aspect)
+        if image_aspect not in (None, "pad"):
+            log.warning(
+                "image_aspect=%s is not used by model=hf: the model's own processor prepares the images (an exported "
+                "dc model's processor does what its checkpoint was trained with)",
+                image_aspect,
+            )
         self.path = str(path)
         self.device = torch.device(device)
         self.dtype = resolve_dtype(precision, self.device)

@@ -91,3 +91,13 @@ def test_limit_and_greedy_default(files):
 def test_missing_question_file_names_the_benchmark(tmp_path):
     with pytest.raises(FileNotFoundError, match="gqa: required file .*llava_gqa_testdev_balanced.jsonl"):
         get_benchmark("gqa", root=tmp_path).load()
+
+
+@pytest.mark.parametrize("name", [n for n in config_options("benchmark") if not n.startswith("synthetic")])
+def test_the_module_docstring_names_the_folder_eval_py_reads(name: str) -> None:
+    """The README sends users to each benchmark module's docstring for where its files go: the folder it names is
+    the one the config's `root` points at."""
+    node = load_option("benchmark", name)
+    folder = str(OmegaConf.to_container(node)["root"]).removeprefix("${paths.data_dir}/")
+    module = importlib.import_module(str(node._target_).rpartition(".")[0])
+    assert f"$DATA_ROOT/{folder}`" in module.__doc__ or f"$DATA_ROOT/{folder}/" in module.__doc__, (name, folder)

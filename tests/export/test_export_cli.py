@@ -38,7 +38,7 @@ def _answers(path: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("connector", ["dci", "sci"])
-def test_eval_on_the_export_equals_eval_on_the_checkpoint(train_cfg, tmp_path: Path, connector: str) -> None:
+def test_eval_on_the_export_equals_eval_on_the_checkpoint(train_cfg, tmp_path: Path, connector: str, caplog) -> None:
     ckpt, root = _train(train_cfg, f"connector={connector}")
     out = tmp_path / "hf"
     export(compose_config("export", [f"ckpt_path={ckpt}", f"out_dir={out}"]))
@@ -54,6 +54,11 @@ def test_eval_on_the_export_equals_eval_on_the_checkpoint(train_cfg, tmp_path: P
     b = _answers(tmp_path / "b" / "synthetic_answers.jsonl")
     assert len(a) == 16 and a == b  # identical greedy answers on every held-out question
     assert ours["synthetic/accuracy"] == theirs["synthetic/accuracy"]
+    if connector == "dci":  # the processor prepares a stock model's images: image_aspect is said to be unused
+        square = ["model=hf", f"model.path={out}", f"paths.output_dir={tmp_path / 'c'}", "image_aspect=square"]
+        with caplog.at_level("WARNING", logger="dc.eval.models"):
+            evaluate(compose_config("eval", [*square, *common, "limit=2"]))
+        assert "image_aspect=square is not used by model=hf" in caplog.text
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """LLaVA-Bench (in-the-wild): GPT-4 judge request files; relative score when judge replies exist.
 
-Files under ``$DATA_ROOT/eval/llava-bench-in-the-wild``::
+Files under ``$DATA_ROOT/eval/llava_bench``::
 
     questions.jsonl        {"question_id", "image", "text", "category": conv|detail|complex}
     context.jsonl          {"image", "caption"}          (judge context)
@@ -72,7 +72,7 @@ class LLaVABench(Benchmark):
     """LLaVA-Bench in-the-wild.
 
     Args:
-        root: ``$DATA_ROOT/eval/llava-bench-in-the-wild``.
+        root: ``$DATA_ROOT/eval/llava_bench``.
         question_file / context_file / reference_file: Files relative to root.
         image_folder: Image folder, relative to root.
         rule_file: Optional LLaVA ``rule.json`` to override the built-in rule text.

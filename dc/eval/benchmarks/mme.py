@@ -1,6 +1,6 @@
 """MME: per-subtask acc and acc+ (x100), perception and cognition totals (official calculation.py rules).
 
-Files under ``$DATA_ROOT/eval/MME``::
+Files under ``$DATA_ROOT/eval/mme``::
 
     llava_mme.jsonl                          {"question_id": "<subtask>/<file>", "image", "text", "category"}
     MME_Benchmark_release_version/           official release: per subtask either
@@ -84,7 +84,7 @@ class MME(Benchmark):
     """MME (14 subtasks).
 
     Args:
-        root: ``$DATA_ROOT/eval/MME``.
+        root: ``$DATA_ROOT/eval/mme``.
         question_file: LLaVA question file, relative to root.
         benchmark_dir: Official release folder (images + answers), relative to root.
         scoring_rule: ``"official"`` (default) or ``"lmms_eval"``; see the module docstring.

@@ -1,6 +1,6 @@
 """MM-Vet: official upload JSON plus GPT-grader request files; scored only when judge replies exist.
 
-Files under ``$DATA_ROOT/eval/mm-vet``::
+Files under ``$DATA_ROOT/eval/mmvet``::
 
     llava-mm-vet.jsonl     {"question_id": <n>, "image": "v1_<n>.png", "text": question}
     images/v1_<n>.png
@@ -77,7 +77,7 @@ class MMVet(Benchmark):
     """MM-Vet.
 
     Args:
-        root: ``$DATA_ROOT/eval/mm-vet``.
+        root: ``$DATA_ROOT/eval/mmvet``.
         question_file: LLaVA question file, relative to root.
         image_folder: Image folder, relative to root.
         gt_file: Official ``mm-vet.json``, relative to root.

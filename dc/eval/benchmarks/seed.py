@@ -1,6 +1,6 @@
 """SEED-Bench: option-letter accuracy per question type, image / video / all (LLaVA convert_seed_for_submission).
 
-Files under ``$DATA_ROOT/eval/seed_bench``::
+Files under ``$DATA_ROOT/eval/seed``::
 
     llava-seed-bench.jsonl        {"question_id", "image", "text" (question + "A. ..." options + suffix), ...}
     SEED-Bench.json               official {"questions": [{question_id, answer, question_type_id, data_type}],
@@ -53,7 +53,7 @@ class SEEDBench(Benchmark):
     """SEED-Bench (v1).
 
     Args:
-        root: ``$DATA_ROOT/eval/seed_bench``.
+        root: ``$DATA_ROOT/eval/seed``.
         question_file: LLaVA question file, relative to root.
         annotation_file: Official annotations, relative to root.
         image_folder: Image folder, relative to root.
