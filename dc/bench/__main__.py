@@ -118,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     if args.repeats is not None and args.repeats < 1 or args.warmup is not None and args.warmup < 0:
         raise SystemExit("error: --repeats must be >= 1 and --warmup >= 0")
+    if (args.gpu_json is not None or args.replace_gpu) and args.from_json is None:
+        raise SystemExit("error: --gpu-json and --replace-gpu go with --from-json (the report they are added to)")
+    if args.replace_gpu and not args.gpu_json:
+        raise SystemExit("error: --replace-gpu needs --gpu-json (the GPU results to keep instead of the recorded)")
     if args.from_json is not None:
         out = args.out or DEFAULT_OUT
         data = _read_json(args.from_json, "--from-json")

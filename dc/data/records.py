@@ -241,6 +241,10 @@ class SampleBuilder:
         many of the images, from the first, still have their slots.
         """
         check_image_tags(conversations, len(metas), rid)
+        try:
+            enc = self.template.encode(conversations, self.tokenizer)
+        except ValueError as exc:
+            raise BadRecord("bad_conversation", str(exc), rid) from None
         if not self.told_leading_gpt and conversations and conversations[0].get("from") == GPT:
             self.told_leading_gpt = True
             log.warning(
@@ -248,10 +252,6 @@ class SampleBuilder:
                 "preprocessing does (said once per data process; later such records are not named)",
                 rid,
             )
-        try:
-            enc = self.template.encode(conversations, self.tokenizer)
-        except ValueError as exc:
-            raise BadRecord("bad_conversation", str(exc), rid) from None
         ids = torch.tensor(enc.input_ids, dtype=torch.long)
         labels = torch.tensor(enc.labels, dtype=torch.long)
         is_image = ids == IMAGE_TOKEN_INDEX

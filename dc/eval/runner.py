@@ -277,7 +277,8 @@ def check_options(cfg: DictConfig) -> None:
     model = cfg.get("model")
     for key in model.keys() if isinstance(model, DictConfig) else ():
         if OmegaConf.is_missing(model, key):
-            raise ConfigError(f"model.{key} must be set (model=hf: model.path=<HF Llava directory or hub id>)")
+            hint = " (model=hf: an HF Llava directory or hub id)" if key == "path" else ""
+            raise ConfigError(f"model.{key} must be set{hint}")
     runtime = cfg.get("runtime") or {}
     devices = runtime.get("devices", "auto")
     if devices != "auto" and config_number(devices, "runtime.devices", int) < 1:
@@ -296,9 +297,11 @@ def _model_class_takes_videos(cfg: DictConfig) -> bool:
 
 
 def _refuse_videos(cfg: DictConfig, bench: Benchmark) -> None:
+    target = str(cfg.model.get("_target_"))
+    stock = " (a stock LlavaForConditionalGeneration)" if target.endswith(".HFLlavaModel") else ""
     raise ConfigError(
-        f"benchmark={bench.name} has videos, and model._target_={cfg.model.get('_target_')} (a stock "
-        "LlavaForConditionalGeneration) has no video path: evaluate videos with a dc checkpoint (ckpt_path=...)"
+        f"benchmark={bench.name} has videos, and model._target_={target}{stock} has no video path: evaluate videos "
+        "with a dc checkpoint (ckpt_path=...)"
     )
 
 

@@ -76,13 +76,22 @@ RUNTIME_KEYS = (
     "data.pin_memory",
     "data.persistent_workers",
     "data.prefetch_factor",
-    "callbacks",  # they observe a run (checkpoints, logs, progress): `callbacks=none` included
+    "callbacks.checkpoint",  # dc's callbacks observe a run (checkpoints, logs, progress); one a user adds may not
+    "callbacks.rng_state",
+    "callbacks.lr_monitor",
+    "callbacks.throughput",
+    "callbacks.predictions",
+    "callbacks.data_stats",
+    "callbacks.progress",
     "batch_size",  # a benchmark's questions per forward pass (`eval.batch_size`)
     "runtime.accelerator",
     "runtime.devices",
     "runtime.num_nodes",
     *(k for k in MODEL_RUNTIME_KEYS if not k.endswith(("pretrained", "pretrained_file", "tokenizer", "dtype"))),
 )
+# Keys added to the configs after sweeps had recorded settings, with the value the code used before they existed:
+# left out of the settings at that value, so a folder recorded earlier stays current (set otherwise, they count).
+ADDED_KEYS: dict[str, Any] = {"data.strict": False, "data.overlength": "truncate"}
 # Keys a step's settings leave out because other recorded values stand for them: folders (what is read from them
 # is recorded: data files, the encoder), the run's name, and the checkpoint a step starts from (the settings of the
 # step that made it).
@@ -202,7 +211,11 @@ def _recorded(node: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     as `settings.json` gives them back (tuples as lists).
     """
     plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-    flat = {k: v for k, v in _flat(plain).items() if not under(k, RUNTIME_KEYS + DERIVED_KEYS)}
+    flat = {
+        k: v
+        for k, v in _flat(plain).items()
+        if not under(k, RUNTIME_KEYS + DERIVED_KEYS) and not (k in ADDED_KEYS and v == ADDED_KEYS[k])
+    }
     return json.loads(json.dumps(flat, default=str))
 
 

@@ -65,14 +65,20 @@ def from_pretrained(load: Callable[..., T], source: str, key: str, **kwargs: Any
     offline = not local and (offline_requested() or not hub_reachable())
     if offline:
         kwargs["local_files_only"] = True
+    import json
+
     from safetensors import SafetensorError
 
     try:
         return load(source, **kwargs)
     except (OSError, ValueError, SafetensorError) as exc:
-        if local:  # a local directory that exists but is broken: the library's own message says what is wrong
+        if local:
+            if not isinstance(exc, (OSError, SafetensorError, json.JSONDecodeError)):
+                raise  # a setting passed to the loader (e.g. an attention kind) refused: its own message names it
+            # a local directory whose files cannot be read (truncated weights, a broken config.json)
+            lines = str(exc).strip().splitlines()
             raise PretrainedUnreadableError(
-                f"{key}={source}: cannot load it: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+                f"{key}={source}: cannot read its files: {type(exc).__name__}: {lines[0] if lines else 'no message'}"
             ) from exc
         if offline_requested():
             state = "HF_HUB_OFFLINE=1 and it is not in the local Hugging Face cache"

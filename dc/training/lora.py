@@ -88,8 +88,8 @@ def lora_config(cfg: Any, targets: list[str]) -> LoraConfig:
     check_lora_settings(cfg)
     return LoraConfig(
         r=int(cfg.r),
-        lora_alpha=int(cfg.alpha),
-        lora_dropout=float(cfg.dropout),
+        lora_alpha=float(cfg.alpha),  # not int(): alpha=0.5 would become 0 and the adapters add nothing
+        lora_dropout=float(cfg.get("dropout", 0.0)),
         bias=str(cfg.get("bias", "none")),
         target_modules=targets,
         task_type="CAUSAL_LM",

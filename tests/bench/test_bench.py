@@ -276,6 +276,8 @@ def test_the_recorded_report_is_replaced_only_by_a_complete_run(
         (["--from-json", "notes.txt"], "error: --from-json notes.txt: not a JSON file written by dc.bench"),
         (["--from-json", "list.json"], "error: --from-json list.json: not a report JSON"),
         (["--mode", "gpu", "--part", "1"], "error: --mode gpu needs a CUDA device"),
+        (["--from-json", "list.json", "--replace-gpu"], "error: --replace-gpu needs --gpu-json"),
+        (["--gpu-json", "list.json"], "error: --gpu-json and --replace-gpu go with --from-json"),
     ],
 )
 def test_bad_arguments_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv, message) -> None:

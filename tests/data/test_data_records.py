@@ -78,6 +78,8 @@ def test_a_leading_gpt_turn_is_dropped_and_said_once(tokenizer, template, visual
         return {"id": rid, "conversations": [{"from": "gpt", "value": text}, *plain["conversations"]]}
 
     with caplog.at_level("WARNING", logger="dc.data.records"):
+        with pytest.raises(BadRecord, match="bad_conversation|no human turn"):  # refused, so not the one named
+            builder({"id": "only-gpt", "conversations": [{"from": "gpt", "value": "Hi."}]}, lambda rid, paths: [])
         first = builder(leading("lead-1", "Welcome."), lambda rid, paths: [])
         second = builder(leading("lead-2", "Hello."), lambda rid, paths: [])
         reference = builder(plain, lambda rid, paths: [])

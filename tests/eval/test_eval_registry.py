@@ -101,3 +101,15 @@ def test_the_module_docstring_names_the_folder_eval_py_reads(name: str) -> None:
     folder = str(OmegaConf.to_container(node)["root"]).removeprefix("${paths.data_dir}/")
     module = importlib.import_module(str(node._target_).rpartition(".")[0])
     assert f"$DATA_ROOT/{folder}`" in module.__doc__ or f"$DATA_ROOT/{folder}/" in module.__doc__, (name, folder)
+
+
+@pytest.mark.parametrize("name", config_options("benchmark"))
+def test_scoring_options_are_declared_scoring_only(name: str) -> None:
+    """A config's scoring rule and judge options are the class's `scoring_keys` (left out of the answers'
+    fingerprint, so a second run scores the answers given); MMMU's `option_image_rule` changes what is asked."""
+    node = load_option("benchmark", name)
+    module, _, cls_name = str(node._target_).rpartition(".")
+    cls = getattr(importlib.import_module(module), cls_name)
+    scoring = {k for k in node if k == "scoring_rule" or k == "use_judge" or str(k).startswith("judge_")}
+    assert scoring <= set(cls.scoring_keys), (name, scoring - set(cls.scoring_keys))
+    assert "option_image_rule" not in cls.scoring_keys

@@ -416,5 +416,7 @@ def test_a_broken_local_model_directory_is_one_line_naming_the_key(tmp_path: Pat
     LlamaForCausalLM(config).save_pretrained(tmp_path / "llm")
     weights = tmp_path / "llm" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(PretrainedNotFoundError, match=rf"^llm.pretrained={tmp_path / 'llm'}: cannot load it: \w+"):
+    with pytest.raises(
+        PretrainedNotFoundError, match=rf"^llm.pretrained={tmp_path / 'llm'}: cannot read its files: \w+"
+    ):
         from_pretrained(AutoModelForCausalLM.from_pretrained, str(tmp_path / "llm"), "llm.pretrained")

@@ -92,6 +92,19 @@ def test_lora_targets_every_llm_linear_but_lm_head(tmp_path: Path, data_dir: Pat
         lora_target_names(vlm.llm.model, exclude=["gate_proj", "qproj_typo"])  # not silently ignored
 
 
+@pytest.mark.parametrize(("alpha", "r"), [(0.5, 2), (3, 2), (256, 128)])
+def test_lora_scaling_is_alpha_over_r(tmp_path: Path, data_dir: Path, alpha: float, r: int) -> None:
+    """A fractional alpha is kept (int() made 0.5 a zero scaling: adapters that add nothing)."""
+    from omegaconf import OmegaConf
+
+    from dc.training.lora import apply_lora
+
+    vlm = build_vlm(_cfg(tmp_path, data_dir))
+    apply_lora(vlm.llm, OmegaConf.create({"r": r, "alpha": alpha, "dropout": 0.0, "bias": "none", "exclude": []}))
+    scalings = {m.scaling["default"] for m in vlm.llm.modules() if isinstance(getattr(m, "scaling", None), dict)}
+    assert scalings == {alpha / r}
+
+
 def test_lora_stage_base_frozen_saved_reloaded_merged(tmp_path: Path, data_dir: Path, pretrained_llm: Path) -> None:
     cfg = _cfg(
         tmp_path,

@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 IMAGE_TOKEN = "<image>"
+# `Benchmark.scoring_keys` of the benchmarks scored by a rule choice or by a judge model
+SCORING_RULE_KEYS = ("scoring_rule",)
+JUDGE_KEYS = ("use_judge", "judge_model", "judge_temperature", "judge_api_key_env", "judge_responses")
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 OPTION_LETTER_SUFFIX = "Answer with the option's letter from the given choices directly."
 
@@ -88,17 +91,10 @@ class Benchmark(ABC):
     generation_kwargs: ClassVar[dict[str, Any]] = {"do_sample": False, "num_beams": 1}
     # Extra passes over the same questions with altered inputs (e.g. "blank" images), scored as `<control>_<metric>`.
     controls: tuple[str, ...] = ()
-    # Options read only when scoring: answers given under other values stay valid (a second run with a judge's
-    # replies, or another scoring rule, scores the answers already on disk). An option that changes which questions
-    # are asked or how (MMMU's `option_image_rule`) is not one of them.
-    scoring_keys: ClassVar[tuple[str, ...]] = (
-        "scoring_rule",
-        "use_judge",
-        "judge_model",
-        "judge_temperature",
-        "judge_api_key_env",
-        "judge_responses",
-    )
+    # Options this benchmark reads only when scoring: answers given under other values stay valid (a second run with
+    # a judge's replies, or another scoring rule, scores the answers already on disk). Declared per class (none by
+    # default): an option that changes which questions are asked or how (MMMU's `option_image_rule`) is not one.
+    scoring_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, root: str | Path, *, limit: int | None = None, check_images: bool = True) -> None:
         self.root = Path(root)

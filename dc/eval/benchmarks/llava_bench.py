@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dc.eval.benchmarks.base import (
+    JUDGE_KEYS,
     Benchmark,
     EvalRecord,
     IdAllocator,
@@ -81,6 +82,7 @@ class LLaVABench(Benchmark):
     """
 
     name = "llava_bench"
+    scoring_keys = JUDGE_KEYS
     prompt_suffix = None
     max_new_tokens = 1024
 

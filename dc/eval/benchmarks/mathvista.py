@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from dc.eval.benchmarks.base import (
+    JUDGE_KEYS,
     Benchmark,
     EvalRecord,
     IdAllocator,
@@ -105,6 +106,7 @@ class MathVista(Benchmark):
     """
 
     name = "mathvista"
+    scoring_keys = JUDGE_KEYS
     prompt_suffix = None
     max_new_tokens = 1024
 

@@ -42,6 +42,7 @@ from typing import Any
 
 from dc.eval.benchmarks.base import (
     OPTION_LETTER_SUFFIX,
+    SCORING_RULE_KEYS,
     Benchmark,
     EvalRecord,
     Skip,
@@ -92,6 +93,7 @@ class MMBench(Benchmark):
     """
 
     name = "mmbench"
+    scoring_keys = SCORING_RULE_KEYS
     prompt_suffix = OPTION_LETTER_SUFFIX
     max_new_tokens = 1024
 

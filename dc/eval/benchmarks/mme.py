@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from dc.eval.benchmarks.base import (
+    SCORING_RULE_KEYS,
     SHORT_ANSWER_SUFFIX,
     Benchmark,
     EvalRecord,
@@ -92,6 +93,7 @@ class MME(Benchmark):
     """
 
     name = "mme"
+    scoring_keys = SCORING_RULE_KEYS
     prompt_suffix = SHORT_ANSWER_SUFFIX
     max_new_tokens = 128
 

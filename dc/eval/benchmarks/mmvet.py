@@ -25,7 +25,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dc.eval.benchmarks.base import Benchmark, EvalRecord, IdAllocator, Skip, build_result, load_json, with_image_token
+from dc.eval.benchmarks.base import (
+    JUDGE_KEYS,
+    Benchmark,
+    EvalRecord,
+    IdAllocator,
+    Skip,
+    build_result,
+    load_json,
+    with_image_token,
+)
 from dc.eval.benchmarks.judge import batch_line, collect_replies, make_judge, write_requests
 from dc.eval.benchmarks.report import atomic_write_json
 
@@ -89,6 +98,7 @@ class MMVet(Benchmark):
     """
 
     name = "mmvet"
+    scoring_keys = JUDGE_KEYS
     prompt_suffix = None
     max_new_tokens = 1024
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from dc.eval.benchmarks.base import (
     OPTION_LETTER_SUFFIX,
+    SCORING_RULE_KEYS,
     Benchmark,
     EvalRecord,
     IdAllocator,
@@ -63,6 +64,7 @@ class SEEDBench(Benchmark):
     """
 
     name = "seed"
+    scoring_keys = SCORING_RULE_KEYS
     prompt_suffix = OPTION_LETTER_SUFFIX
     max_new_tokens = 128
 

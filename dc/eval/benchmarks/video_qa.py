@@ -35,7 +35,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from dc.eval.benchmarks.base import IMAGE_TOKEN, Benchmark, EvalRecord, IdAllocator, Skip, build_result, load_json, pct
+from dc.eval.benchmarks.base import (
+    IMAGE_TOKEN,
+    JUDGE_KEYS,
+    Benchmark,
+    EvalRecord,
+    IdAllocator,
+    Skip,
+    build_result,
+    load_json,
+    pct,
+)
 from dc.eval.benchmarks.judge import batch_line, collect_replies, make_judge, write_requests
 from dc.eval.benchmarks.report import atomic_write_text
 from dc.eval.benchmarks.video_judge import (
@@ -123,6 +133,8 @@ class VideoQA(Benchmark):
     max_new_tokens = 512
     default_video_folder: ClassVar[str] = "videos"
     default_video_prefix: ClassVar[str] = ""
+
+    scoring_keys = JUDGE_KEYS
 
     def __init__(
         self,

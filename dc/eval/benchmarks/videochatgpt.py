@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dc.eval.benchmarks.base import Benchmark, EvalRecord, Skip, build_result
+from dc.eval.benchmarks.base import JUDGE_KEYS, Benchmark, EvalRecord, Skip, build_result
 from dc.eval.benchmarks.judge import batch_line, collect_replies, make_judge, write_requests
 from dc.eval.benchmarks.report import atomic_write_text
 from dc.eval.benchmarks.video_judge import (
@@ -78,6 +78,7 @@ class VideoChatGPTBench(Benchmark):
     """
 
     name = "videochatgpt"
+    scoring_keys = JUDGE_KEYS
     max_new_tokens = 512
 
     def __init__(

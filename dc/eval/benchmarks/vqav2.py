@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from dc.eval.benchmarks.base import (
+    SCORING_RULE_KEYS,
     SHORT_ANSWER_SUFFIX,
     Benchmark,
     EvalRecord,
@@ -71,6 +72,7 @@ class VQAv2(Benchmark):
     """
 
     name = "vqav2"
+    scoring_keys = SCORING_RULE_KEYS
     prompt_suffix = SHORT_ANSWER_SUFFIX
     max_new_tokens = 128
 
