@@ -21,7 +21,13 @@ from dc.data.visual import build_visual_processor
 from dc.lit_module import DCModule, model_config
 from dc.models.llms.tokenizers import load_tokenizer
 from dc.training.callbacks import loss_progress_bar
-from dc.training.checkpoint import check_resume, checkpoint_hparams, resolve_ckpt_path, verify_archive
+from dc.training.checkpoint import (
+    check_resume,
+    check_resume_world_size,
+    checkpoint_hparams,
+    resolve_ckpt_path,
+    verify_archive,
+)
 from dc.training.checkpoint_io import DirectCheckpointIO, clean_partial_files
 from dc.training.data import ResumableDataModule
 from dc.training.loggers import build_loggers, finish_wandb, restore_csv_metrics
@@ -313,6 +319,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         trainer.accumulate_grad_batches = accumulation(
             int(cfg.stage.global_batch_size), int(cfg.data.batch_size), trainer.world_size
         )
+        if ckpt_path is not None:  # before the model is built (minutes at 7B)
+            check_resume_world_size(ckpt_path, trainer.world_size)
         total_steps = schedule_steps(trainer, datamodule.train_batches(trainer.world_size))
         module = DCModule(model_config(cfg), cfg.stage, int(cfg.seed), tokenizer=tokenizer, total_steps=total_steps)
         log.info(

@@ -286,6 +286,28 @@ def checkpoint_hparams(path: str | Path) -> dict[str, Any]:
     return dict(ckpt.get("hyper_parameters") or {})
 
 
+def check_resume_world_size(path: str | Path, world_size: int) -> None:
+    """Refuse to resume the data position of checkpoint `path` on another number of processes, before any model is
+    built (each rank's share of an epoch depends on the world size; the loader refuses it too, later).
+
+    Raises:
+        ResumeConfigError: naming both world sizes.
+    """
+    path = Path(path)
+    meta = path / "meta.pt" if path.is_dir() else path
+    if not meta.is_file():
+        return
+    loops = read_checkpoint(meta, mmap=not path.is_dir()).get("loops") or {}
+    states = ((loops.get("fit_loop") or {}).get("state_dict") or {}).get("combined_loader") or []
+    saved = {int(s["world_size"]) for s in states if isinstance(s, Mapping) and "world_size" in s}
+    if saved and saved != {int(world_size)}:
+        raise ResumeConfigError(
+            f"ckpt_path={path}: cannot resume the data position: the checkpoint was written with {min(saved)} ranks, "
+            f"this run has {world_size} (each rank's share of an epoch depends on the world size); resume on the "
+            "same number of devices (trainer.devices x trainer.num_nodes)"
+        )
+
+
 def check_resume(saved: Mapping[str, Any], current: Mapping[str, Any], source: str) -> None:
     """Refuse to resume `source` (whose `hyper_parameters` are `saved`) with another model (`resume_changes`).
 

@@ -46,7 +46,6 @@ def _run_rank(rank: int, world: int, port: int, root: str) -> None:
         group_by_modality_length=True,
         megabatch_factor=2,
     )
-    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(1, 1))
     result = {}
     for fmt, kw in {
         "shards": {"format": "shards", "shards": f"{root}/shards", "num_workers": 2},
@@ -61,8 +60,10 @@ def _run_rank(rank: int, world: int, port: int, root: str) -> None:
                 loader.sampler.set_epoch(epoch)  # what Lightning does for the JSON sampler
             n = 0
             for batch in loader:
-                x = torch.full((1, 1), float(batch["input_ids"].shape[0]))
-                model(x).sum().backward()  # all-reduce: every rank must take this step
+                # a collective per batch, as DDP's gradient all-reduce: every rank must take this step (a rank with
+                # fewer batches leaves the other waiting until the timeout). No autograd: after a fork, autograd's
+                # threads are unusable when this test process ran a backward pass before (xdist order decides).
+                dist.all_reduce(torch.full((1,), float(batch["input_ids"].shape[0])))
                 ids.extend(batch["ids"])
                 n += 1
             counts.append(n)

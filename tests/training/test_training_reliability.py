@@ -420,3 +420,25 @@ def test_a_broken_local_model_directory_is_one_line_naming_the_key(tmp_path: Pat
         PretrainedNotFoundError, match=rf"^llm.pretrained={tmp_path / 'llm'}: cannot read its files: \w+"
     ):
         from_pretrained(AutoModelForCausalLM.from_pretrained, str(tmp_path / "llm"), "llm.pretrained")
+
+
+def test_resuming_on_another_number_of_processes_is_refused_before_the_model(train_cfg, monkeypatch) -> None:
+    """The data position of a 2-process checkpoint cannot continue on 1 process: said before any model is built."""
+    import dc.pipeline
+    from dc.training.checkpoint import ResumeConfigError
+
+    cfg = train_cfg("trainer.max_steps=1")
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    (state,) = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert state["world_size"] == 1
+    state["world_size"] = 2  # as a 2-process run writes it
+    torch.save(ckpt, last)
+
+    def built(*args, **kwargs):
+        raise AssertionError("the model was built before the refusal")
+
+    monkeypatch.setattr(dc.pipeline, "DCModule", built)
+    with pytest.raises(ResumeConfigError, match=r"written with 2 ranks, this run has 1 .*same number of devices"):
+        train(train_cfg("trainer.max_steps=2", "ckpt_path=last"))
