@@ -47,7 +47,7 @@ from dc.training.checkpoint import RUNTIME_KEYS as MODEL_RUNTIME_KEYS
 from dc.training.checkpoint import under
 from dc.training.loggers import hydra_choices, is_rank_zero, run_fields
 from dc.utils.cli import errors_as_messages
-from dc.utils.errors import ConfigError
+from dc.utils.errors import ConfigError, check_interpolations
 from dc.utils.instantiate import instantiate, trusted_prefixes
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,10 @@ def stage_config(cfg: DictConfig, step: str, out_dir: Path, init_from: Path | No
     node.ckpt_path = "auto"  # resume an interrupted stage in its own folder
     if init_from is not None:
         node.stage.init_connector_from = str(init_from)
+    try:
+        check_interpolations(node)  # an unset ${oc.env:...} named by key, not a traceback from resolve
+    except ConfigError as exc:
+        raise ConfigError(f"{step}: {exc}") from None
     OmegaConf.resolve(node)  # pin values that point at recipe keys (prepare paths) before dropping them
     for key in RECIPE_KEYS:
         node.pop(key, None)

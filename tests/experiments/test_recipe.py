@@ -245,3 +245,12 @@ def test_rerun_with_other_settings_is_refused_and_overwrite_redoes_the_stale_ste
     record = json.loads((job / "point.json").read_text())
     assert record["status"] == "ok" and "finetune.stage.lr=0.5" in record["overrides"]
     assert record["metrics"]["synthetic/accuracy"] == results["synthetic"]["metrics"]["accuracy"]
+
+
+def test_an_unset_environment_variable_is_named_by_key(tmp_path: Path) -> None:
+    from dc.experiments.recipe import stage_config
+    from dc.utils.errors import ConfigError
+
+    cfg = compose_config("recipe", [f"paths.output_dir={tmp_path}", "paths.data_dir=${oc.env:DC_TEST_UNSET}"])
+    with pytest.raises(ConfigError, match=r"^pretrain: paths.data_dir=\$\{oc.env:DC_TEST_UNSET\}: cannot be resolved"):
+        stage_config(cfg, "pretrain", tmp_path / "pretrain")
