@@ -32,6 +32,7 @@ from torch.distributed.fsdp import MixedPrecision
 from torch.distributed.fsdp.wrap import CustomPolicy, ModuleWrapPolicy
 
 from dc.models.vlm import VLM
+from dc.training.precision import strategy_dtype
 from dc.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -64,13 +65,6 @@ def wrap_units(vlm: VLM, *, wrap_vision_blocks: bool = True) -> set[type[nn.Modu
     if wrap_vision_blocks:
         wrap |= set(vlm.encoder.block_classes())
     return wrap
-
-
-def _dtype(name: str, key: str = "param_dtype") -> torch.dtype:
-    dtype = getattr(torch, str(name), None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ConfigError(f"trainer.strategy.{key}={name!r}: expected a floating dtype name (bfloat16, float32)")
-    return dtype
 
 
 class VLMFSDPStrategy(FSDPStrategy):
@@ -122,9 +116,9 @@ class VLMFSDPStrategy(FSDPStrategy):
             kwargs["sync_module_states"] = True
             kwargs["param_init_fn"] = self._materialize_meta
         mixed = MixedPrecision(
-            param_dtype=_dtype(param_dtype, "param_dtype"),
-            reduce_dtype=_dtype(reduce_dtype, "reduce_dtype"),
-            buffer_dtype=_dtype(buffer_dtype, "buffer_dtype"),
+            param_dtype=strategy_dtype(param_dtype, "param_dtype"),
+            reduce_dtype=strategy_dtype(reduce_dtype, "reduce_dtype"),
+            buffer_dtype=strategy_dtype(buffer_dtype, "buffer_dtype"),
         )
         super().__init__(
             sharding_strategy=sharding_strategy,
@@ -157,7 +151,7 @@ class VLMFSDPStrategy(FSDPStrategy):
                 "none|selective|full (applied by the LLM under every strategy)"
             )
         for key, name in (("param_dtype", param_dtype), ("reduce_dtype", reduce_dtype), ("buffer_dtype", buffer_dtype)):
-            _dtype(name, key)
+            strategy_dtype(name, key)
         if state_dict_type not in STATE_DICT_TYPES:
             raise ConfigError(
                 f"trainer.strategy.state_dict_type={state_dict_type!r}: expected one of {STATE_DICT_TYPES}"

@@ -42,6 +42,7 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
+from dc.training.precision import strategy_dtype
 from dc.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,6 @@ log = logging.getLogger(__name__)
 SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD")
 REDUCE_GRADS_PER = ("micro_batch", "step")
 STATE_DICT_TYPES = ("full", "sharded")
-
-
-def _dtype(name: str, key: str) -> torch.dtype:
-    dtype = getattr(torch, str(name), None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ConfigError(f"trainer.strategy.{key}={name!r}: expected a floating dtype name (bfloat16, float32)")
-    return dtype
 
 
 def fsdp_units(vlm: nn.Module, *, wrap_vision_blocks: bool = True) -> list[nn.Module]:
@@ -147,7 +141,7 @@ class VLMFSDP2Strategy(ModelParallelStrategy):
         )
         super().__init__(save_distributed_checkpoint=state_dict_type == "sharded", **kwargs)
         self.sharding_strategy = sharding_strategy
-        self.param_dtype = _dtype(param_dtype, "param_dtype")
+        self.param_dtype = strategy_dtype(param_dtype, "param_dtype")
         self.reduce_dtype_setting = reduce_dtype
         self.wrap_vision_blocks = bool(wrap_vision_blocks)
         self.cpu_ram_efficient_loading = bool(cpu_ram_efficient_loading)
@@ -180,9 +174,9 @@ class VLMFSDP2Strategy(ModelParallelStrategy):
             raise ConfigError(
                 f"trainer.strategy.reduce_grads_per={reduce_grads_per!r}: expected one of {REDUCE_GRADS_PER}"
             )
-        _dtype(param_dtype, "param_dtype")
+        strategy_dtype(param_dtype, "param_dtype")
         if reduce_dtype != "auto":
-            _dtype(reduce_dtype, "reduce_dtype")
+            strategy_dtype(reduce_dtype, "reduce_dtype")
 
     @property
     def state_dict_type(self) -> str:
@@ -212,7 +206,7 @@ class VLMFSDP2Strategy(ModelParallelStrategy):
     def reduce_dtype(self, stage: Any) -> torch.dtype:
         """`reduce_dtype` resolved for a stage (`auto`: float32 when the LLM trains fully)."""
         if self.reduce_dtype_setting != "auto":
-            return _dtype(self.reduce_dtype_setting, "reduce_dtype")
+            return strategy_dtype(self.reduce_dtype_setting, "reduce_dtype")
         full_finetune = "llm" in list(stage.get("train") or []) and not stage.get("lora")
         return torch.float32 if full_finetune else self.param_dtype
 

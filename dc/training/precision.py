@@ -25,6 +25,18 @@ log = logging.getLogger(__name__)
 _PRECISION_DTYPES = {"bf16": torch.bfloat16, "16": torch.float16, "64": torch.float64}
 
 
+def strategy_dtype(name: str, key: str) -> torch.dtype:
+    """The floating torch dtype `name` of the FSDP strategies' `trainer.strategy.<key>` (bfloat16, float32, ...).
+
+    Raises:
+        ConfigError: naming the key, for a name that is not a floating torch dtype.
+    """
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ConfigError(f"trainer.strategy.{key}={name!r}: expected a floating dtype name (bfloat16, float32)")
+    return dtype
+
+
 def compute_dtype(trainer: Any) -> torch.dtype:
     """The dtype the trainer computes in: the strategy's FSDP param dtype if it has one, else from `precision`."""
     if trainer is None:
