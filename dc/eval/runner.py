@@ -32,7 +32,7 @@ from dc.eval.benchmarks.report import flatten_metrics, write_report
 from dc.eval.models import InferenceModel, VideoSettings, Visual
 from dc.eval.parallel import AnswerFiles, deal
 from dc.utils.cli import report
-from dc.utils.errors import ConfigError, check_interpolations, config_number
+from dc.utils.errors import ConfigError, check_interpolations, config_number, positive_int
 from dc.utils.instantiate import instantiate, trusted_prefixes
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ def run_pass(
     records: list[EvalRecord],
     out_dir: Path,
     control: str | None,
-    videos: bool = False,
+    videos: bool,
 ) -> tuple[dict[str, str], list[Skip]]:
     """Answer one pass (the benchmark, or one of its controls) on every rank; return (merged answers, skips).
     `videos`: whether the benchmark has videos (else the model's video settings cannot change its answers).
@@ -263,28 +263,22 @@ def check_options(cfg: DictConfig) -> None:
     Raises:
         ConfigError: naming the key.
     """
-    if config_number(cfg.get("batch_size", 1), "batch_size", int) < 1:
-        raise ConfigError(f"batch_size={cfg.get('batch_size')!r}: expected a positive integer")
-    limit = cfg.get("limit")
-    if limit is not None and config_number(limit, "limit", int) < 1:
-        raise ConfigError(f"limit={limit!r}: expected a positive integer (questions to answer) or null (all)")
-    video = cfg.get("video") or {}
-    if config_number(video.get("num_frames", 8), "video.num_frames", int) < 1:
-        raise ConfigError(f"video.num_frames={video.get('num_frames')!r}: expected a positive integer")
+    positive_int(cfg.get("batch_size", 1), "batch_size")
+    if cfg.get("limit") is not None:
+        positive_int(cfg.limit, "limit", "a positive integer (questions to answer) or null (all)")
+    positive_int((cfg.get("video") or {}).get("num_frames", 8), "video.num_frames")
     frames = (cfg.get("benchmark") or {}).get("num_frames")
-    if frames is not None and config_number(frames, "benchmark.num_frames", int) < 1:
-        raise ConfigError(f"benchmark.num_frames={frames!r}: expected a positive integer or null (video.num_frames)")
+    if frames is not None:
+        positive_int(frames, "benchmark.num_frames", "a positive integer or null (video.num_frames)")
     model = cfg.get("model")
     for key in model.keys() if isinstance(model, DictConfig) else ():
         if OmegaConf.is_missing(model, key):
             hint = " (model=hf: an HF Llava directory or hub id)" if key == "path" else ""
             raise ConfigError(f"model.{key} must be set{hint}")
     runtime = cfg.get("runtime") or {}
-    devices = runtime.get("devices", "auto")
-    if devices != "auto" and config_number(devices, "runtime.devices", int) < 1:
-        raise ConfigError(f"runtime.devices={devices!r}: expected auto or a positive integer")
-    if config_number(runtime.get("num_nodes", 1), "runtime.num_nodes", int) < 1:
-        raise ConfigError(f"runtime.num_nodes={runtime.get('num_nodes')!r}: expected a positive integer")
+    if runtime.get("devices", "auto") != "auto":
+        positive_int(runtime.devices, "runtime.devices", "auto or a positive integer")
+    positive_int(runtime.get("num_nodes", 1), "runtime.num_nodes")
 
 
 def _model_class_takes_videos(cfg: DictConfig) -> bool:

@@ -9,6 +9,7 @@ point the key at a local directory, instead of a long traceback after many retri
 from __future__ import annotations
 
 import functools
+import json
 import os
 import socket
 from collections.abc import Callable
@@ -65,8 +66,6 @@ def from_pretrained(load: Callable[..., T], source: str, key: str, **kwargs: Any
     offline = not local and (offline_requested() or not hub_reachable())
     if offline:
         kwargs["local_files_only"] = True
-    import json
-
     from safetensors import SafetensorError
 
     try:

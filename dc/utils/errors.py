@@ -32,6 +32,18 @@ def config_number(value: Any, key: str, kind: type[int] | type[float] = float) -
     return number
 
 
+def positive_int(value: Any, key: str, expected: str = "a positive integer") -> int:
+    """`value` as an int of at least 1 (`config_number`).
+
+    Raises:
+        ConfigError: naming `key` (`key=value: expected <expected>`).
+    """
+    number = config_number(value, key, int)
+    if number < 1:
+        raise ConfigError(f"{key}={value!r}: expected {expected}")
+    return number
+
+
 def check_interpolations(cfg: Any) -> None:
     """Every `${...}` of `cfg` resolves (an unset `${oc.env:VAR}`, a key that is not there), checked before the
     values are used, so the failure names the key instead of surfacing as a traceback deep inside a run.
